@@ -1,0 +1,1 @@
+"""DeepBind-style binding models over DNA: training, calibration, motifs, variants, scans."""

@@ -1,0 +1,44 @@
+"""Building blocks for the ``biocnn <task> <verb>`` command line.
+
+Task packages register their verbs with :func:`add_group` and :func:`add_verb`; handlers do
+their heavy imports inside the function so ``biocnn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from biocnn.errors import InputError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Add a task group (``mammo``, ``segment``, ``deepbind``) and return its verb table."""
+    group = subparsers.add_parser(name, help=help, description=help)
+    return group.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+
+def add_verb(verbs: argparse._SubParsersAction, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    """Add one verb with its handler; returns the parser so the caller adds its flags."""
+    parser = verbs.add_parser(name, help=help, description=help)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def existing_file(value: str) -> Path:
+    """argparse type: a path that must be an existing file."""
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    return path
+
+
+def existing_path(value: str) -> Path:
+    """argparse type: a path that must exist (file or directory)."""
+    path = Path(value)
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    return path

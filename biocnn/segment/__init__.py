@@ -1,0 +1,1 @@
+"""Segmentation with uncertainty: U-Nets for 2D microscopy and 3D multi-modal NIfTI."""

@@ -1,0 +1,1 @@
+"""Seeded generators of demo data for each task (no downloads: everything is made here)."""

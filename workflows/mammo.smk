@@ -1,0 +1,2 @@
+# mammo workflow: see README. Targets collected by the top-level `rule all`.
+MAMMO_TARGETS = []
