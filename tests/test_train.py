@@ -1,0 +1,144 @@
+"""The shared training loop: resume after a hard kill, early stopping, seeding, DDP on gloo."""
+
+import json
+import multiprocessing as mp
+import os
+import socket
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from biocnn.checkpoint import load_model, load_weights, save_weights
+from biocnn.config import TrainConfig
+from biocnn.device import seed_everything
+from biocnn.models import build_model
+from biocnn.train import fit
+
+SPEC = {"name": "classifier", "spatial_dims": 2, "in_channels": 1, "channels": [4, 8], "hidden": [8],
+        "dropout": 0.1, "head_dropout": 0.2}
+
+
+def _data(n=48, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    y = (x[:, :, :6].mean((1, 2, 3)) > x[:, :, 6:].mean((1, 2, 3))).float()
+    return TensorDataset(x, y)
+
+
+def _config(**overrides):
+    base = dict(epochs=4, batch_size=8, lr=3e-3, scheduler="cosine", grad_clip=1.0, seed=7, progress=False,
+                early_stopping={"monitor": "val_loss", "mode": "min", "patience": 10})
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _train(out_dir, cfg, resume=False, callbacks=()):
+    seed_everything(cfg.seed)
+    model = build_model(SPEC)
+    return fit(model, _data(), _data(24, seed=5), loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+               config=cfg, out_dir=out_dir, model_config={"model": SPEC}, resume=resume, callbacks=callbacks), model
+
+
+def _killed_after_epoch_2(out_dir):
+    def die(epoch, row):
+        if epoch == 2:
+            os._exit(137)  # like SIGKILL: no cleanup, no flushing of anything not yet on disk
+    _train(out_dir, _config(), callbacks=[die])
+
+
+def test_run_killed_after_epoch_2_and_resumed_matches_uninterrupted(tmp_path):
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    _train(full_dir, _config())
+
+    proc = mp.get_context("spawn").Process(target=_killed_after_epoch_2, args=(resumed_dir,))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 137
+    state = json.loads((resumed_dir / "state" / "latest.json").read_text())
+    assert state["epoch"] == 2
+    assert len((resumed_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    result, _ = _train(resumed_dir, _config(), resume=True)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+
+    for name in ("weights.safetensors", "state/epoch-0004.safetensors"):
+        a, b = load_weights(full_dir / name), load_weights(resumed_dir / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+    full_rows = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed_rows = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in full_rows] == [r["train_loss"] for r in resumed_rows]
+
+
+def test_same_seed_same_weights_different_seed_different(tmp_path):
+    _, a = _train(None, _config(epochs=2))
+    _, b = _train(None, _config(epochs=2))
+    _, c = _train(None, _config(epochs=2, seed=8))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_early_stopping_on_named_metric_and_best_weights_kept(tmp_path):
+    calls = []
+
+    def validate(model, loader, device):
+        calls.append(1)
+        return {"val_score": [0.5, 0.9, 0.7, 0.6, 0.8, 0.95][len(calls) - 1]}
+
+    cfg = _config(epochs=6, early_stopping={"monitor": "val_score", "mode": "max", "patience": 2})
+    seed_everything(cfg.seed)
+    model = build_model(SPEC)
+    result = fit(model, _data(), _data(8), loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+                 config=cfg, out_dir=tmp_path, model_config={"model": SPEC}, validate=validate)
+    assert result.stopped_early and result.best_epoch == 2
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 2 and metrics["val_score"] == 0.9
+    loaded, config = load_model(tmp_path)
+    assert config["train"]["seed"] == 7
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key])  # the model holds the best epoch's weights
+
+
+def test_only_the_latest_state_is_kept_and_monitor_must_exist(tmp_path):
+    _train(tmp_path, _config(epochs=3))
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["epoch-0003.safetensors", "latest.json"]
+    with pytest.raises(ValueError, match="monitor"):
+        _train(None, _config(early_stopping={"monitor": "val_auc"}))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    _, model = _train(out_dir / "model", _config(epochs=2, device="cpu"))
+    save_weights(out_dir / f"rank{rank}.safetensors", model.state_dict())
+
+
+def test_distributed_data_parallel_two_processes_on_gloo(tmp_path):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, tmp_path)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+        assert p.exitcode == 0
+    results = [load_weights(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    # DDP all-reduces gradients, so both ranks end with the same weights
+    for key in results[0]:
+        if key.endswith("num_batches_tracked") or "running_" in key:
+            continue  # batch-norm buffers are per rank between broadcasts
+        assert torch.equal(results[0][key], results[1][key]), key
+    model_dir = tmp_path / "model"  # written once, by rank 0
+    assert len((model_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (model_dir / "weights.safetensors").is_file()
