@@ -1,6 +1,9 @@
-# biocnn workflows. `snakemake --cores all` runs the whole demo on generated data.
+# biocnn workflows. `snakemake --cores all` runs the whole demo on generated data and ends
+# with one self-contained HTML report: results/demo/report.html.
 # Another config: `snakemake --cores all --configfile configs/my_run.yaml`.
 # On a SLURM cluster: `snakemake --profile configs/profiles/slurm` (see README).
+import shutil
+import sys
 
 configfile: "configs/demo.yaml"
 
@@ -10,11 +13,51 @@ include: "workflows/mammo.smk"
 include: "workflows/segment.smk"
 include: "workflows/deepbind.smk"
 
+TASK_TARGETS = MAMMO_TARGETS + SEGMENT_TARGETS + DEEPBIND_TARGETS
+
+# The browser check needs headless Chromium; without it the report is still built.
+BROWSER_CHECK = config.get("browser_check", True) and any(
+    shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome"))
+if config.get("browser_check", True) and not BROWSER_CHECK:
+    print("biocnn: Chromium not found; the report will not be checked in a browser", file=sys.stderr)
+
 
 rule all:
     default_target: True
     input:
+        f"{RESULTS}/report.html",
+        [f"{RESULTS}/report_screenshot.png"] if BROWSER_CHECK else [],
+
+
+rule report:
+    """One HTML file with every task's metrics, figures and model provenance."""
+    input:
         rules.environment.output,
-        MAMMO_TARGETS,
-        SEGMENT_TARGETS,
-        DEEPBIND_TARGETS,
+        TASK_TARGETS,
+    output:
+        f"{RESULTS}/report.html",
+    log:
+        f"{RESULTS}/logs/report.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        tasks=" ".join(config["tasks"]),
+    shell:
+        "{BIOCNN} report build --results {RESULTS} --out {output} --tasks {params.tasks} > {log} 2>&1"
+
+
+rule report_browser_check:
+    """Render the report in headless Chromium; fails if any image does not load."""
+    input:
+        f"{RESULTS}/report.html",
+    output:
+        screenshot=f"{RESULTS}/report_screenshot.png",
+        counts=f"{RESULTS}/report_images.json",
+    log:
+        f"{RESULTS}/logs/report_browser_check.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    shell:
+        "{BIOCNN} report check --report {input} --screenshot {output.screenshot} --out {output.counts} > {log} 2>&1"

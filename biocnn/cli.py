@@ -14,7 +14,7 @@ import logging
 import sys
 
 from biocnn import __version__
-from biocnn.cli_common import add_verb
+from biocnn.cli_common import add_group, add_verb
 from biocnn.errors import BiocnnError
 
 # Each task package exposes ``register(subparsers)``.
@@ -42,6 +42,43 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_build(args: argparse.Namespace) -> int:
+    from biocnn.report import build_report
+
+    out = build_report(args.results, args.out, args.tasks or None, args.title)
+    print(f"report written to {out}")
+    return 0
+
+
+def _report_check(args: argparse.Namespace) -> int:
+    from biocnn.io.atomic import write_json
+    from biocnn.report import check_in_browser
+
+    result = check_in_browser(args.report, args.screenshot)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result))
+    if result["broken_images"] or not result["images"]:
+        print(f"biocnn: error: {args.report}: {result['broken_images']} of {result['images']} images did not load",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    verbs = add_group(sub, "report", "the self-contained HTML report of a results directory")
+    build = add_verb(verbs, "build", _report_build, "gather metrics, figures and provenance into one HTML file")
+    build.add_argument("--results", required=True, help="results directory (e.g. results/demo)")
+    build.add_argument("--out", required=True, help="HTML file to write")
+    build.add_argument("--tasks", nargs="*", help="tasks to include (default: every task directory present)")
+    build.add_argument("--title", default="biocnn demo report")
+    check = add_verb(verbs, "check", _report_check,
+                     "render a report in headless Chromium, save a screenshot, fail if an image did not load")
+    check.add_argument("--report", required=True, help="HTML report")
+    check.add_argument("--screenshot", required=True, help="PNG screenshot to write")
+    check.add_argument("--out", help="JSON file for the image counts")
+
+
 def _verb_summary(parser: argparse.ArgumentParser) -> str:
     """'task: verb, verb' lines for the top-level help."""
     lines = []
@@ -66,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="task", metavar="<task>", required=True)
     for module in TASK_MODULES:
         importlib.import_module(module).register(sub)
+    _register_report(sub)
     info = add_verb(sub, "info", _info, "versions and the device that would be used")
     info.add_argument("--out", help="also write the information as JSON to this file")
     parser.epilog = _verb_summary(parser)

@@ -41,6 +41,12 @@ def test_bad_workflow_config_is_rejected(tmp_path):
     assert "radiology" in run.stdout + run.stderr
 
 
+def test_slurm_profile_dry_run():
+    run = _snakemake("-n", "--profile", "configs/profiles/slurm")
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "report" in run.stdout
+
+
 def test_slurm_profile_declares_executor_and_resources():
     profile = yaml.safe_load((REPO / "configs/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
