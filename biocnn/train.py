@@ -8,12 +8,13 @@ DistributedDataParallel when started by ``torchrun`` (``WORLD_SIZE > 1``).
 
 Files in ``out_dir``:
 
-* ``weights.safetensors``, ``config.json``, ``metrics.json``: the best model so far
-  (see :mod:`biocnn.checkpoint`);
+* ``weights.safetensors``, ``config.json``, ``metrics.json``: the best epoch's model,
+  written when training ends (see :mod:`biocnn.checkpoint`);
 * ``metrics.jsonl``: one JSON line per epoch;
-* ``state/epoch-NNNN.safetensors`` + ``state/latest.json``: the last epoch's model and
-  optimizer, for ``resume``. ``latest.json`` is replaced only after the weights it names are
-  fully written, so a kill at any moment leaves a consistent pair.
+* ``state/epoch-NNNN.safetensors``, ``state/best-epoch-NNNN.safetensors`` and
+  ``state/latest.json``: the last epoch's model and optimizer and the best epoch's weights,
+  for ``resume``. ``latest.json`` is replaced only after the weights it names are fully
+  written, so a kill at any moment leaves a consistent set.
 
 Reproducibility: every epoch reseeds all RNGs from ``(seed, epoch)`` and the data order is
 drawn from a generator seeded the same way, so a run resumed after epoch k draws exactly the
@@ -232,6 +233,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 1
         self._best_state: dict[str, torch.Tensor] | None = None
+        self.best_weights: str | None = None
+        self.best_row: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- data
     def _loader(self, data: Dataset, epoch: int, train: bool, sample_weights: Sequence[float] | None) -> DataLoader:
@@ -324,10 +327,12 @@ class Trainer:
             "early_stopping": self.stopper.state_dict(),
             "history": self.history,
             "seed": self.cfg.seed,
+            "best_weights": self.best_weights,
+            "best_row": self.best_row,
         }
         write_json(state_dir / "latest.json", meta)
-        for old in state_dir.glob("epoch-*.safetensors"):
-            if old.name != weights_name:
+        for old in state_dir.glob("*epoch-*.safetensors"):
+            if old.name not in (weights_name, self.best_weights):
                 old.unlink(missing_ok=True)
 
     def _load_state(self) -> bool:
@@ -349,6 +354,7 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.stopper.load_state_dict(meta["early_stopping"])
         self.history = meta["history"]
+        self.best_weights, self.best_row = meta["best_weights"], meta["best_row"]
         self.start_epoch = meta["epoch"] + 1
         return True
 
@@ -356,14 +362,22 @@ class Trainer:
         assert self.out_dir is not None
         write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.history))
 
-    def _save_best(self, metrics: dict[str, Any]) -> None:
+    def _save_best(self, row: dict[str, Any]) -> None:
+        """Keep the best epoch's weights: in memory, or as ``state/best-epoch-NNNN.safetensors``.
+
+        The model directory itself (``weights.safetensors`` ...) is written once, when
+        training ends (:meth:`_finish`), so a complete model directory means finished training,
+        and Snakemake may delete an interrupted run's outputs without losing the best epoch.
+        """
+        self.best_row = row
         if self.out_dir is None:
             self._best_state = copy.deepcopy(unwrap(self.model).state_dict())
             return
-        assert self.model_config is not None
-        config = dict(self.model_config)
-        config["train"] = self.cfg.model_dump()
-        save_model(self.out_dir, self.model, config, {"best_epoch": metrics["epoch"], **metrics})
+        # Every rank records the name (all ranks see the same metrics); rank 0 writes the file.
+        self.best_weights = f"best-epoch-{row['epoch']:04d}.safetensors"
+        if self.dist.is_main:
+            self._state_dir().mkdir(parents=True, exist_ok=True)
+            save_weights(self._state_dir() / self.best_weights, unwrap(self.model).state_dict())
 
     # ----------------------------------------------------------------------------- main
     def fit(self, train_data: Dataset, val_data: Dataset | None = None, *, resume: bool = False,
@@ -400,9 +414,9 @@ class Trainer:
                     self.scheduler.step()
             improved = self.stopper.update(float(row[monitor]), epoch)
             self.history.append(row)
+            if improved:
+                self._save_best(row)
             if self.dist.is_main:
-                if improved:
-                    self._save_best(row)
                 if self.out_dir is not None:
                     self._save_state(epoch)
                     self._write_metrics()
@@ -415,14 +429,19 @@ class Trainer:
         return self._finish(stopped_early)
 
     def _finish(self, stopped_early: bool) -> FitResult:
-        """Leave the best weights in the model, as Keras' ``restore_best_weights`` does."""
-        best_epoch = self.stopper.best_epoch
-        if self.out_dir is not None and (self.out_dir / "weights.safetensors").is_file():
-            unwrap(self.model).load_state_dict(load_weights(self.out_dir / "weights.safetensors"))
+        """Load the best weights into the model (as Keras' ``restore_best_weights``) and, when
+        there is an output directory, write the model directory from them."""
+        self.dist.barrier()
+        if self.out_dir is not None and self.best_weights is not None:
+            unwrap(self.model).load_state_dict(load_weights(self._state_dir() / self.best_weights))
+            if self.dist.is_main:
+                assert self.model_config is not None
+                config = dict(self.model_config)
+                config["train"] = self.cfg.model_dump()
+                save_model(self.out_dir, self.model, config, {"best_epoch": self.best_row["epoch"], **self.best_row})
         elif self._best_state is not None:
             unwrap(self.model).load_state_dict(self._best_state)
-        best = next((row for row in self.history if row["epoch"] == best_epoch), {})
-        return FitResult(best_epoch, best, self.history, stopped_early)
+        return FitResult(self.stopper.best_epoch, dict(self.best_row), self.history, stopped_early)
 
 
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, *,
