@@ -1,7 +1,104 @@
-"""``biocnn segment <verb>``."""
+"""``biocnn segment <verb>``: synth, train, predict, evaluate, report."""
 
-from biocnn.cli_common import add_group
+from __future__ import annotations
+
+import json
+
+from biocnn.cli_common import add_group, add_verb, existing_file, existing_path
+
+
+def _synth(args) -> int:
+    if args.kind == "malaria":
+        from biocnn.synthetic.malaria import write_malaria
+
+        size = args.size or 128
+        names = write_malaria(args.out, args.n, args.seed, size, args.shift, args.severity, args.format)
+    else:
+        from biocnn.synthetic.tumor import write_tumor
+
+        size = args.size or 48
+        names = write_tumor(args.out, args.n, args.seed, (size,) * 3, args.shift, args.severity)
+    print(f"wrote {len(names)} {args.kind} cases to {args.out}")
+    return 0
+
+
+def _train(args) -> int:
+    from biocnn.segment.train import train
+
+    overrides = {"data.train": args.train, "data.val": args.val, "train.epochs": args.epochs,
+                 "train.seed": args.seed, "train.device": args.device}
+    print(json.dumps(train(args.config, args.out, resume=args.resume, overrides=overrides), indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    from biocnn.segment.predict import predict
+
+    summary = predict(args.model, args.input, args.out, args.mc_samples, args.tta, args.device)
+    print(f"{summary['outputs_written']} of {summary['inputs_seen']} inputs predicted -> {args.out}")
+    for f in summary["failures"]:
+        print(f"failed: {f['error']}")
+    return 1 if summary["failures"] else 0
+
+
+def _evaluate(args) -> int:
+    from biocnn.segment.evaluate import evaluate
+
+    m = evaluate(args.pred, args.labels, args.out)
+    print(json.dumps({k: v for k, v in m.items() if k != "per_case"}, indent=2))
+    return 0
+
+
+def _report(args) -> int:
+    from biocnn.segment.report import report
+
+    if not (len(args.name) == len(args.metrics) == len(args.pred)):
+        from biocnn.errors import BiocnnError
+
+        raise BiocnnError("give one --name, --metrics and --pred per run")
+    print(json.dumps(report(list(zip(args.name, args.metrics, args.pred)), args.out), indent=2))
+    return 0
 
 
 def register(subparsers) -> None:
-    add_group(subparsers, "segment", "segmentation with uncertainty: synth, train, predict, evaluate")
+    verbs = add_group(subparsers, "segment", "segmentation with uncertainty: synth, train, predict, evaluate")
+
+    p = add_verb(verbs, "synth", _synth, "write generated demo data (malaria PNG fields or tumor NIfTI cases)")
+    p.add_argument("--kind", choices=("malaria", "tumor"), required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--n", type=int, default=16, help="number of images / cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, help="field width (malaria, default 128) or volume edge (tumor, default 48)")
+    p.add_argument("--shift", choices=("none", "noise", "blur", "intensity"), default="none",
+                   help="out-of-distribution variant")
+    p.add_argument("--severity", type=float, default=1.0, help="strength of --shift")
+    p.add_argument("--format", choices=("png", "tif"), default="png", help="malaria image format (tif: 16 bit)")
+
+    p = add_verb(verbs, "train", _train, "train a U-Net from a YAML config")
+    p.add_argument("--config", type=existing_file, required=True)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--train", help="override data.train")
+    p.add_argument("--val", help="override data.val")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    p = add_verb(verbs, "predict", _predict, "label maps, probabilities, entropy and mutual information")
+    p.add_argument("--model", action="append", required=True, help="model directory (repeat for an ensemble)")
+    p.add_argument("--input", type=existing_path, required=True, help="image file, 4D NIfTI, case dir or dir of cases")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mc-samples", dest="mc_samples", type=int, help="Monte Carlo dropout samples (default: model config, 20)")
+    p.add_argument("--tta", action="store_true", help="also average over flipped views")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    p = add_verb(verbs, "evaluate", _evaluate, "Dice, HD95, error-detection AUROC, Spearman, ECE")
+    p.add_argument("--pred", type=existing_path, required=True, help="directory written by predict")
+    p.add_argument("--labels", type=existing_path, required=True, help="directory with the true labels")
+    p.add_argument("--out", required=True, help="metrics JSON")
+
+    p = add_verb(verbs, "report", _report, "figures and summary.json for the report")
+    p.add_argument("--name", action="append", required=True)
+    p.add_argument("--metrics", action="append", required=True)
+    p.add_argument("--pred", action="append", required=True)
+    p.add_argument("--out", required=True, help="report directory")

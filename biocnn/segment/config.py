@@ -1,0 +1,84 @@
+"""The segmentation config (``configs/segment_*.yaml``), validated on load."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from biocnn.config import EarlyStopping, StrictModel, TrainConfig
+
+
+class DataConfig(StrictModel):
+    """Where the cases are and how they are read and sampled."""
+
+    train: str
+    val: str | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: int = Field(3, ge=1)
+    # 3D: one file per modality named <case>_<modality>.nii.gz, or one 4D <case>_image.nii.gz.
+    modalities: list[str] = []
+    # Label values in the masks; class index = position (BraTS: [0, 1, 2, 4]).
+    label_values: list[int] = [0, 1]
+    pixdim: list[float] | None = None
+    patch_size: list[int]
+    samples_per_image: int = Field(4, ge=1)
+    pos_fraction: float = Field(0.5, ge=0, le=1)
+    cache_rate: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size needs {self.spatial_dims} entries")
+        if self.spatial_dims == 3 and self.modalities and len(self.modalities) != self.in_channels:
+            raise ValueError("in_channels must equal the number of modalities")
+        if self.label_values[0] != 0 or len(set(self.label_values)) != len(self.label_values):
+            raise ValueError("label_values must start with 0 (background) and be distinct")
+        if self.pixdim is not None and len(self.pixdim) != self.spatial_dims:
+            raise ValueError(f"pixdim needs {self.spatial_dims} entries")
+        return self
+
+
+class NetConfig(StrictModel):
+    """U-Net settings (see :class:`biocnn.models.UNet`).
+
+    ``dropout`` (encoder, one rate per stage) and ``decoder_dropout`` (deepest first) place
+    the spatial dropout used for Monte Carlo sampling; everything before the first non-zero
+    rate is deterministic and computed once per window at prediction.
+    """
+
+    channels: list[int] = [16, 32, 64, 128]
+    strides: list[int] | None = None
+    kernel_size: int = 3
+    convs_per_stage: int = 2
+    norm: str = "batch"
+    act: str = "relu"
+    dropout: float | list[float] = 0.0
+    decoder_dropout: float | list[float] = [0.0, 0.0, 0.3]
+
+
+class InferenceConfig(StrictModel):
+    """Sliding-window and sampling settings used for validation and prediction."""
+
+    roi_size: list[int]
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(4, ge=1)
+    mc_samples: int = Field(20, ge=1)
+    mc_batch: int = Field(5, ge=1)
+
+
+class SegmentConfig(StrictModel):
+    """``configs/segment_malaria.yaml`` / ``configs/segment_tumor.yaml``."""
+
+    data: DataConfig
+    model: NetConfig = NetConfig()
+    train: TrainConfig = TrainConfig(
+        epochs=30, batch_size=8, early_stopping=EarlyStopping(monitor="val_dice", mode="max", patience=8))
+    inference: InferenceConfig
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.inference.roi_size) != self.data.spatial_dims:
+            raise ValueError(f"inference.roi_size needs {self.data.spatial_dims} entries")
+        return self

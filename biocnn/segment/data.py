@@ -1,0 +1,332 @@
+"""Finding cases, reading them with checks, and the MONAI pipelines that feed the U-Net.
+
+Layouts:
+
+* 2D: ``DIR/images/<id>.png|.tif`` with ``DIR/labels/<id>.png|.tif`` (labels optional for
+  prediction); a plain directory of images or a single image file also works for prediction.
+* 3D: one directory per case, ``DIR/<id>/<id>_<modality>.nii.gz`` for each configured
+  modality (BraTS style) or one 4D ``DIR/<id>/<id>_image.nii.gz``, with the label in
+  ``DIR/<id>/<id>_seg.nii.gz``. A single case directory or a single 4D file works for
+  prediction.
+
+:class:`LoadCased` reads a case and checks it (shapes and affines agree across modalities and
+with the label, no NaN/Inf, label values known, a 2D file is not given to a 3D model); every
+error names the case and file. The rest of the pipeline is MONAI: orientation, spacing,
+intensity normalisation, positive/negative balanced patch sampling and augmentation, with
+the deterministic part cached by :class:`monai.data.CacheDataset`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from biocnn.errors import BiocnnError, InputError
+from biocnn.io.images import IMAGE_SUFFIXES, is_image_file, read_image, read_label
+from biocnn.io.nifti import is_nifti_file, nifti_stem, read_volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    """One input: its id, image file(s) (one per modality, or one) and optional label file."""
+
+    id: str
+    images: list[Path]
+    label: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The dict MONAI transforms start from (paths as strings)."""
+        return {"case": self.id, "images": [str(p) for p in self.images],
+                "label": str(self.label) if self.label else ""}
+
+
+# ----------------------------------------------------------------------------- discovery
+def _find_by_stem(directory: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (directory / f"{stem}{suffix}", directory / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_cases_2d(path: str | Path, require_labels: bool = False) -> list[Case]:
+    """2D cases from an image file, a directory of images, or ``DIR/images`` + ``DIR/labels``."""
+    path = Path(path)
+    if path.is_file():
+        if is_nifti_file(path):
+            raise InputError(path, "is a NIfTI volume but the model is 2D (PNG/TIFF images)")
+        return [Case(path.stem, [path])]
+    if not path.is_dir():
+        raise InputError(path, "no such file or directory")
+    image_dir = path / "images" if (path / "images").is_dir() else path
+    label_dir = path / "labels"
+    cases = []
+    for image in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if is_nifti_file(image):
+            raise InputError(image, "is a NIfTI volume but the model is 2D (PNG/TIFF images)")
+        if not is_image_file(image):
+            continue
+        label = _find_by_stem(label_dir, image.stem) if label_dir.is_dir() else None
+        if require_labels and label is None:
+            raise InputError(image, f"no label mask {label_dir}/{image.stem}.png|.tif")
+        cases.append(Case(image.stem, [image], label))
+    if not cases:
+        raise InputError(image_dir, "no PNG or TIFF images found")
+    return cases
+
+
+def _case_from_dir(directory: Path, modalities: Sequence[str]) -> Case:
+    cid = directory.name
+
+    def find(suffix: str) -> Path | None:
+        for ext in (".nii.gz", ".nii"):
+            p = directory / f"{cid}_{suffix}{ext}"
+            if p.is_file():
+                return p
+        return None
+
+    label = find("seg")
+    four_d = find("image")
+    if four_d is not None:
+        return Case(cid, [four_d], label)
+    images, missing = [], []
+    for mod in modalities:
+        p = find(mod)
+        (images if p else missing).append(p or mod)
+    if missing:
+        raise InputError(directory, f"case {cid}: missing modality file(s) "
+                                    + ", ".join(f"{cid}_{m}.nii.gz" for m in missing))
+    return Case(cid, images, label)
+
+
+def find_cases_3d(path: str | Path, modalities: Sequence[str], require_labels: bool = False) -> list[Case]:
+    """3D cases from a 4D NIfTI file, one case directory, or a directory of case directories."""
+    path = Path(path)
+    if path.is_file():
+        if is_image_file(path):
+            raise InputError(path, "is a 2D image but the model is 3D (NIfTI volumes)")
+        if not is_nifti_file(path):
+            raise InputError(path, "not a NIfTI file")
+        return [Case(nifti_stem(path), [path])]
+    if not path.is_dir():
+        raise InputError(path, "no such file or directory")
+    flat_images = [p for p in path.iterdir() if p.is_file() and is_image_file(p)]
+    if flat_images:
+        raise InputError(flat_images[0], "is a 2D image but the model is 3D (NIfTI volumes)")
+    own = [p for p in path.iterdir() if p.is_file() and is_nifti_file(p) and p.name.startswith(path.name + "_")]
+    dirs = [path] if own else sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cases = [_case_from_dir(d, modalities) for d in dirs]
+    if require_labels:
+        for c in cases:
+            if c.label is None:
+                raise InputError(path / c.id, f"case {c.id}: no label file {c.id}_seg.nii.gz")
+    if not cases:
+        raise InputError(path, "no cases found (expected <case>/<case>_<modality>.nii.gz)")
+    return cases
+
+
+def find_cases(path: str | Path, spatial_dims: int, modalities: Sequence[str] = (),
+               require_labels: bool = False) -> list[Case]:
+    """The cases under ``path`` for a 2D or 3D model."""
+    if spatial_dims == 2:
+        return find_cases_2d(path, require_labels)
+    return find_cases_3d(path, modalities, require_labels)
+
+
+# ----------------------------------------------------------------------------- reading
+def label_to_index(label: np.ndarray, label_values: Sequence[int], case_id: str, path: Path) -> np.ndarray:
+    """Map label values (e.g. BraTS 0, 1, 2, 4) to class indices 0..C-1; unknown values fail."""
+    values = np.unique(label)
+    unknown = sorted(set(values.tolist()) - set(int(v) for v in label_values))
+    if unknown:
+        raise InputError(path, f"case {case_id}: unknown label values {unknown} "
+                               f"(expected {list(label_values)})")
+    lut = np.zeros(int(max(max(label_values), values.max(initial=0))) + 1, np.int64)
+    for i, v in enumerate(label_values):
+        lut[int(v)] = i
+    return lut[label]
+
+
+def index_to_label(index: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Class indices back to label values."""
+    return np.asarray(label_values)[index]
+
+
+def read_case_2d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(image (C, H, W) float32, label (H, W) label values or None)`` with checks."""
+    path = case.images[0]
+    if is_nifti_file(path):
+        raise InputError(path, f"case {case.id}: a NIfTI volume given to a 2D model")
+    image = read_image(path)
+    if image.shape[0] != in_channels:
+        if in_channels == 3 and image.shape[0] == 1:
+            image = np.repeat(image, 3, axis=0)  # grayscale into an RGB model: replicate
+        else:
+            raise InputError(path, f"case {case.id}: image has {image.shape[0]} channel(s), "
+                                   f"the model expects {in_channels}")
+    label = None
+    if case.label is not None:
+        label = read_label(case.label)
+        if label.shape != image.shape[1:]:
+            raise InputError(case.label, f"case {case.id}: label shape {label.shape} does not match "
+                                         f"image shape {image.shape[1:]}")
+    return image, label
+
+
+def read_case_3d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """``(image (C, X, Y, Z) float32, label or None, reference nibabel image)`` with checks."""
+    arrays, ref = [], None
+    for path in case.images:
+        if is_image_file(path):
+            raise InputError(path, f"case {case.id}: a 2D image given to a 3D model")
+        data, img = read_volume(path)
+        if data.ndim == 2 or (data.ndim == 3 and min(data.shape) == 1):
+            raise InputError(path, f"case {case.id}: a 2D image (shape {data.shape}) given to a 3D model")
+        if data.ndim == 4:
+            arrays.extend(np.moveaxis(data, -1, 0))
+        elif data.ndim == 3:
+            arrays.append(data)
+        else:
+            raise InputError(path, f"case {case.id}: expected a 3D or 4D volume, got shape {data.shape}")
+        if ref is None:
+            ref = img
+        else:
+            if data.shape[:3] != ref.shape[:3]:
+                raise InputError(path, f"case {case.id}: shape {data.shape[:3]} differs from "
+                                       f"{case.images[0].name} {ref.shape[:3]}")
+            if not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise InputError(path, f"case {case.id}: affine differs from {case.images[0].name}")
+    if len(arrays) != in_channels:
+        raise InputError(case.images[0], f"case {case.id}: {len(arrays)} modalities, the model expects {in_channels}")
+    image = np.stack(arrays).astype(np.float32)
+    label = None
+    if case.label is not None:
+        ldata, limg = read_volume(case.label, dtype=np.float64)
+        if ldata.shape != image.shape[1:]:
+            raise InputError(case.label, f"case {case.id}: label shape {ldata.shape} does not match "
+                                         f"image shape {image.shape[1:]}")
+        if not np.allclose(limg.affine, ref.affine, atol=1e-3):
+            raise InputError(case.label, f"case {case.id}: label affine differs from the image's")
+        if not np.equal(np.mod(ldata, 1), 0).all():
+            raise InputError(case.label, f"case {case.id}: label volume holds non-integer values")
+        label = ldata.astype(np.int64)
+    return image, label, ref
+
+
+# ----------------------------------------------------------------------------- MONAI
+def _load_transform(spatial_dims: int, in_channels: int, label_values: Sequence[int], train: bool):
+    from monai.data import MetaTensor
+    from monai.transforms import MapTransform
+
+    class LoadCased(MapTransform):
+        """Read a case dict (``images``, ``label``) into ``image``/``label`` MetaTensors."""
+
+        def __init__(self):
+            super().__init__(keys=["images"])
+
+        def __call__(self, data):
+            d = dict(data)
+            case = Case(d["case"], [Path(p) for p in d["images"]], Path(d["label"]) if d["label"] else None)
+            if spatial_dims == 2:
+                image, label = read_case_2d(case, in_channels)
+                affine = np.eye(4)
+            else:
+                image, label, ref = read_case_3d(case, in_channels)
+                affine = ref.affine
+            d["image"] = MetaTensor(image, affine=affine)
+            if label is not None:
+                idx = label_to_index(label, label_values, case.id, case.label)
+                if train and not idx.any():
+                    log.warning("case %s: label %s is empty (no foreground)", case.id, case.label)
+                d["label"] = MetaTensor(idx[None].astype(np.int64), affine=affine)
+            else:
+                d.pop("label", None)
+            return d
+
+    return LoadCased()
+
+
+def preprocessing(cfg, train: bool = True, with_label: bool = True):
+    """The deterministic (cached) transforms: load + check, orientation, spacing, intensity.
+
+    ``cfg`` is a :class:`~biocnn.segment.config.DataConfig` (or the ``data`` dict of a model
+    directory's config.json, validated into one).
+    """
+    from monai.transforms import Compose, NormalizeIntensityd, Orientationd, Spacingd
+
+    keys = ["image", "label"] if with_label else ["image"]
+    ts = [_load_transform(cfg.spatial_dims, cfg.in_channels, cfg.label_values, train)]
+    if cfg.spatial_dims == 3:
+        ts.append(Orientationd(keys=keys, axcodes="RAS", labels=None))
+        if cfg.pixdim:
+            ts.append(Spacingd(keys=keys, pixdim=cfg.pixdim,
+                               mode=("bilinear", "nearest") if with_label else "bilinear"))
+        # MRI intensities have no absolute scale: z-score each modality inside the head.
+        ts.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    return Compose(ts)
+
+
+def augmentation(cfg, seed: int):
+    """Random transforms for training: balanced patch sampling, flips, rotations, intensity."""
+    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
+                                  RandRotate90d, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+
+    keys = ["image", "label"]
+    ts = [
+        SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
+        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
+                               pos=cfg.pos_fraction, neg=1 - cfg.pos_fraction, num_samples=cfg.samples_per_image),
+    ]
+    ts += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
+    if cfg.spatial_dims == 2:
+        ts.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))
+    ts += [
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.2, std=0.02),
+    ]
+    aug = Compose(ts)
+    aug.set_random_state(seed=seed)  # MONAI's own RNG: same seed, same patches
+    return aug
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Re-raise a :class:`BiocnnError` that MONAI wrapped in ``RuntimeError("applying transform")``.
+
+    The command line then prints the one-line message naming the case and file.
+    """
+    try:
+        yield
+    except BiocnnError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, BiocnnError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def load_case(transform, case: Case) -> dict[str, Any]:
+    """Run the preprocessing ``transform`` on one case, with user errors unwrapped."""
+    with user_errors():
+        return transform(case.as_dict())
+
+
+def cached_dataset(cases: Sequence[Case], transform, cache_rate: float = 1.0):
+    """A :class:`monai.data.CacheDataset`: the deterministic transforms run once per case."""
+    from monai.data import CacheDataset
+
+    with user_errors():
+        return CacheDataset([c.as_dict() for c in cases], transform=transform, cache_rate=cache_rate,
+                        num_workers=0, progress=False)

@@ -1,0 +1,165 @@
+"""``biocnn segment evaluate``: segmentation quality and uncertainty quality.
+
+* Dice per class and HD95 per class (MONAI metrics; HD95 in mm for NIfTI, using the voxel
+  size, in pixels for 2D);
+* ``error_auroc``: AUROC of voxel predictive entropy for finding wrong voxels (pooled over
+  cases, a seeded subsample of voxels per case);
+* ``spearman``: Spearman correlation of the image-level score with 1 - mean foreground Dice;
+* ``ece``: expected calibration error of the top-class probability (15 equal-width bins).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from biocnn.checkpoint import read_json
+from biocnn.errors import InputError
+from biocnn.io.atomic import write_json
+from biocnn.segment.data import find_cases, label_to_index
+
+MAX_VOXELS_PER_CASE = 200_000
+
+
+def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing=None) -> tuple[list[float], list[float]]:
+    """Per foreground class: Dice and HD95 (MONAI). Both empty: Dice 1, HD95 0; one empty: HD95 NaN."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    p = one_hot(torch.as_tensor(pred)[None, None].long(), num_classes)
+    t = one_hot(torch.as_tensor(truth)[None, None].long(), num_classes)
+    dice = compute_dice(p, t, include_background=False, ignore_empty=False)[0].tolist()
+    hd = []
+    for c in range(1, num_classes):
+        has_p, has_t = bool(p[0, c].any()), bool(t[0, c].any())
+        if not has_p and not has_t:
+            hd.append(0.0)
+        elif has_p != has_t:
+            hd.append(float("nan"))
+        else:
+            hd.append(float(compute_hausdorff_distance(p[:, c:c + 1], t[:, c:c + 1], include_background=True,
+                                                       percentile=95, spacing=spacing)[0, 0]))
+    return [float(d) for d in dice], hd
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve (NaN when only one class is present)."""
+    from sklearn.metrics import roc_auc_score
+
+    if positives.all() or not positives.any():
+        return float("nan")
+    return float(roc_auc_score(positives, scores))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: bin-size-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.sum() * abs(correct[sel].mean() - confidence[sel].mean())
+    return float(total / max(len(confidence), 1))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (NaN for fewer than 3 cases or constant input)."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
+    if spatial_dims == 2:
+        from biocnn.io.images import read_label
+        import tifffile
+
+        label = read_label(pred_dir / f"{case_id}_label.png")
+        prob = tifffile.imread(pred_dir / f"{case_id}_prob.tif")
+        ent = tifffile.imread(pred_dir / f"{case_id}_entropy.tif")
+        return label, prob, ent, None
+    from biocnn.io.nifti import read_volume
+
+    label, img = read_volume(pred_dir / f"{case_id}_label.nii.gz", dtype=np.int64)
+    prob, _ = read_volume(pred_dir / f"{case_id}_prob.nii.gz")
+    ent, _ = read_volume(pred_dir / f"{case_id}_entropy.nii.gz")
+    return label, np.moveaxis(prob, -1, 0), ent, img.header.get_zooms()[:3]
+
+
+def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """Compare a ``predict`` output directory with the true labels; write ``out`` (JSON)."""
+    pred_dir = Path(pred_dir)
+    info = read_json(pred_dir / "predict.json")
+    dims, values = info["spatial_dims"], info["label_values"]
+    num_classes = len(values)
+    rows_path = pred_dir / "uncertainty.csv"
+    if not rows_path.is_file():
+        raise InputError(rows_path, "not found (run biocnn segment predict first)")
+    with open(rows_path, newline="") as fh:
+        scores = {r["case"]: float(r["score"]) for r in csv.DictReader(fh)}
+    truth_cases = {c.id: c for c in find_cases(labels_dir, dims, info.get("modalities", []), require_labels=True)}
+    missing = sorted(set(scores) - set(truth_cases))
+    if missing:
+        raise InputError(labels_dir, f"no labels for predicted case(s) {', '.join(missing[:5])}")
+    rng = np.random.default_rng(seed)
+    per_case, unc, wrong, conf, right = [], [], [], [], []
+    for cid in sorted(scores):
+        case = truth_cases[cid]
+        if dims == 2:
+            from biocnn.io.images import read_label
+
+            truth_values = read_label(case.label)
+        else:
+            from biocnn.io.nifti import read_volume
+
+            truth_values, _ = read_volume(case.label, dtype=np.int64)
+        truth = label_to_index(truth_values, values, cid, case.label)
+        pred_values, prob, ent, spacing = _read_outputs(pred_dir, cid, dims)
+        if pred_values.shape != truth.shape:
+            raise InputError(case.label, f"case {cid}: label shape {truth.shape} differs from the "
+                                         f"prediction's {pred_values.shape}")
+        pred = label_to_index(pred_values, values, cid, pred_dir / f"{cid}_label")
+        dice, hd = dice_hd95(pred, truth, num_classes, spacing)
+        per_case.append({"case": cid, "dice": dice, "hd95": hd, "mean_dice": float(np.mean(dice)),
+                         "score": scores[cid]})
+        flat = np.arange(truth.size)
+        if truth.size > MAX_VOXELS_PER_CASE:
+            flat = rng.choice(truth.size, MAX_VOXELS_PER_CASE, replace=False)
+        w = (pred.ravel() != truth.ravel())[flat]
+        unc.append(ent.ravel()[flat])
+        wrong.append(w)
+        conf.append(prob.reshape(num_classes, -1).max(0)[flat])
+        right.append(~w)
+    unc_a, wrong_a = np.concatenate(unc), np.concatenate(wrong)
+    dice_arr = np.array([r["dice"] for r in per_case])
+    hd_arr = np.array([r["hd95"] for r in per_case], dtype=float)
+    metrics = {
+        "cases": len(per_case),
+        "label_values": values,
+        "dice_per_class": {str(v): float(np.mean(dice_arr[:, i])) for i, v in enumerate(values[1:])},
+        "hd95_per_class": {str(v): _nanmean(hd_arr[:, i]) for i, v in enumerate(values[1:])},
+        "dice": float(dice_arr.mean()),
+        "hd95": _nanmean(hd_arr.ravel()),
+        "error_auroc": auroc(unc_a, wrong_a),
+        "spearman": spearman([r["score"] for r in per_case], [1 - r["mean_dice"] for r in per_case]),
+        "ece": expected_calibration_error(np.concatenate(conf), np.concatenate(right).astype(float)),
+        "per_case": per_case,
+    }
+    if out is not None:
+        write_json(out, metrics)
+    return metrics
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan

@@ -1,0 +1,111 @@
+"""Sliding-window inference with Monte Carlo dropout, flip TTA and ensembles.
+
+:class:`UncertaintyPredictor` is the ``predictor`` handed to MONAI's
+:func:`~monai.inferers.sliding_window_inference`. For each window batch it draws every sample
+(models x flips x MC samples) and returns only their running means: the mean class
+probabilities and the mean per-sample entropy, ``C + 1`` channels. Those are linear, so
+Gaussian blending of overlapping windows is exact for them, and the full-image accumulators
+hold ``C + 1`` float32 channels whatever T is (streaming statistics, bounded memory).
+Predictive entropy and mutual information are formed afterwards
+(:func:`biocnn.segment.uncertainty.maps_from_stats`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from biocnn.backbone import enable_mc_dropout
+from biocnn.device import autocast
+from biocnn.segment.sampling import chunks, has_active_dropout, naive_samples, unet_samples
+from biocnn.segment.uncertainty import SampleAccumulator
+
+
+def flip_sets(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
+    """Spatial axes to flip for each TTA view: all 2^d combinations, or just the identity."""
+    if not tta:
+        return [()]
+    axes = range(spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def prepare_models(models: Sequence[nn.Module], mc_samples: int) -> list[int]:
+    """Eval mode, dropout on when sampling; returns the samples to draw per model."""
+    counts = []
+    for model in models:
+        model.eval()
+        if mc_samples > 1:
+            enable_mc_dropout(model)
+        counts.append(mc_samples if has_active_dropout(model) else 1)
+    return counts
+
+
+class UncertaintyPredictor:
+    """Window predictor returning ``(B, C + 1, *roi)``: mean probabilities + mean entropy.
+
+    Args:
+        models: one or more UNets (an ensemble pools all their samples).
+        spatial_dims: 2 or 3.
+        mc_samples: Monte Carlo dropout samples per model (1: deterministic).
+        mc_batch: samples pushed through the network at once (memory bound).
+        tta: also average over flipped views; the MC samples are spread over the views.
+        fast: share the deterministic prefix (``True``) or run full passes (naive baseline).
+        amp: float16 autocast on CUDA.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], spatial_dims: int, mc_samples: int = 20,
+                 mc_batch: int = 5, tta: bool = False, fast: bool = True, amp: bool = True):
+        self.models = list(models)
+        self.flips = flip_sets(spatial_dims, tta)
+        self.samples = prepare_models(self.models, mc_samples)
+        self.mc_batch = mc_batch
+        self.fast = fast
+        self.amp = amp
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        acc = SampleAccumulator()
+        draw = unet_samples if self.fast else naive_samples
+        for model, n in zip(self.models, self.samples):
+            # Spread the samples over the flipped views (at least one each).
+            per_view = [len(part) for part in _split(n, len(self.flips))]
+            for axes, n_view in zip(self.flips, per_view):
+                dims = [a + 2 for a in axes]
+                xv = x.flip(dims) if dims else x
+                for k in chunks(n_view, self.mc_batch):
+                    with autocast(x.device, self.amp):
+                        logits = draw(model, xv, k)
+                    if dims:
+                        logits = logits.flip([d + 1 for d in dims])
+                    acc.add(logits)
+        return acc.stats()
+
+
+def _split(n: int, parts: int) -> list[range]:
+    n = max(n, parts)
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def sliding_stats(image: torch.Tensor, predictor: UncertaintyPredictor, roi_size: Sequence[int],
+                  sw_batch_size: int = 4, overlap: float = 0.5, device: torch.device | None = None) -> torch.Tensor:
+    """Blend window statistics over a whole image ``(C_in, *spatial)`` -> ``(C + 1, *spatial)``.
+
+    The image stays where it is (CPU for big volumes); windows run on ``device``; the
+    accumulators are float32 on the image's device.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = device or image.device
+    out = sliding_window_inference(
+        image.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=sw_batch_size,
+        predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device, device=image.device)
+    return torch.as_tensor(out)[0]

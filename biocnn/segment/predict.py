@@ -1,0 +1,162 @@
+"""``biocnn segment predict``: label map, probabilities, entropy and mutual information.
+
+Per input (``<id>`` = case id):
+
+* 2D: ``<id>_label.png``, ``<id>_prob.tif`` (C, H, W float32), ``<id>_entropy.tif``,
+  ``<id>_mutual_info.tif``, ``<id>_overlay.png``;
+* 3D: ``<id>_label.nii.gz``, ``<id>_prob.nii.gz`` (X, Y, Z, C), ``<id>_entropy.nii.gz``,
+  ``<id>_mutual_info.nii.gz`` (all with the input's affine and header), ``<id>_overlay.png``.
+
+Plus ``uncertainty.csv`` (one row per input with the image-level score) and
+``predict.json`` (settings, the label values, failures). A bad input is reported and the
+others go on; inputs seen = rows written + failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from biocnn.checkpoint import load_model
+from biocnn.device import select_device
+from biocnn.errors import BiocnnError, CheckpointError
+from biocnn.io.atomic import write_json, write_text
+from biocnn.segment.config import DataConfig, InferenceConfig
+from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
+from biocnn.segment.figures import overlay_png, pick_slice
+from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
+from biocnn.segment.uncertainty import image_score, maps_from_stats
+
+log = logging.getLogger(__name__)
+
+# Data settings that every model of an ensemble must share.
+_SHARED = ("spatial_dims", "in_channels", "modalities", "label_values", "pixdim")
+
+
+def load_models(model_dirs: Sequence[str | Path], device: torch.device):
+    """Load one or more model directories; they must agree on their data settings."""
+    models, configs = [], []
+    for d in model_dirs:
+        model, config = load_model(d, device)
+        if "data" not in config or "inference" not in config:
+            raise CheckpointError(f"{d}: not a segmentation model (config.json has no data/inference)")
+        models.append(model)
+        configs.append(config)
+    first = configs[0]["data"]
+    for d, c in zip(model_dirs[1:], configs[1:]):
+        diff = [k for k in _SHARED if c["data"].get(k) != first.get(k)]
+        if diff:
+            raise CheckpointError(f"{d}: cannot ensemble with {model_dirs[0]}: data settings differ ({', '.join(diff)})")
+    return models, DataConfig(**first), InferenceConfig(**configs[0]["inference"])
+
+
+class Segmenter:
+    """Everything needed to predict one case after another with the same settings."""
+
+    def __init__(self, model_dirs: Sequence[str | Path], mc_samples: int | None = None, tta: bool = False,
+                 device: str = "auto", fast: bool = True, amp: bool = True):
+        self.device = select_device(device)
+        self.models, self.data, self.inference = load_models(model_dirs, self.device)
+        self.mc_samples = mc_samples if mc_samples is not None else self.inference.mc_samples
+        self.tta = tta
+        self.predictor = UncertaintyPredictor(self.models, self.data.spatial_dims, self.mc_samples,
+                                              self.inference.mc_batch, tta, fast, amp)
+        self.pre = preprocessing(self.data, train=False, with_label=False)
+
+    def stats(self, case: Case):
+        """``(stats (C + 1, *spatial) in the input's grid, preprocessed item)``."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        item = load_case(self.pre, Case(case.id, case.images))
+        image = item["image"]
+        inf = self.inference
+        stats = sliding_stats(image.as_tensor(), self.predictor, inf.roi_size, inf.sw_batch_size, inf.overlap,
+                              device=self.device)
+        if self.data.spatial_dims == 3 and image.applied_operations:
+            # Undo orientation (and resampling) so outputs line up with the input file.
+            meta = MetaTensor(stats, meta=dict(image.meta))
+            item["pred"] = meta
+            inv = Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=False)
+            stats = torch.as_tensor(inv(item)["pred"])
+        return stats, item
+
+    def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
+        """Predict one case, write its files, return its ``uncertainty.csv`` row."""
+        stats, _ = self.stats(case)
+        maps = maps_from_stats(stats[None].float())
+        prob = maps["prob"][0].numpy()
+        label_idx = maps["label"][0].numpy()
+        ent = maps["entropy"][0].numpy()
+        mi = maps["mutual_info"][0].numpy()
+        labels = index_to_label(label_idx, self.data.label_values)
+        if self.data.spatial_dims == 2:
+            written = self._write_2d(case, out_dir, labels, prob, ent, mi)
+        else:
+            written = self._write_3d(case, out_dir, labels, prob, ent, mi)
+        return {"case": case.id, "score": image_score(ent, prob), "mean_entropy": float(ent.mean()),
+                "mean_mutual_info": float(mi.mean()), "foreground_fraction": float((label_idx > 0).mean()),
+                "label_file": written}
+
+    def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
+        from biocnn.io.images import read_image, write_float_tiff, write_label
+
+        label_path = out_dir / f"{case.id}_label.png"
+        write_label(label_path, labels)
+        write_float_tiff(out_dir / f"{case.id}_prob.tif", prob)
+        write_float_tiff(out_dir / f"{case.id}_entropy.tif", ent)
+        write_float_tiff(out_dir / f"{case.id}_mutual_info.tif", mi)
+        overlay_png(out_dir / f"{case.id}_overlay.png", read_image(case.images[0]), labels, ent, title=case.id)
+        return label_path.name
+
+    def _write_3d(self, case, out_dir, labels, prob, ent, mi) -> str:
+        from biocnn.io.nifti import read_volume, save_like
+
+        first, ref = read_volume(case.images[0])
+        label_path = out_dir / f"{case.id}_label.nii.gz"
+        save_like(label_path, labels, ref, np.uint8 if max(self.data.label_values) < 256 else np.int16)
+        save_like(out_dir / f"{case.id}_prob.nii.gz", np.moveaxis(prob, 0, -1), ref, np.float32)
+        save_like(out_dir / f"{case.id}_entropy.nii.gz", ent, ref, np.float32)
+        save_like(out_dir / f"{case.id}_mutual_info.nii.gz", mi, ref, np.float32)
+        vol = first if first.ndim == 3 else first[..., 0]
+        z = pick_slice(labels, ent)
+        overlay_png(out_dir / f"{case.id}_overlay.png", vol[None, :, :, z], labels[:, :, z], ent[:, :, z],
+                    title=f"{case.id} (slice {z})")
+        return label_path.name
+
+
+CSV_FIELDS = ("case", "score", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
+
+
+def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,
+            mc_samples: int | None = None, tta: bool = False, device: str = "auto") -> dict[str, Any]:
+    """Predict every case under ``input_path``; returns the summary written to predict.json."""
+    out_dir = Path(out_dir)
+    seg = Segmenter(model_dirs, mc_samples, tta, device)
+    cases = find_cases(input_path, seg.data.spatial_dims, seg.data.modalities)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], []
+    for case in cases:
+        try:
+            rows.append(seg.predict_case(case, out_dir))
+            log.info("%s: score %.4f", case.id, rows[-1]["score"])
+        except BiocnnError as exc:
+            failures.append({"case": case.id, "error": str(exc)})
+            log.error("%s: %s", case.id, exc)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "uncertainty.csv", buf.getvalue())
+    summary = {"models": [str(m) for m in model_dirs], "input": str(input_path), "mc_samples": seg.mc_samples,
+               "tta": tta, "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
+               "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
+               "failures": failures}
+    write_json(out_dir / "predict.json", summary)
+    return summary

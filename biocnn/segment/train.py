@@ -1,0 +1,106 @@
+"""``biocnn segment train``: fit a U-Net with the shared loop (Dice + CE, validation Dice)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biocnn.checkpoint import provenance
+from biocnn.config import load_config
+from biocnn.device import seed_everything
+from biocnn.models import UNet
+from biocnn.segment.config import SegmentConfig
+from biocnn.segment.data import augmentation, cached_dataset, find_cases, preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def model_spec(cfg: SegmentConfig) -> dict[str, Any]:
+    """The ``{"name": "unet", ...}`` spec stored in config.json."""
+    m = cfg.model
+    return {"name": "unet", "spatial_dims": cfg.data.spatial_dims, "in_channels": cfg.data.in_channels,
+            "out_channels": len(cfg.data.label_values), "channels": list(m.channels),
+            "strides": list(m.strides) if m.strides else None, "kernel_size": m.kernel_size,
+            "convs_per_stage": m.convs_per_stage, "norm": m.norm, "act": m.act,
+            "dropout": m.dropout, "decoder_dropout": m.decoder_dropout}
+
+
+def split_cases(cfg: SegmentConfig):
+    """Training and validation cases (a seeded split of ``data.train`` when no ``data.val``)."""
+    d = cfg.data
+    train = find_cases(d.train, d.spatial_dims, d.modalities, require_labels=True)
+    if d.val:
+        return train, find_cases(d.val, d.spatial_dims, d.modalities, require_labels=True)
+    if len(train) < 2:
+        raise ValueError(f"{d.train}: need at least 2 cases to split off validation")
+    order = np.random.default_rng(cfg.train.seed).permutation(len(train))
+    n_val = max(1, int(round(len(train) * d.val_fraction)))
+    return [train[i] for i in sorted(order[n_val:])], [train[i] for i in sorted(order[:n_val])]
+
+
+def make_validate(cfg: SegmentConfig):
+    """``validate(model, loader, device)``: mean foreground Dice of whole-image predictions.
+
+    Validation images may differ in size, so the cases are taken one by one from the
+    loader's dataset rather than batched.
+    """
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
+
+    inf = cfg.inference
+    num_classes = len(cfg.data.label_values)
+
+    def validate(model, loader, device) -> dict[str, float]:
+        metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
+        predictor = UncertaintyPredictor([model], cfg.data.spatial_dims, mc_samples=1, amp=cfg.train.amp)
+        for item in loader.dataset:
+            stats = sliding_stats(torch.as_tensor(item["image"]).to(device), predictor, inf.roi_size,
+                                  inf.sw_batch_size, inf.overlap)
+            pred = stats[:-1].argmax(0)[None, None]
+            label = torch.as_tensor(item["label"]).to(device)[None].long()
+            metric(one_hot(pred, num_classes), one_hot(label, num_classes))
+        return {"val_dice": float(metric.aggregate().item())}
+
+    return validate
+
+
+def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a segmentation model described by ``config_path`` into ``out_dir``."""
+    from monai.data import list_data_collate
+    from monai.losses import DiceCELoss
+    from monai.transforms import Compose
+
+    from biocnn.train import fit
+
+    cfg = load_config(config_path, SegmentConfig, overrides)
+    train_cases, val_cases = split_cases(cfg)
+    log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
+    pre = preprocessing(cfg.data, train=True)
+    aug = augmentation(cfg.data, cfg.train.seed)
+    train_ds = cached_dataset(train_cases, Compose([*pre.transforms, *aug.transforms]).set_random_state(
+        seed=cfg.train.seed), cfg.data.cache_rate)
+    val_ds = cached_dataset(val_cases, pre, cfg.data.cache_rate)
+    seed_everything(cfg.train.seed)
+    spec = model_spec(cfg)
+    model = UNet(**{k: v for k, v in spec.items() if k != "name"})
+    data_files = [p for c in train_cases + val_cases for p in [*c.images, c.label] if p]
+    model_config = {
+        "model": spec,
+        "data": cfg.data.model_dump(),
+        "inference": cfg.inference.model_dump(),
+        "train_cases": [c.id for c in train_cases],
+        "val_cases": [c.id for c in val_cases],
+        "provenance": provenance(cfg.train.seed, data_files, config_path),
+    }
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
+                 model_config=model_config, validate=make_validate(cfg), resume=resume,
+                 collate_fn=list_data_collate)
+    return {"best_epoch": result.best_epoch, **result.best_metrics}
