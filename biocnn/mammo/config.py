@@ -1,0 +1,72 @@
+"""The mammography training config (YAML), validated with pydantic; see configs/mammo_demo.yaml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from biocnn.config import EarlyStopping, StrictModel, TrainConfig
+
+
+class DataSection(StrictModel):
+    """Where the images are and how patients are split."""
+
+    manifest: str
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    split_seed: int = 0
+    workers: int = Field(0, ge=0)  # DataLoader workers decoding DICOM files before training
+
+
+class InputSection(StrictModel):
+    """Model input size; the breast crop is resized into it keeping its aspect ratio."""
+
+    height: int = Field(256, ge=32)
+    width: int = Field(192, ge=32)
+    depth: int = Field(16, ge=2)  # slices, tomosynthesis (spatial_dims 3) only
+
+
+class ModelSection(StrictModel):
+    """The view classifier: shared backbone + classification head."""
+
+    spatial_dims: Literal[2, 3] = 2
+    channels: list[int] = [16, 32, 64, 128]
+    strides: list[int] | None = None
+    kernel_size: int = 3
+    convs_per_stage: int = Field(2, ge=1)
+    norm: str | None = "batch"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    hidden: list[int] = [64]
+    head_dropout: float = Field(0.2, ge=0, lt=1)
+    pool: Literal["avg", "max", "avgmax"] = "avgmax"
+
+
+class AugmentSection(StrictModel):
+    """MONAI augmentation of training images."""
+
+    enabled: bool = True
+    rotate: float = Field(0.1, ge=0)  # radians
+    scale: float = Field(0.1, ge=0)
+    translate: float = Field(8.0, ge=0)  # pixels
+    flip: bool = True
+    gamma: float = Field(0.3, ge=0)
+    noise: float = Field(0.01, ge=0)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=15, batch_size=16, lr=2e-3, weight_decay=1e-4, scheduler="cosine",
+                       early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=6))
+
+
+class MammoConfig(StrictModel):
+    """Everything ``biocnn mammo train`` needs."""
+
+    data: DataSection
+    input: InputSection = InputSection()
+    model: ModelSection = ModelSection()
+    augment: AugmentSection = AugmentSection()
+    train: TrainConfig = Field(default_factory=_default_train)
+    balance: Literal["pos_weight", "sampler", "none"] = "pos_weight"
+    aggregate: Literal["mean", "max"] = "mean"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)  # the operating point chosen on validation

@@ -1,0 +1,166 @@
+"""``biocnn mammo train``: manifest -> patient-level split -> view classifier -> operating point.
+
+The model directory gets, besides the shared loop's files (``weights.safetensors``,
+``config.json``, ``metrics.json``, ``metrics.jsonl``, ``state/``):
+
+* ``split.csv``: every manifest row with its split (patients never span two splits);
+* ``operating_point.json``: the threshold that reaches ``target_sensitivity`` on the validation
+  images, used by ``evaluate`` and ``score`` to flag images.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from biocnn.checkpoint import provenance, read_json, update_metrics
+from biocnn.config import load_config
+from biocnn.device import autocast, seed_everything
+from biocnn.errors import CheckpointError, InputError
+from biocnn.io.atomic import atomic_open, write_json
+from biocnn.mammo.config import MammoConfig
+from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
+from biocnn.mammo import metrics as M
+
+log = logging.getLogger(__name__)
+OPERATING_POINT = "operating_point.json"
+
+
+def model_spec(cfg: MammoConfig) -> dict[str, Any]:
+    """The registry spec of the view classifier (``config.json["model"]``)."""
+    m = cfg.model
+    return {"name": "classifier", "spatial_dims": m.spatial_dims, "in_channels": 1, "num_outputs": 1,
+            "channels": list(m.channels), "strides": list(m.strides) if m.strides else None,
+            "kernel_size": m.kernel_size, "convs_per_stage": m.convs_per_stage, "norm": m.norm,
+            "dropout": m.dropout, "hidden": list(m.hidden), "head_dropout": m.head_dropout, "pool": m.pool}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor | list, device: torch.device,
+                  batch_size: int = 32) -> np.ndarray:
+    """Malignancy probabilities of preprocessed images (``(n, 1, *spatial)`` or a list of arrays)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.stack([np.asarray(c, np.float32) for c in chunk])[:, None])
+        with autocast(device):
+            out.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def _validate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Validation AUC (monitored) and loss."""
+    logits, labels = [], []
+    for x, y in loader:
+        with autocast(device):
+            logits.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+    z, y = torch.cat(logits), torch.cat(labels)
+    loss = nn.functional.binary_cross_entropy_with_logits(z, y).item()
+    value = M.auc(y.numpy(), torch.sigmoid(z).numpy())
+    return {"val_auc": 0.5 if np.isnan(value) else value, "val_loss": loss}
+
+
+def _decode_records(records: list[Record], cfg: MammoConfig) -> list[np.ndarray]:
+    """Decode every manifest image; a training set with unreadable files is an error."""
+    decoded = decode_all([r.path for r in records], (cfg.input.height, cfg.input.width), cfg.input.depth,
+                         cfg.model.spatial_dims, workers=cfg.data.workers, desc="decoding training images")
+    failed = [(records[d.index].path, d.reason) for d in decoded if d.image is None]
+    if failed:
+        listing = "; ".join(f"{p}: {why}" for p, why in failed[:5])
+        raise InputError(cfg.data.manifest, f"{len(failed)} image(s) cannot be used: {listing}"
+                                            f"{' ...' if len(failed) > 5 else ''}")
+    return [d.image for d in decoded]
+
+
+def _write_split(path: Path, records: list[Record], assignment: dict[str, str]) -> None:
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "patient_id", "study_id", "laterality", "view", "label", "split"])
+        for r in records:
+            writer.writerow([str(r.path), r.patient_id, r.study_id, r.laterality, r.view, r.label,
+                             assignment[r.patient_id]])
+
+
+def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the view classifier described by the YAML config; returns the final metrics."""
+    from biocnn.models import Classifier
+    from biocnn.train import fit
+
+    cfg = load_config(config_path, MammoConfig, overrides)
+    out_dir = Path(out_dir)
+    records = read_manifest(cfg.data.manifest)
+    assignment = patient_split(records, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    parts = {name: [i for i, r in enumerate(records) if assignment[r.patient_id] == name]
+             for name in ("train", "val", "test")}
+    for name in ("train", "val"):
+        labels = {records[i].label for i in parts[name]}
+        if labels != {0, 1}:
+            raise InputError(cfg.data.manifest, f"the {name} split needs malignant and normal images, "
+                                                f"got labels {sorted(labels)}; add data or change val_fraction")
+    images = _decode_records(records, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_split(out_dir / "split.csv", records, assignment)
+
+    def subset(name: str, transform=None) -> CachedDataset:
+        return CachedDataset([images[i] for i in parts[name]], [records[i].label for i in parts[name]], transform)
+
+    a = cfg.augment
+    transform = augmentation(a.rotate, a.scale, a.translate, a.flip, a.gamma, a.noise) if a.enabled else None
+    train_ds, val_ds = subset("train", transform), subset("val")
+    y_train = np.array(train_ds.labels)
+    n_pos, n_neg = float(y_train.sum()), float(len(y_train) - y_train.sum())
+    pos_weight = torch.tensor(n_neg / max(n_pos, 1.0)) if cfg.balance == "pos_weight" else None
+    sample_weights = None
+    if cfg.balance == "sampler":
+        sample_weights = np.where(y_train > 0, 0.5 / max(n_pos, 1), 0.5 / max(n_neg, 1)).tolist()
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = pos_weight.to(logits.device) if pos_weight is not None else None
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
+
+    seed_everything(cfg.train.seed)
+    spec = model_spec(cfg)
+    model = Classifier(**{k: v for k, v in spec.items() if k != "name"})
+    model_config = {"model": spec, "input": cfg.input.model_dump(), "aggregate": cfg.aggregate,
+                    "target_sensitivity": cfg.target_sensitivity, "balance": cfg.balance,
+                    "augment": cfg.augment.model_dump(), "data": cfg.data.model_dump(),
+                    "provenance": provenance(cfg.train.seed, [cfg.data.manifest], config_path)}
+    result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
+                 model_config=model_config, validate=_validate, resume=resume, sample_weights=sample_weights)
+
+    # The operating point: chosen on validation, never on test.
+    device = next(model.parameters()).device
+    val_probs = predict_probs(model, [images[i] for i in parts["val"]], device, cfg.train.batch_size)
+    val_labels = [records[i].label for i in parts["val"]]
+    threshold = M.threshold_for_sensitivity(val_labels, val_probs, cfg.target_sensitivity)
+    rates = M.rates_at(val_labels, val_probs, threshold)
+    write_json(out_dir / OPERATING_POINT, {
+        "threshold": threshold, "target_sensitivity": cfg.target_sensitivity, "chosen_on": "validation",
+        "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"],
+        "val_images": len(val_labels), "aggregate": cfg.aggregate})
+    metrics = {"best_epoch": result.best_epoch, "val_auc": M.auc(val_labels, val_probs),
+               "threshold": threshold, "train_images": len(parts["train"]), "val_images": len(parts["val"]),
+               "test_images": len(parts["test"])}
+    if parts["test"]:
+        test_probs = predict_probs(model, [images[i] for i in parts["test"]], device, cfg.train.batch_size)
+        test = M.summary([records[i].label for i in parts["test"]], test_probs, threshold,
+                         [records[i].patient_id for i in parts["test"]], n_boot=500)
+        metrics.update({f"test_{k}": v for k, v in test.items()})
+    return update_metrics(out_dir, metrics)
+
+
+def read_operating_point(model_dir: str | Path) -> dict[str, Any]:
+    """The operating point stored by :func:`train`."""
+    path = Path(model_dir) / OPERATING_POINT
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; this model directory was not made by 'biocnn mammo train'")
+    return read_json(path)
