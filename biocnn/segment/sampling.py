@@ -53,6 +53,8 @@ def unet_samples(model: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     for up, block, skip in zip(decoder.ups, decoder.blocks, reversed(features[:-1])):
         h = up(h)
         h = h[(..., *(slice(0, s) for s in skip.shape[2:]))]
+        if h.shape[0] != skip.shape[0]:  # sampling started in the decoder: skips are shared
+            skip = _repeat(skip, n)
         h = block.convs(torch.cat([skip, h], dim=1))
         if not repeated and _active(block.dropout):
             h, repeated = _repeat(h, n), True
