@@ -247,7 +247,10 @@ def check_mammogram(ds, path: Path) -> None:
     """Raise :class:`InputError` unless ``ds`` is an MG image with usable pixel data."""
     modality = _text(ds, "Modality").upper()
     sop_class = str(ds.get("SOPClassUID", ""))
-    if modality != "MG" and sop_class not in MG_SOP_CLASSES:
+    if not modality and not sop_class:
+        raise InputError(path, "not a mammogram: no Modality and no SOP Class UID (damaged or truncated header?)")
+    # Modality decides; only a file without one is accepted on its SOP class alone.
+    if modality != "MG" and (modality or sop_class not in MG_SOP_CLASSES):
         raise InputError(path, f"not a mammogram (Modality {modality or 'missing'})")
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -271,6 +274,15 @@ def read_mammogram(path: str | Path, allow_volume: bool = True) -> Mammogram:
     """
     path = Path(path)
     ds = read_dataset(path)
+    try:
+        return _read(ds, path, allow_volume)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # pydicom parses values lazily: a malformed element surfaces here, not in dcmread.
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(path, f"malformed DICOM element: {msg}") from None
+
+
+def _read(ds, path: Path, allow_volume: bool) -> Mammogram:
     check_mammogram(ds, path)
     laterality = laterality_of(ds)
     if laterality not in ("L", "R"):

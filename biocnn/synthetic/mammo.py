@@ -91,7 +91,7 @@ def tissue(rows: int, cols: int, view: str, rng: np.random.Generator) -> tuple[n
     # Glandular tissue concentrates behind the nipple, away from the skin line.
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     centre = np.exp(-(((yy - rows / 2) / (0.3 * rows)) ** 2) - ((xx - 0.3 * cols) / (0.35 * cols)) ** 2)
-    glandular = np.clip(density * centre + 0.25 * coarse + 0.12 * fine, 0.0, 1.0)
+    glandular = np.clip(density * centre + 0.18 * coarse + 0.08 * fine, 0.0, 1.0)
     img = (0.22 + 0.4 * glandular) * thickness
     if view == "MLO":
         # Pectoral muscle: a bright triangle along the top of the chest wall.
@@ -144,11 +144,11 @@ def add_lesion(img: np.ndarray, mask: np.ndarray, lesion: Lesion) -> np.ndarray:
     if lesion.calcs:
         n = rng.integers(6, 16)
         spread = max(r * 0.8, 3.0)
-        dot_sigma = max(0.6, cols / 700.0)
+        dot_sigma = max(0.8, cols / 350.0)
         for _ in range(n):
             oy, ox = rng.normal(0, spread / 2, 2)
             d2 = (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2
-            img += (rng.uniform(0.25, 0.45) * np.exp(-d2 / (2 * dot_sigma**2)) * mask).astype(np.float32)
+            img += (rng.uniform(0.4, 0.7) * np.exp(-d2 / (2 * dot_sigma**2)) * mask).astype(np.float32)
         lesion_mask |= dist < spread * 1.6
     return lesion_mask & mask
 
@@ -171,7 +171,7 @@ def view_image(rows: int, cols: int, view: str, rng: np.random.Generator, lesion
 def random_lesion(rng: np.random.Generator) -> Lesion:
     kind = rng.uniform()
     return Lesion(y=rng.uniform(0.25, 0.75), x=rng.uniform(0.25, 0.7), radius=rng.uniform(0.035, 0.07),
-                  contrast=rng.uniform(0.08, 0.22), mass=kind < 0.8, calcs=kind > 0.55,
+                  contrast=rng.uniform(0.16, 0.32), mass=kind < 0.85, calcs=kind > 0.55,
                   seed=int(rng.integers(2**31)))
 
 
