@@ -63,7 +63,7 @@ def specificity_at_sensitivity(labels, probs, sensitivity: float = 0.9) -> float
 
 def threshold_for_sensitivity(labels, probs, sensitivity: float = 0.9) -> float:
     """The highest threshold (``prob >= t`` flags) that reaches ``sensitivity`` on this data."""
-    fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(probs))
+    fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(probs), drop_intermediate=False)
     ok = np.nonzero(tpr >= sensitivity - 1e-12)[0]
     t = float(thresholds[ok[0]])
     return min(t, 1.0)  # roc_curve's first threshold is +inf
