@@ -167,7 +167,7 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
     assert len(scores) == 48 and len(failures) == n_files - 48
     reasons = {r["file"]: r["reason"] for r in failures}
     assert "not a DICOM file" in reasons["dicom/junk.dcm"]
-    assert reasons["tomo/exam-0000/L_CC.dcm"].startswith("a 4-frame volume")
+    assert reasons["dicom/exam-0000/L_CC_tomo.dcm"].startswith("a 4-frame volume")
     assert all(r["reason"] for r in failures)
     exams = read_csv(out / "exams.csv")
     assert len(exams) == 24 and {r["laterality"] for r in exams} == {"L", "R"}

@@ -46,8 +46,15 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from biocnn.mammo.report import build_report
+
+    print(json.dumps(build_report(args.evaluation, args.scores, args.out), indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
-    verbs = add_group(subparsers, "mammo", "mammogram classification: synth, train, evaluate, score")
+    verbs = add_group(subparsers, "mammo", "mammogram classification: synth, train, evaluate, score, report")
 
     p = add_verb(verbs, "synth", _synth, "write generated MG DICOM exams (four views each) with lesion masks")
     p.add_argument("--out", required=True, help="output folder")
@@ -86,3 +93,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: cores - 1)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = add_verb(verbs, "report", _report, "figures and summary.json for the HTML report")
+    p.add_argument("--evaluation", required=True, type=existing_path, help="output folder of 'evaluate'")
+    p.add_argument("--scores", required=True, type=existing_path, help="output folder of 'score'")
+    p.add_argument("--out", required=True, help="report folder")

@@ -4,7 +4,7 @@
 
     DIR/dicom/exam-0001/L_CC.dcm ...   four views per exam (L-CC, L-MLO, R-CC, R-MLO)
     DIR/masks/exam-0001/L_CC.png ...   lesion mask (white = lesion) in the stored pixel grid
-    DIR/tomo/exam-0001/L_CC.dcm ...    a few Breast Tomosynthesis multi-frame volumes
+    DIR/dicom/exam-0001/L_CC_tomo.dcm  a few Breast Tomosynthesis multi-frame volumes
     DIR/manifest.csv                   path, patient_id, study_id, laterality, view, label, mask
     DIR/tomo_manifest.csv              the same for the volumes
 
@@ -385,8 +385,8 @@ def write_tomo(out: Path, ids: dict, laterality: str, view: str, rows: int, cols
     view_ids = dict(ids, sop=_uid("tomo", ids["study"], laterality, view),
                     series=_uid("tomo-series", ids["study"], laterality, view), series_number=10)
     ds = mg_dataset(enc["stored"], enc["attrs"], bits, view_ids, laterality, view, BREAST_TOMO, frames)
-    dcm_path = out / "tomo" / ids["exam"] / f"{laterality}_{view}.dcm"
-    mask_path = out / "masks" / "tomo" / ids["exam"] / f"{laterality}_{view}.png"
+    dcm_path = out / "dicom" / ids["exam"] / f"{laterality}_{view}_tomo.dcm"
+    mask_path = out / "masks" / ids["exam"] / f"{laterality}_{view}_tomo.png"
     dcm_path.parent.mkdir(parents=True, exist_ok=True)
     _write_dataset(ds, dcm_path, "native")
     _write_mask(lesion_mask, mask_path)
