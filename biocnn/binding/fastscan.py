@@ -1,0 +1,150 @@
+"""CPU kernels for genome scans that use the input being one-hot (numba).
+
+A motif detector's output at position ``g`` is ``bias + sum_j W[:, base(g + j), j]``: with
+one-hot input the convolution is ``motif_len`` table look-ups and vector additions, not
+``4 * motif_len`` multiply-adds, so it does a quarter of the arithmetic of a dense
+convolution. ``table[j, c]`` holds column ``j`` of every detector for base code ``c``
+(0-3 = ACGT, 4 = ambiguous, whose one-hot column is 0.25 everywhere).
+
+Pooling is per window; the ``motif_len - 1`` positions at each end of a window overlap
+DeepBind's 0.25 padding, whose contribution is a precomputed constant per overlap width, so
+every window's pooled features equal those of ``model(window)`` (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_BLOCK = 2048
+_Q = 3  # bases per look-up in the detector track (5**3 = 125 codes per table)
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def detector_track(qcodes, qtable, codes, table, bias, n_pos, out):  # pragma: no cover - compiled
+    """``out[g] = relu(bias + sum_j table[j, codes[g + j]])`` for ``g < n_pos``.
+
+    Columns are summed ``q`` at a time: ``qcodes[g]`` is the code of the q-mer starting at
+    ``g`` and ``qtable[j, qcode]`` the sum of columns ``j .. j+q-1`` for it, which cuts the
+    look-ups by ``q``; the ``k mod q`` columns left over use ``table``.
+    """
+    k = table.shape[0]
+    n_q = k // _Q
+    c = table.shape[2]
+    n_blocks = (n_pos + _BLOCK - 1) // _BLOCK
+    for b in prange(n_blocks):
+        acc = np.empty(c, dtype=np.float32)
+        for g in range(b * _BLOCK, min(n_pos, (b + 1) * _BLOCK)):
+            acc[:] = bias
+            for t in range(n_q):
+                row = qtable[t * _Q, qcodes[g + t * _Q]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+            for j in range(n_q * _Q, k):
+                row = table[j, codes[g + j]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+            for ch in range(c):
+                out[g, ch] = acc[ch] if acc[ch] > 0 else 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def pool_windows(qcodes, qtable, codes, track, table, bias, pad_left, pad_right, window, stride, n_windows,
+                 out_max, out_sum):  # pragma: no cover - compiled
+    """Max and sum of the rectified detector outputs over every padded window.
+
+    ``pad_left[o]``: contribution of ``o`` padding columns at a detector's start;
+    ``pad_right[e]``: of ``e`` padding columns at its end.
+    """
+    k = table.shape[0]
+    c = table.shape[2]
+    inner = window - k + 1
+    for i in prange(n_windows):
+        s = i * stride
+        mx = np.zeros(c, dtype=np.float32)
+        sm = np.zeros(c, dtype=np.float32)
+        acc = np.empty(c, dtype=np.float32)
+        for g in range(s, s + inner):
+            for ch in range(c):
+                v = track[g, ch]
+                sm[ch] += v
+                if v > mx[ch]:
+                    mx[ch] = v
+        for o in range(1, k):  # detector starts o columns before the window
+            for ch in range(c):
+                acc[ch] = bias[ch] + pad_left[o, ch]
+            j = o
+            while j + _Q <= k:
+                row = qtable[j, qcodes[s + j - o]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+                j += _Q
+            while j < k:
+                row = table[j, codes[s + j - o]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+                j += 1
+            for ch in range(c):
+                v = acc[ch] if acc[ch] > 0 else 0.0
+                sm[ch] += v
+                if v > mx[ch]:
+                    mx[ch] = v
+        for e in range(1, k):  # detector ends e columns after the window
+            g = s + window - k + e
+            for ch in range(c):
+                acc[ch] = bias[ch] + pad_right[e, ch]
+            j = 0
+            while j + _Q <= k - e:
+                row = qtable[j, qcodes[g + j]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+                j += _Q
+            while j < k - e:
+                row = table[j, codes[g + j]]
+                for ch in range(c):
+                    acc[ch] += row[ch]
+                j += 1
+            for ch in range(c):
+                v = acc[ch] if acc[ch] > 0 else 0.0
+                sm[ch] += v
+                if v > mx[ch]:
+                    mx[ch] = v
+        out_max[i] = mx
+        out_sum[i] = sm
+
+
+def lookup_tables(weight: np.ndarray, pad_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(table, pad_left, pad_right) for conv weights (channels, 4, k)."""
+    channels, _, k = weight.shape
+    columns = np.vstack([np.eye(4), np.full((1, 4), pad_value)]).astype(np.float32)  # (5 codes, 4 bases)
+    table = np.einsum("ca,mak->kcm", columns, weight).astype(np.float32)  # (k, 5, channels)
+    pad_cols = table[:, 4, :]  # (k, channels): each column's contribution when it is padding
+    pad_left = np.zeros((k, channels), np.float32)
+    pad_right = np.zeros((k, channels), np.float32)
+    for o in range(1, k):
+        pad_left[o] = pad_cols[:o].sum(0)
+        pad_right[o] = pad_cols[k - o:].sum(0)
+    return np.ascontiguousarray(table), pad_left, pad_right
+
+
+def qmer_tables(table: np.ndarray) -> np.ndarray:
+    """(k - q + 1, 5**q, channels): sums of columns ``j .. j+q-1`` of ``table`` for every
+    q-mer of codes 0-4 and every start column ``j``."""
+    k, n_codes, channels = table.shape
+    starts = max(k - _Q + 1, 1)
+    out = np.zeros((starts, n_codes**_Q, channels), np.float32)
+    digits = np.array(np.unravel_index(np.arange(n_codes**_Q), (n_codes,) * _Q))  # (q, 5**q)
+    for j in range(k - _Q + 1):
+        for i in range(_Q):
+            out[j] += table[j + i, digits[i]]
+    return out
+
+
+def qmer_codes(codes: np.ndarray) -> np.ndarray:
+    """Code of the q-mer starting at every position (the last q - 1 positions get 0)."""
+    out = np.zeros(len(codes), np.int32)
+    n = len(codes) - _Q + 1
+    if n > 0:
+        for i in range(_Q):
+            out[:n] = out[:n] * 5 + codes[i:i + n]
+    return out
