@@ -120,7 +120,7 @@ rule mammo_score:
         f"{RESULTS}/benchmarks/mammo/score.tsv"
     params:
         model=f"{MAMMO_DIR}/model",
-        folder=f"{MAMMO_DIR}/synth/heldout",
+        folder=f"{MAMMO_DIR}/synth/heldout/dicom",
         out=f"{MAMMO_DIR}/score",
     threads: 2
     resources:
