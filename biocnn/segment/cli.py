@@ -18,6 +18,12 @@ def _synth(args) -> int:
 
         size = args.size or 48
         names = write_tumor(args.out, args.n, args.seed, (size,) * 3, args.shift, args.severity)
+    from pathlib import Path
+
+    from biocnn.io.atomic import write_text
+
+    # The case list doubles as the "done" marker a workflow waits for (written last).
+    write_text(Path(args.out) / "cases.txt", "".join(f"{n}\n" for n in names))
     print(f"wrote {len(names)} {args.kind} cases to {args.out}")
     return 0
 

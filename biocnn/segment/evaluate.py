@@ -91,7 +91,7 @@ def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
     label, img = read_volume(pred_dir / f"{case_id}_label.nii.gz", dtype=np.int64)
     prob, _ = read_volume(pred_dir / f"{case_id}_prob.nii.gz")
     ent, _ = read_volume(pred_dir / f"{case_id}_entropy.nii.gz")
-    return label, np.moveaxis(prob, -1, 0), ent, img.header.get_zooms()[:3]
+    return label, np.moveaxis(prob, -1, 0), ent, [float(z) for z in img.header.get_zooms()[:3]]
 
 
 def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | None = None,
@@ -154,9 +154,21 @@ def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | Non
         "ece": expected_calibration_error(np.concatenate(conf), np.concatenate(right).astype(float)),
         "per_case": per_case,
     }
+    metrics = finite_or_none(metrics)
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def finite_or_none(obj: Any) -> Any:
+    """NaN/Inf -> None (JSON null), recursively: strict JSON readers reject NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def _nanmean(x: np.ndarray) -> float:

@@ -23,7 +23,8 @@ def _scatter(path: Path, name: str, metrics: dict) -> None:
     ax.scatter([r["score"] for r in rows], [1 - r["mean_dice"] for r in rows], s=18)
     ax.set_xlabel("image-level uncertainty score")
     ax.set_ylabel("1 - Dice")
-    ax.set_title(f"{name}: Spearman {metrics['spearman']:.2f}", fontsize=10)
+    rho = metrics["spearman"]
+    ax.set_title(f"{name}: Spearman {rho:.2f}" if rho is not None else f"{name}: Spearman n/a", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

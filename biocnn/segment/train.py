@@ -99,7 +99,8 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         "val_cases": [c.id for c in val_cases],
         "provenance": provenance(cfg.train.seed, data_files, config_path),
     }
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    # batch=True: Dice over the whole batch, stable for small structures and empty patches.
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
                  model_config=model_config, validate=make_validate(cfg), resume=resume,
                  collate_fn=list_data_collate)
