@@ -1,0 +1,131 @@
+"""Tiny end-to-end runs through the command line: synth -> train -> predict -> evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from biocnn.cli import main
+
+MALARIA_CFG = """
+data: {{train: {train}, spatial_dims: 2, in_channels: 3, label_values: [0, 1], patch_size: [32, 32],
+        samples_per_image: 2}}
+model: {{channels: [4, 8], decoder_dropout: [0.3]}}
+train: {{epochs: 1, batch_size: 2, progress: false, seed: {seed},
+         early_stopping: {{monitor: val_dice, mode: max, patience: 3}}}}
+inference: {{roi_size: [32, 32], mc_samples: 3, mc_batch: 2}}
+"""
+
+TUMOR_CFG = """
+data: {{train: {train}, spatial_dims: 3, in_channels: 4, modalities: [t1, t1ce, t2, flair],
+        label_values: [0, 1, 2, 4], patch_size: [16, 16, 16], samples_per_image: 1}}
+model: {{channels: [4, 8], norm: instance, decoder_dropout: [0.3]}}
+train: {{epochs: 1, batch_size: 1, progress: false, early_stopping: {{monitor: val_dice, mode: max}}}}
+inference: {{roi_size: [16, 16, 16], mc_samples: 2}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CI cores: OpenMP spinning slows tiny models badly
+    yield
+    torch.set_num_threads(n)
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
+    data, test = tmp_path / "train", tmp_path / "test"
+    assert main(["segment", "synth", "--kind", "malaria", "--out", str(data), "--n", "4", "--size", "48"]) == 0
+    assert main(["segment", "synth", "--kind", "malaria", "--out", str(test), "--n", "3", "--size", "40",
+                 "--seed", "5", "--format", "tif"]) == 0
+    models = []
+    for seed in (0, 1):
+        cfg = tmp_path / f"cfg{seed}.yaml"
+        cfg.write_text(MALARIA_CFG.format(train=data, seed=seed))
+        models.append(tmp_path / f"model{seed}")
+        assert main(["segment", "train", "--config", str(cfg), "--out", str(models[-1])]) == 0
+    config = json.loads((models[0] / "config.json").read_text())
+    assert config["provenance"]["seed"] == 0 and config["model"]["name"] == "unet"
+    assert "val_dice" in json.loads((models[0] / "metrics.json").read_text())
+    # Same config and seed: the same weights.
+    again = tmp_path / "again"
+    assert main(["segment", "train", "--config", str(tmp_path / "cfg0.yaml"), "--out", str(again)]) == 0
+    assert (again / "weights.safetensors").read_bytes() == (models[0] / "weights.safetensors").read_bytes()
+
+    # A corrupt image among the inputs: reported, the others still predicted.
+    (test / "images" / "broken.png").write_bytes(b"\x89PNG broken")
+    pred = tmp_path / "pred"
+    args = ["segment", "predict", "--input", str(test), "--out", str(pred), "--mc-samples", "4", "--tta"]
+    for m in models:
+        args += ["--model", str(m)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "3 of 4 inputs predicted" in out and "broken.png" in out
+    info = json.loads((pred / "predict.json").read_text())
+    assert info["inputs_seen"] == info["outputs_written"] + len(info["failures"]) == 4
+    rows = _rows(pred / "uncertainty.csv")
+    assert [r["case"] for r in rows] == ["field_000", "field_001", "field_002"]
+    assert all(float(r["score"]) >= 0 for r in rows)
+    prob = tifffile.imread(pred / "field_000_prob.tif")
+    assert prob.shape == (2, 40, 40)
+    np.testing.assert_allclose(prob.sum(0), 1, atol=1e-4)
+    ent = tifffile.imread(pred / "field_000_entropy.tif")
+    mi = tifffile.imread(pred / "field_000_mutual_info.tif")
+    assert (mi >= 0).all() and (mi <= ent + 1e-5).all() and mi.max() > 0
+    assert np.asarray(Image.open(pred / "field_000_label.png")).shape == (40, 40)
+    assert Image.open(pred / "field_000_overlay.png").size[0] > 100
+
+    (test / "images" / "broken.png").unlink()
+    metrics_path = tmp_path / "metrics.json"
+    assert main(["segment", "evaluate", "--pred", str(pred), "--labels", str(test), "--out", str(metrics_path)]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    for key in ("dice", "hd95", "error_auroc", "spearman", "ece", "dice_per_class"):
+        assert key in metrics
+    assert metrics["cases"] == 3 and 0 <= metrics["dice"] <= 1 and 0 <= metrics["ece"] <= 1
+
+
+def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
+    data, test = tmp_path / "train", tmp_path / "test"
+    assert main(["segment", "synth", "--kind", "tumor", "--out", str(data), "--n", "3", "--size", "20"]) == 0
+    assert main(["segment", "synth", "--kind", "tumor", "--out", str(test), "--n", "2", "--size", "20",
+                 "--seed", "9"]) == 0
+    cfg = tmp_path / "tumor.yaml"
+    cfg.write_text(TUMOR_CFG.format(train=data))
+    model = tmp_path / "model"
+    assert main(["segment", "train", "--config", str(cfg), "--out", str(model)]) == 0
+    pred = tmp_path / "pred"
+    assert main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred)]) == 0
+    src = nib.load(str(test / "case_000" / "case_000_t1.nii.gz"))
+    for name in ("label", "prob", "entropy", "mutual_info"):
+        out = nib.load(str(pred / f"case_000_{name}.nii.gz"))
+        np.testing.assert_array_equal(out.affine, src.affine)
+        assert out.shape[:3] == src.shape
+        assert out.header.get_zooms()[:3] == src.header.get_zooms()[:3]
+        assert int(out.header["qform_code"]) == int(src.header["qform_code"])
+        assert int(out.header["sform_code"]) == int(src.header["sform_code"])
+        assert out.header.get_xyzt_units() == src.header.get_xyzt_units()
+    assert nib.load(str(pred / "case_000_prob.nii.gz")).shape == (20, 20, 20, 4)
+    labels = np.asarray(nib.load(str(pred / "case_000_label.nii.gz")).dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    assert len(_rows(pred / "uncertainty.csv")) == 2
+    assert main(["segment", "evaluate", "--pred", str(pred), "--labels", str(test),
+                 "--out", str(tmp_path / "m.json")]) == 0
+    # A 2D image given to the 3D model: one-line error naming the file, exit 1.
+    png = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    capsys.readouterr()
+    assert main(["segment", "predict", "--model", str(model), "--input", str(png), "--out", str(pred)]) == 1
+    assert "x.png: is a 2D image but the model is 3D" in capsys.readouterr().err
