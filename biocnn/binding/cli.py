@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cal.calibrated_config(cfg, best)
     data = _training_data(cfg, cfg.train.seed, cfg.data.max_train)
     train, val = split(data, cfg.data.val_fraction, cfg.train.seed) if cfg.data.val_fraction > 0 else (data, None)
-    extra = {"data": cfg.data.model_dump(), "calibration": best,
+    extra = {"data": cfg.data.model_dump(), "calibration": best, "input_length": max(len(s) for s in data.seqs),
              "provenance": provenance(cfg.train.seed, [cfg.data.train], args.config)}
     _, result = train_deepbind(train, val, cfg.model, cfg.train, out_dir=args.out, extra_config=extra,
                                resume=args.resume)
