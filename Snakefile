@@ -22,9 +22,13 @@ if config.get("browser_check", True) and not BROWSER_CHECK:
     print("biocnn: Chromium not found; the report will not be checked in a browser", file=sys.stderr)
 
 
+# The task targets are requested here as well as by the report: Snakemake re-creates a deleted
+# file only when something requests it, so deleting one of them re-runs its job and then,
+# through modification times, everything downstream of it, and nothing upstream.
 rule all:
     default_target: True
     input:
+        TASK_TARGETS,
         f"{RESULTS}/report.html",
         [f"{RESULTS}/report_screenshot.png"] if BROWSER_CHECK else [],
 
