@@ -50,3 +50,21 @@ def test_info_writes_json(tmp_path):
 def test_unknown_task_is_a_usage_error():
     run = _run("radiology", "train")
     assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 3\n  learning_rate: 0.1\n")
+    run = _run("segment", "train", "--config", str(bad), "--out", str(tmp_path / "model"))
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr
+    assert lines[0].startswith("biocnn: error: ") and str(bad) in lines[0] and "train.learning_rate" in lines[0]
+    assert not (tmp_path / "model").exists()
+
+
+def test_missing_input_file_is_one_line_error(tmp_path):
+    run = _run("deepbind", "evaluate", "--model", str(tmp_path / "no_model"), "--test", str(tmp_path / "absent.seq.gz"),
+               "--out", str(tmp_path / "m.json"))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "biocnn: error:" in run.stderr
