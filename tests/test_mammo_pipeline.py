@@ -209,3 +209,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "model.channels" in err
     assert main(["mammo", "score", "--model", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tomosynthesis_3d_model_trains_and_scores(tmp_path):
+    """The 3D variant: the same backbone with spatial_dims 3, on tomosynthesis volumes."""
+    data = tmp_path / "data"
+    assert main(["mammo", "synth", "--out", str(data), "--exams", "8", "--seed", "8", "--rows", "128",
+                 "--cols", "96", "--tomo", "8", "--tomo-frames", "6"]) == 0
+    volumes = read_csv(data / "tomo_manifest.csv")
+    assert len(volumes) == 16 and {r["label"] for r in volumes} == {"0", "1"}
+    config = tmp_path / "tomo.yaml"
+    config.write_text(TINY_CONFIG.format(manifest=data / "tomo_manifest.csv").replace(
+        "input: {height: 64, width: 48}", "input: {height: 40, width: 32, depth: 4}").replace(
+        "model: {channels: [4, 8, 8]", "model: {spatial_dims: 3, channels: [4, 8, 8]").replace("epochs: 2", "epochs: 1"))
+    model_dir = tmp_path / "model3d"
+    assert main(["mammo", "train", "--config", str(config), "--out", str(model_dir)]) == 0
+    assert json.loads((model_dir / "config.json").read_text())["model"]["spatial_dims"] == 3
+    out = tmp_path / "scores"
+    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data / "dicom"), "--out", str(out),
+                 "--heatmaps", "--workers", "0"]) == 0
+    scores, failures = read_csv(out / "scores.csv"), read_csv(out / "failures.csv")
+    assert len(scores) == 16 and all(r["file"].endswith("_tomo.dcm") for r in scores)
+    assert len(failures) == 32 and all("2D view" in r["reason"] for r in failures)
+    assert all((out / r["heatmap"]).is_file() for r in scores)
