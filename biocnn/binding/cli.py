@@ -1,4 +1,4 @@
-"""``biocnn deepbind <verb>``: calibrate, train, evaluate, motifs, mutation-map, variants, scan, synth."""
+"""``biocnn deepbind <verb>``: calibrate, train, evaluate, motifs, mutation-map, variants, scan, synth, report."""
 
 from __future__ import annotations
 
@@ -155,6 +155,14 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from biocnn.binding.report import build_report
+
+    summary = build_report(args.experiments, args.results, args.out)
+    print(f"report for {len(summary['experiments'])} experiments -> {args.out}")
+    return 0
+
+
 def register(subparsers) -> None:
     verbs = add_group(subparsers, "deepbind", "DeepBind-style binding models: calibrate, train, evaluate, motifs, "
                                               "mutation-map, variants, scan")
@@ -221,3 +229,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--genome-bp", type=int, default=200_000, help="length of the demo genome to scan")
+
+    p = add_verb(verbs, "report", _report, "collect every experiment's results into summary.json + figures")
+    p.add_argument("--results", required=True, help="the workflow's deepbind results directory")
+    p.add_argument("--experiments", nargs="+", required=True, help="experiment names (subdirectories)")
+    p.add_argument("--out", required=True, help="report directory")

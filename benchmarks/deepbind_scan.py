@@ -1,0 +1,130 @@
+"""Genome-scan speed: biocnn's DeepBind scan vs memelite's FIMO, and memory vs genome length.
+
+A generated 10 Mbp FASTA is scanned with a default-sized DeepBind model (16 motifs x 24 bp,
+both strands, window 101, stride 50) and, in the same run, with memelite's FIMO using 16
+PWMs of width 24 (both strands, p < 1e-4). Warm-up runs (numba compilation for both) are
+excluded. Also printed: the share of this machine's measured fp32 matmul FLOP/s that the
+scan reaches (counting the FLOPs of the dense convolution it replaces), and the peak RSS of a
+fresh scan process on 10 and 50 Mbp genomes (flat = memory independent of genome length).
+
+    python benchmarks/deepbind_scan.py --out scan.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biocnn.binding.model import DeepBind
+from biocnn.binding.scan import scan_fasta
+
+
+def write_genome(path: Path, bp: int, seed: int, chromosomes: int = 2) -> None:
+    """A random FASTA of ``bp`` bases in a few chromosomes, 60 bases per line."""
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(b"ACGT", np.uint8)
+    per = bp // chromosomes
+    with open(path, "wb") as fh:
+        for c in range(chromosomes):
+            fh.write(f">chr{c + 1}\n".encode())
+            seq = letters[rng.integers(0, 4, per)]
+            pad = (-per) % 60
+            block = np.concatenate([seq, np.zeros(pad, np.uint8)]).reshape(-1, 60)
+            lines = np.concatenate([block, np.full((len(block), 1), ord("\n"), np.uint8)], axis=1).tobytes()
+            fh.write(lines.replace(b"\x00", b""))
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 matmul FLOP/s of this machine (torch, all threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def model(seed: int = 0) -> DeepBind:
+    torch.manual_seed(seed)
+    return DeepBind(num_motifs=16, motif_len=24, hidden=32).eval()
+
+
+def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
+    """Peak RSS (MB) of a fresh process that scans ``fasta``."""
+    code = ("import resource, sys; from benchmarks.deepbind_scan import model; "
+            "from biocnn.binding.scan import scan_fasta; "
+            f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r}); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--mbp", type=float, default=10.0, help="genome size for the speed comparison")
+    parser.add_argument("--large-mbp", type=float, default=50.0, help="second genome size for the memory check")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        small, genome, large = tmp / "warm.fa", tmp / "genome.fa", tmp / "large.fa"
+        write_genome(small, 200_000, args.seed + 1)
+        write_genome(genome, int(args.mbp * 1e6), args.seed)
+        bp = int(args.mbp * 1e6)
+
+        net = model(args.seed)
+        scan_fasta(net, small, tmp / "warm")  # warm-up: numba compilation
+        ours = scan_fasta(net, genome, tmp / "ours")
+        ours_mbps = ours["bp"] / ours["seconds"] / 1e6
+
+        from memelite import fimo
+
+        rng = np.random.default_rng(args.seed)
+        pwms = {f"motif{i}": rng.dirichlet(np.full(4, 0.5), size=24).T for i in range(16)}  # 16 PWMs, width 24
+        fimo(pwms, str(small), threshold=1e-4)  # warm-up
+        start = time.perf_counter()
+        hits = fimo(pwms, str(genome), threshold=1e-4)
+        fimo_s = time.perf_counter() - start
+        fimo_mbps = bp / fimo_s / 1e6
+
+        peak = matmul_flops()
+        flops_per_bp = 2 * 2 * net.num_motifs * 4 * net.motif_len  # multiply-adds, both strands
+        roofline = ours_mbps * 1e6 * flops_per_bp / peak
+
+        rss_small = peak_rss_mb(genome, tmp / "rss10")
+        write_genome(large, int(args.large_mbp * 1e6), args.seed + 2)
+        rss_large = peak_rss_mb(large, tmp / "rss50")
+
+    result = {"ours_mbps": ours_mbps, "fimo_mbps": fimo_mbps, "ratio": ours_mbps / fimo_mbps,
+              "roofline_share": roofline, "peak_rss_mb_10mbp": rss_small, "peak_rss_mb_50mbp": rss_large,
+              "matmul_gflops": peak / 1e9, "scan_effective_gflops": ours_mbps * 1e6 * flops_per_bp / 1e9,
+              "fimo_hits": int(sum(len(h) for h in hits)), "windows": ours["windows"], "genome_mbp": args.mbp}
+    print(f"{'method':<34} {'Mbp/s':>8} {'ratio':>7}")
+    print(f"{'biocnn deepbind scan (16x24, 2 strands)':<34} {ours_mbps:>8.2f} {ours_mbps / fimo_mbps:>7.1f}")
+    print(f"{'memelite FIMO (16 PWMs x 24)':<34} {fimo_mbps:>8.2f} {1.0:>7.1f}")
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; scan at {result['scan_effective_gflops']:.1f} dense-equivalent "
+          f"GFLOP/s = {roofline:.2f} of it")
+    print(f"peak RSS: {rss_small:.0f} MB at {args.mbp:.0f} Mbp, {rss_large:.0f} MB at {args.large_mbp:.0f} Mbp")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
