@@ -167,8 +167,10 @@ def augmentation(rotate: float, scale: float, translate: float, flip: bool, gamm
     transforms = [RandAffine(prob=0.8, rotate_range=rotate, scale_range=scale, translate_range=translate,
                              padding_mode="zeros", mode="bilinear")]
     if flip:
-        # Top-bottom only: the chest wall stays on the left after the canonical flip.
-        transforms.append(RandFlip(prob=0.5, spatial_axis=-2))
+        # Both axes: a lesion detector should not care which side its context lies on, and
+        # without left-right flips the network learns to fire beside a lesion (towards the
+        # chest wall), which pulls Grad-CAM's peak off it.
+        transforms += [RandFlip(prob=0.5, spatial_axis=-2), RandFlip(prob=0.5, spatial_axis=-1)]
     if gamma > 0:
         transforms.append(RandAdjustContrast(prob=0.5, gamma=(1.0 / (1.0 + gamma), 1.0 + gamma)))
     if noise > 0:

@@ -31,12 +31,28 @@ def grad_cam(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torc
     spatial = tuple(range(2, last.dim()))
     weights = grads.mean(dim=spatial, keepdim=True)
     cam = F.relu((weights * last).sum(dim=1, keepdim=True)).detach().float()
-    mode = "bilinear" if cam.dim() == 4 else "trilinear"
-    cam = F.interpolate(cam, size=images.shape[2:], mode=mode, align_corners=False)[:, 0]
+    cam = upsample_aligned(cam, images.shape[2:], int(np.prod(model.backbone.strides)))[:, 0]
     flat = cam.flatten(1)
     low, high = flat.min(1).values, flat.max(1).values
     cam = (cam - low.view(-1, *[1] * (cam.dim() - 1))) / (high - low).clamp_min(1e-8).view(-1, *[1] * (cam.dim() - 1))
     return logits.detach(), cam
+
+
+def upsample_aligned(cam: torch.Tensor, size, stride: int) -> torch.Tensor:
+    """Upsample a feature-grid map to the input grid where each cell really sits.
+
+    With "same" padding a stride-``s`` network's cell ``i`` is centred on input position
+    ``s * i``, not on ``s * i + (s - 1) / 2`` as a plain resize assumes; the difference
+    (3.5 pixels at stride 8) matters when the pointing game asks for a pixel inside a lesion.
+    """
+    axes = []
+    for n_in, n_cells in zip(size, cam.shape[2:]):
+        pos = torch.arange(n_in, dtype=torch.float32, device=cam.device) / stride  # in cell units
+        axes.append(2 * pos / max(n_cells - 1, 1) - 1)  # align_corners=True coordinates
+    grids = torch.meshgrid(*axes, indexing="ij")
+    # grid_sample wants (x, y[, z]) order, i.e. the last spatial axis first.
+    grid = torch.stack(list(reversed(grids)), dim=-1).unsqueeze(0).expand(cam.shape[0], *grids[0].shape, len(axes))
+    return F.grid_sample(cam, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
