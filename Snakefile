@@ -5,7 +5,8 @@
 import shutil
 import sys
 
-configfile: "configs/demo.yaml"
+# Relative to the Snakefile, so `--directory elsewhere` still finds it; --configfile overrides.
+configfile: f"{workflow.basedir}/configs/demo.yaml"
 
 
 include: "workflows/common.smk"
