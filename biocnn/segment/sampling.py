@@ -6,7 +6,9 @@ it (the deterministic encoder stages, and decoder convolutions before the first 
 decoder dropout) is computed once, and the T samples are batched through the stochastic
 rest. With dropout placed late (bottleneck/decoder, configurable per stage) most of the cost
 is paid once. The samples have exactly the distribution of naive sampling: the skipped work
-is deterministic.
+is deterministic. When the only dropout sits right before the final 1x1 convolution (the
+default), the channel masks are folded into that convolution's weights, so not even the
+last feature map is repeated.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ def unet_samples(model: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
         h = stage.dropout(h)
         features.append(h)
     h = features[-1]
-    for up, block, skip in zip(decoder.ups, decoder.blocks, reversed(features[:-1])):
+    last = len(decoder.blocks) - 1
+    for i, (up, block, skip) in enumerate(zip(decoder.ups, decoder.blocks, reversed(features[:-1]))):
         h = up(h)
         h = h[(..., *(slice(0, s) for s in skip.shape[2:]))]
         if h.shape[0] != skip.shape[0]:  # sampling started in the decoder: skips are shared
             skip = _repeat(skip, n)
         h = block.convs(torch.cat([skip, h], dim=1))
+        if not repeated and i == last and _foldable(block.dropout, decoder.final):
+            return _folded_last_layer(h, block.dropout.p, decoder.final, n)
         if not repeated and _active(block.dropout):
             h, repeated = _repeat(h, n), True
         h = block.dropout(h)
@@ -63,6 +68,41 @@ def unet_samples(model: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     if not repeated:
         out = _repeat(out, n)
     return out.reshape(n, x.shape[0], *out.shape[1:])
+
+
+_CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def _final_conv(final: nn.Module) -> nn.Module | None:
+    conv = getattr(final, "conv", final)
+    return conv if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else None
+
+
+def _foldable(dropout: nn.Module, final: nn.Module) -> bool:
+    """Channel dropout feeding straight into a 1x1 convolution (the default placement)."""
+    conv = _final_conv(final)
+    return (_active(dropout) and isinstance(dropout, _CHANNEL_DROPOUT) and conv is not None
+            and all(k == 1 for k in conv.kernel_size) and conv.groups == 1)
+
+
+def _folded_last_layer(h: torch.Tensor, p: float, final: nn.Module, n: int) -> torch.Tensor:
+    """Samples of ``final(channel_dropout(h))`` without repeating ``h`` n times.
+
+    A channel mask ``m`` (per sample, item and channel) before a 1x1 convolution ``W`` is the
+    same as the convolution with masked weights ``W * m``: the n samples become one
+    convolution with n x classes output channels, exactly distributed as naive dropout
+    (keep each channel with probability 1 - p, scale kept ones by 1 / (1 - p)).
+    """
+    conv = _final_conv(final)
+    b, c = h.shape[:2]
+    weight = conv.weight.reshape(conv.out_channels, c).to(h.dtype)
+    keep = 1.0 - p
+    masks = torch.bernoulli(torch.full((n, b, c), keep, device=h.device, dtype=h.dtype)) / keep
+    folded = masks[:, :, None, :] * weight[None, None]  # (n, B, classes, C)
+    out = torch.einsum("nbkc,bc...->nbk...", folded, h)
+    if conv.bias is not None:
+        out = out + conv.bias.to(h.dtype).view(1, 1, -1, *([1] * (h.dim() - 2)))
+    return out
 
 
 @torch.no_grad()

@@ -27,19 +27,24 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle):
 
 
 def malaria_field(rng: np.random.Generator, size: int = 128, shift: str = "none",
-                  severity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """One field: ``(uint8 RGB image (H, W, 3), uint8 label mask (H, W))``."""
+                  severity: float = 1.0, cell_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One field: ``(uint8 RGB image (H, W, 3), uint8 label mask (H, W))``.
+
+    ``cell_scale`` multiplies cell and parasite sizes (default ``size / 128``, so a field
+    looks the same at any size); with ``cell_scale=1`` a larger field just holds more cells.
+    """
     if shift not in SHIFTS:
         raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    scale = size / 128.0
+    scale = size / 128.0 if cell_scale is None else float(cell_scale)
+    density = (size / 128.0) ** 2 / (scale * scale)
     # Stain: background, cytoplasm and parasite colours jittered per field.
     bg = np.array([0.93, 0.86, 0.88]) + rng.normal(0, 0.03, 3)
     cell = np.array([0.85, 0.62, 0.68]) + rng.normal(0, 0.04, 3)
     para = np.array([0.35, 0.18, 0.52]) + rng.normal(0, 0.04, 3)
     img = np.ones((size, size, 3), np.float32) * bg
     label = np.zeros((size, size), np.uint8)
-    n_cells = max(3, int(rng.integers(8, 16) * scale * scale))
+    n_cells = max(3, int(rng.integers(8, 16) * scale * scale * density))
     for i in range(n_cells):
         cy, cx = rng.uniform(0, size, 2)
         r = rng.uniform(7, 11) * scale
