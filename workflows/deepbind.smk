@@ -2,8 +2,9 @@
 # training data -> evaluate -> motifs -> mutation maps -> variants -> scan; then one report.
 # See README "DeepBind binding models". Config (configs/demo.yaml, key `deepbind`):
 #   config: the training YAML (model, train, calibration); seed; demo: sizes of generated data;
-#   scan: window/stride/threshold; experiments: name -> {motif: JASPAR ID} (generated) or
-#   {train: FILE, test: FILE, examples: FASTA, genome: FASTA, variants: VCF} (your data).
+#   scan: window/stride/threshold; motifs: JASPAR collection/tax_group to match against;
+#   experiments: name -> {motif: JASPAR ID} (generated) or, for your data,
+#   {train: FILE, test: FILE, examples: FASTA, genome: FASTA, variants: VCF}.
 DEEPBIND = config.get("deepbind", {})
 DB_DIR = f"{RESULTS}/deepbind"
 DB_SEED = DEEPBIND.get("seed", 5)
@@ -11,6 +12,7 @@ DB_CONFIG = repo_path(DEEPBIND.get("config", "configs/deepbind_demo.yaml"))
 DB_EXPERIMENTS = DEEPBIND.get("experiments", {})
 DB_DEMO = DEEPBIND.get("demo", {})
 DB_SCAN = DEEPBIND.get("scan", {})
+DB_MOTIFS = DEEPBIND.get("motifs", {})
 
 
 def _db_trials():
@@ -167,12 +169,14 @@ rule deepbind_motifs:
     params:
         model=f"{DB_DIR}/{{exp}}/model",
         out=f"{DB_DIR}/{{exp}}/motifs",
+        collection=DB_MOTIFS.get("collection", "CORE"),
+        tax_group=DB_MOTIFS.get("tax_group", "vertebrates"),
     resources:
         mem_mb=3000,
         runtime=15,
     shell:
         "{BIOCNN} deepbind motifs --model {params.model} --sequences {input.sequences} --out {params.out} "
-        "> {log} 2>&1"
+        "--collection {params.collection} --tax-group {params.tax_group} > {log} 2>&1"
 
 
 rule deepbind_mutation_map:

@@ -20,6 +20,33 @@ _BLOCK = 2048
 _Q = 3  # bases per look-up in the detector track (5**3 = 125 codes per table)
 
 
+@njit(inline="always")
+def _add_columns(acc, qcodes, qtable, codes, table, first, last, g):  # pragma: no cover - compiled
+    """Add detector columns ``first .. last-1`` aligned so column ``first`` sits on base ``g``."""
+    c = acc.shape[0]
+    j = first
+    while j + _Q <= last:
+        row = qtable[j, qcodes[g + j - first]]
+        for ch in range(c):
+            acc[ch] += row[ch]
+        j += _Q
+    while j < last:
+        row = table[j, codes[g + j - first]]
+        for ch in range(c):
+            acc[ch] += row[ch]
+        j += 1
+
+
+@njit(inline="always")
+def _pool(acc, mx, sm):  # pragma: no cover - compiled
+    """Rectify ``acc`` and fold it into the running max and sum."""
+    for ch in range(acc.shape[0]):
+        v = acc[ch] if acc[ch] > 0 else 0.0
+        sm[ch] += v
+        if v > mx[ch]:
+            mx[ch] = v
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def detector_track(qcodes, qtable, codes, table, bias, n_pos, out):  # pragma: no cover - compiled
     """``out[g] = relu(bias + sum_j table[j, codes[g + j]])`` for ``g < n_pos``.
@@ -29,21 +56,13 @@ def detector_track(qcodes, qtable, codes, table, bias, n_pos, out):  # pragma: n
     look-ups by ``q``; the ``k mod q`` columns left over use ``table``.
     """
     k = table.shape[0]
-    n_q = k // _Q
     c = table.shape[2]
     n_blocks = (n_pos + _BLOCK - 1) // _BLOCK
     for b in prange(n_blocks):
         acc = np.empty(c, dtype=np.float32)
         for g in range(b * _BLOCK, min(n_pos, (b + 1) * _BLOCK)):
             acc[:] = bias
-            for t in range(n_q):
-                row = qtable[t * _Q, qcodes[g + t * _Q]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
-            for j in range(n_q * _Q, k):
-                row = table[j, codes[g + j]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
+            _add_columns(acc, qcodes, qtable, codes, table, 0, k, g)
             for ch in range(c):
                 out[g, ch] = acc[ch] if acc[ch] > 0 else 0.0
 
@@ -65,50 +84,15 @@ def pool_windows(qcodes, qtable, codes, track, table, bias, pad_left, pad_right,
         sm = np.zeros(c, dtype=np.float32)
         acc = np.empty(c, dtype=np.float32)
         for g in range(s, s + inner):
-            for ch in range(c):
-                v = track[g, ch]
-                sm[ch] += v
-                if v > mx[ch]:
-                    mx[ch] = v
+            _pool(track[g], mx, sm)
         for o in range(1, k):  # detector starts o columns before the window
-            for ch in range(c):
-                acc[ch] = bias[ch] + pad_left[o, ch]
-            j = o
-            while j + _Q <= k:
-                row = qtable[j, qcodes[s + j - o]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
-                j += _Q
-            while j < k:
-                row = table[j, codes[s + j - o]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
-                j += 1
-            for ch in range(c):
-                v = acc[ch] if acc[ch] > 0 else 0.0
-                sm[ch] += v
-                if v > mx[ch]:
-                    mx[ch] = v
+            acc[:] = bias + pad_left[o]
+            _add_columns(acc, qcodes, qtable, codes, table, o, k, s)
+            _pool(acc, mx, sm)
         for e in range(1, k):  # detector ends e columns after the window
-            g = s + window - k + e
-            for ch in range(c):
-                acc[ch] = bias[ch] + pad_right[e, ch]
-            j = 0
-            while j + _Q <= k - e:
-                row = qtable[j, qcodes[g + j]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
-                j += _Q
-            while j < k - e:
-                row = table[j, codes[g + j]]
-                for ch in range(c):
-                    acc[ch] += row[ch]
-                j += 1
-            for ch in range(c):
-                v = acc[ch] if acc[ch] > 0 else 0.0
-                sm[ch] += v
-                if v > mx[ch]:
-                    mx[ch] = v
+            acc[:] = bias + pad_right[e]
+            _add_columns(acc, qcodes, qtable, codes, table, 0, k - e, s + window - k + e)
+            _pool(acc, mx, sm)
         out_max[i] = mx
         out_sum[i] = sm
 

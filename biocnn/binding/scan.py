@@ -149,13 +149,7 @@ def chunk_codes(seq: str, record: str, source: str | Path) -> np.ndarray:
 
 def encode_chunk(seq: str, record: str, source: str | Path) -> torch.Tensor:
     """One-hot (4, n) of a chunk; an invalid character names the record and its position."""
-    raw = np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)
-    c = _CODES[raw]
-    bad = np.flatnonzero(c == 255)
-    if bad.size:
-        raise InputError(source, f"record {record!r}: invalid character {seq[bad[0]]!r} in the chunk at "
-                                 f"offset {int(bad[0]) + 1}")
-    return torch.from_numpy(_ONE_HOT[c].T.copy())
+    return torch.from_numpy(_ONE_HOT[chunk_codes(seq, record, source)].T.copy())
 
 
 def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[str]]]:
