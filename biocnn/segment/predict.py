@@ -100,7 +100,7 @@ class Segmenter:
             written = self._write_2d(case, out_dir, labels, prob, ent, mi)
         else:
             written = self._write_3d(case, out_dir, labels, prob, ent, mi)
-        return {"case": case.id, "score": image_score(ent, prob), "mean_entropy": float(ent.mean()),
+        return {"case": case.id, "score": image_score(ent), "mean_entropy": float(ent.mean()),
                 "mean_mutual_info": float(mi.mean()), "foreground_fraction": float((label_idx > 0).mean()),
                 "label_file": written}
 

@@ -12,6 +12,7 @@ import torch
 from biocnn.checkpoint import provenance
 from biocnn.config import load_config
 from biocnn.device import seed_everything
+from biocnn.errors import InputError
 from biocnn.models import UNet
 from biocnn.segment.config import SegmentConfig
 from biocnn.segment.data import augmentation, cached_dataset, find_cases, preprocessing
@@ -36,7 +37,7 @@ def split_cases(cfg: SegmentConfig):
     if d.val:
         return train, find_cases(d.val, d.spatial_dims, d.modalities, require_labels=True)
     if len(train) < 2:
-        raise ValueError(f"{d.train}: need at least 2 cases to split off validation")
+        raise InputError(d.train, "need at least 2 labelled cases to split off validation (or set data.val)")
     order = np.random.default_rng(cfg.train.seed).permutation(len(train))
     n_val = max(1, int(round(len(train) * d.val_fraction)))
     return [train[i] for i in sorted(order[n_val:])], [train[i] for i in sorted(order[:n_val])]
