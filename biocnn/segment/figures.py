@@ -38,8 +38,9 @@ def overlay_png(path: str | Path, image: np.ndarray, label: np.ndarray, uncertai
             axes[0].contour(truth == k, levels=[0.5], colors=[cmap(int(k) % 10)], linewidths=0.8,
                             linestyles="dashed")
     axes[0].set_title("prediction" + (" (solid) / truth (dashed)" if truth is not None else ""), fontsize=9)
-    heat = axes[1].imshow(np.ma.masked_less(uncertainty, 1e-3), cmap="inferno", alpha=0.75,
-                          vmin=0, vmax=max(float(uncertainty.max()), 1e-3))
+    top = max(float(uncertainty.max()), 1e-3)
+    # Hide the faint floor so the image shows through where the model is sure.
+    heat = axes[1].imshow(np.ma.masked_less(uncertainty, 0.05 * top), cmap="inferno", alpha=0.75, vmin=0, vmax=top)
     fig.colorbar(heat, ax=axes[1], fraction=0.046, label="predictive entropy (nats)")
     axes[1].set_title("uncertainty", fontsize=9)
     if title:
