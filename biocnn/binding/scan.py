@@ -132,8 +132,21 @@ class WindowScorer:
         scores = []
         for ch in strands:
             feats = torch.cat([mean[:, ch], pooled[:, ch]], 1) if self.avg else pooled[:, ch]
-            scores.append(self.model.head.mlp(feats).squeeze(-1))
+            scores.append(self._head(feats))
         return torch.stack(scores).amax(0)
+
+    def _head(self, feats: torch.Tensor) -> torch.Tensor:
+        """The binding head's dense layers (eval mode: dropout is the identity). On CPU in
+        NumPy: for a few thousand rows it avoids torch's per-call thread-pool overhead."""
+        if self.backend != "lookup":
+            return self.model.head.mlp(feats).squeeze(-1)
+        x = feats.numpy()
+        for layer in self.model.head.mlp:
+            if isinstance(layer, torch.nn.Linear):
+                x = x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
+            elif isinstance(layer, torch.nn.ReLU):
+                x = np.maximum(x, 0)
+        return torch.from_numpy(np.ascontiguousarray(x[:, 0]))
 
 
 def chunk_codes(seq: str, record: str, source: str | Path) -> np.ndarray:
@@ -199,14 +212,21 @@ class _Writer:
         self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
                                                                                    scores.tolist())))
         win_end = starts + self.window if ends is None else ends
-        for a, e, v in zip(starts[scores > self.threshold].tolist(), win_end[scores > self.threshold].tolist(),
-                           scores[scores > self.threshold].tolist()):
-            if self.peak is not None and self.peak[0] == chrom and a <= self.peak[2]:
-                self.peak[2] = max(self.peak[2], e)
-                self.peak[3] = max(self.peak[3], v)
+        above = np.flatnonzero(scores > self.threshold)
+        if not above.size:
+            return
+        # Runs of windows above the threshold that overlap (or touch) one another, found with
+        # array operations; only the runs, not the windows, are visited in Python.
+        a, e, v = starts[above], win_end[above], scores[above]
+        breaks = np.flatnonzero(a[1:] > np.maximum.accumulate(e)[:-1]) + 1
+        for lo_i, hi_i in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(a)].tolist()):
+            run = (int(a[lo_i]), int(e[lo_i:hi_i].max()), float(v[lo_i:hi_i].max()))
+            if self.peak is not None and self.peak[0] == chrom and run[0] <= self.peak[2]:
+                self.peak[2] = max(self.peak[2], run[1])
+                self.peak[3] = max(self.peak[3], run[2])
             else:
                 self.flush()
-                self.peak = [chrom, a, e, v]
+                self.peak = [chrom, *run]
 
     def flush(self) -> None:
         if self.peak is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -58,9 +59,28 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, devi
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
+class CpuBudgetReached(Exception):
+    """Raised by :func:`cpu_budget_callback` to end training early."""
+
+
+def cpu_budget_callback(budget_s: float, start: float | None = None):
+    """A :func:`fit` callback that stops training before the next epoch would take the process
+    past ``budget_s`` CPU seconds (all threads) since ``start`` (default: now)."""
+    start = time.process_time() if start is None else start
+    last = [time.process_time()]
+
+    def check(epoch: int, row: dict) -> None:
+        now = time.process_time()
+        per_epoch, last[0] = now - last[0], now
+        if now - start + per_epoch > budget_s:
+            raise CpuBudgetReached(f"CPU budget {budget_s:.0f} s reached after epoch {epoch}")
+
+    return check
+
+
 def train_deepbind(train: LabelledSequences, val: LabelledSequences | None, model_cfg: ModelSection,
                    train_cfg: TrainConfig, out_dir=None, extra_config: dict[str, Any] | None = None,
-                   resume: bool = False) -> tuple[DeepBind, FitResult]:
+                   resume: bool = False, callbacks=()) -> tuple[DeepBind, FitResult]:
     """Build a DeepBind model from ``model_cfg`` (seeded) and train it with the shared loop.
 
     ``out_dir=None`` trains in memory (calibration folds). Sequences of both sets are encoded
@@ -74,7 +94,7 @@ def train_deepbind(train: LabelledSequences, val: LabelledSequences | None, mode
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
     result = fit(model, TensorDataset(x, y), val_ds, loss_fn=F.binary_cross_entropy_with_logits, config=train_cfg,
                  out_dir=out_dir, model_config=config, validate=validate_auc if val is not None else None,
-                 resume=resume)
+                 resume=resume, callbacks=callbacks)
     return model, result
 
 
