@@ -1,7 +1,8 @@
 """DeepBind's calibration: random search over hyper-parameters with k-fold cross-validation.
 
 Each trial is one draw from :class:`~biocnn.binding.config.SearchSpace` (learning rate, weight
-decay, dropout, initial weight scale, hidden layer on/off, number of motifs), scored by the
+decay, dropout, initial weight scale, hidden layer on/off, number of motifs, max or max+avg
+pooling), scored by the
 mean validation ROC AUC over ``folds`` folds of the training data. Trials are independent, so
 the workflow runs each one as its own job (``calibrate --trial i``) and a final step
 (``calibrate --select``) picks the best; the chosen configuration is then retrained on all the
@@ -48,16 +49,19 @@ def sample_trials(cfg: DeepBindConfig) -> list[dict[str, Any]]:
             "init_scale": _log_uniform(rng, *space.init_scale),
             "hidden": int(rng.choice(space.hidden)),
             "num_motifs": int(rng.choice(space.num_motifs)),
+            "pool": str(rng.choice(space.pool)),
         })
     # Trial 0 is the config's own settings, so calibration can never do worse than not calibrating.
     trials[0] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay, "dropout": cfg.model.dropout,
-                 "init_scale": cfg.model.init_scale, "hidden": cfg.model.hidden, "num_motifs": cfg.model.num_motifs}
+                 "init_scale": cfg.model.init_scale, "hidden": cfg.model.hidden, "num_motifs": cfg.model.num_motifs,
+                 "pool": cfg.model.pool}
     return trials
 
 
 def apply_params(cfg: DeepBindConfig, params: dict[str, Any]) -> DeepBindConfig:
     """A copy of ``cfg`` with a trial's hyper-parameters filled in."""
-    model = cfg.model.model_copy(update={k: params[k] for k in ("dropout", "init_scale", "hidden", "num_motifs")})
+    keys = ("dropout", "init_scale", "hidden", "num_motifs", "pool")
+    model = cfg.model.model_copy(update={k: params[k] for k in keys if k in params})
     train = cfg.train.model_copy(update={"lr": params["lr"], "weight_decay": params["weight_decay"]})
     return cfg.model_copy(update={"model": model, "train": train})
 

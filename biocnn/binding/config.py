@@ -54,6 +54,7 @@ class SearchSpace(StrictModel):
     init_scale: tuple[float, float] = (1e-2, 3e-1)  # log-uniform
     hidden: list[int] = [0, 32]
     num_motifs: list[int] = [16]
+    pool: list[Literal["max", "maxavg"]] = ["max"]
 
 
 class CalibrationSection(StrictModel):
