@@ -3,7 +3,9 @@
 import json
 import multiprocessing as mp
 import os
-import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,29 +116,25 @@ def test_only_the_latest_state_is_kept_and_monitor_must_exist(tmp_path):
         _train(None, _config(early_stopping={"monitor": "val_auc"}))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_train as t
+from biocnn.checkpoint import save_weights
+import torch.distributed as dist
+torch.set_num_threads(1)
+_, model = t._train({out!r} + "/model", t._config(epochs=2, device="cpu"))
+save_weights({out!r} + f"/rank{{dist.get_rank() if dist.is_initialized() else int(__import__('os').environ['RANK'])}}.safetensors",
+             model.state_dict())
+"""
 
 
-def _ddp_worker(rank, world_size, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    _, model = _train(out_dir / "model", _config(epochs=2, device="cpu"))
-    save_weights(out_dir / f"rank{rank}.safetensors", model.state_dict())
-
-
-def test_distributed_data_parallel_two_processes_on_gloo(tmp_path):
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(240)
-        assert p.exitcode == 0
+def test_torchrun_two_processes_on_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
     results = [load_weights(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     # DDP all-reduces gradients, so both ranks end with the same weights
     for key in results[0]:
@@ -146,3 +144,6 @@ def test_distributed_data_parallel_two_processes_on_gloo(tmp_path):
     model_dir = tmp_path / "model"  # written once, by rank 0
     assert len((model_dir / "metrics.jsonl").read_text().splitlines()) == 2
     assert (model_dir / "weights.safetensors").is_file()
+    # each rank saw half of the 48 training examples per epoch: 3 batches of 8 (not 6), 2 epochs
+    state = load_weights(model_dir / "state" / "epoch-0002.safetensors")
+    assert state["optim/0/step"].item() == 6
