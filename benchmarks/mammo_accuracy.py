@@ -78,9 +78,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.perf_counter()
-        synthesize(work / "train", args.train_exams, args.seed, tomo=0)
-        synthesize(work / "test", args.test_exams, args.seed + 1000, tomo=0)
+        # A kept --workdir from an earlier run with the same settings: the data is reused.
+        for name, exams, seed in (("train", args.train_exams, args.seed), ("test", args.test_exams, args.seed + 1000)):
+            summary_file = work / name / "synth.json"
+            wanted = {"exams": exams, "seed": seed}
+            if not (summary_file.is_file() and json.loads(summary_file.read_text()) == wanted):
+                synthesize(work / name, exams, seed, tomo=0)
+                write_json(summary_file, wanted)
         t1 = time.perf_counter()
+        if (work / "model").exists():
+            import shutil
+
+            shutil.rmtree(work / "model")  # train from scratch, never resume an older run
         metrics = train(args.config, work / "model", overrides={"data.manifest": str(work / "train" / "manifest.csv")})
         t2 = time.perf_counter()
         result = evaluate(work / "model", work / "test" / "manifest.csv", work / "evaluation")
