@@ -49,13 +49,12 @@ def deepbind_config(args) -> DeepBindConfig:
         model=ModelSection(num_motifs=16, motif_len=24, pool="max", hidden=32, dropout=0.25),
         train=TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, lr=3e-3, progress=False,
                           seed=args.seed, device="cpu",
-                          early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=5)),
+                          early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4)),
         calibration=CalibrationSection(trials=args.trials, folds=args.folds, epochs=args.calibration_epochs,
                                        max_train=args.calibration_positives, seed=args.seed,
-                                       space=SearchSpace(lr=(1e-3, 1e-2), weight_decay=(1e-8, 1e-5),
+                                       space=SearchSpace(lr=(1e-3, 5e-3), weight_decay=(1e-8, 1e-5),
                                                          dropout=[0.1, 0.25, 0.5], init_scale=(0.02, 0.2),
-                                                         hidden=[0, 32], num_motifs=[16, 32],
-                                                         pool=["max", "maxavg"])),
+                                                         hidden=[0, 32], num_motifs=[16, 32], pool=["max"])),
     )
 
 
@@ -128,13 +127,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget", type=float, default=280.0,
                         help="CPU seconds per experiment (calibration + training), all threads counted")
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--folds", type=int, default=2)
-    parser.add_argument("--calibration-epochs", type=int, default=4)
+    parser.add_argument("--calibration-epochs", type=int, default=3)
     parser.add_argument("--calibration-positives", type=int, default=2000)
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--negatives", type=int, default=2, help="shuffled negatives per positive")
+    parser.add_argument("--negatives", type=int, default=1, help="shuffled negatives per positive")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="TF names to run (default: all)")
     args = parser.parse_args(argv)
