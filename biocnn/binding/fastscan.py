@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 _BLOCK = 2048
+_WINDOW_BLOCK = 256
 _Q = 3  # bases per look-up in the detector track (5**3 = 125 codes per table)
 
 
@@ -78,23 +79,29 @@ def pool_windows(qcodes, qtable, codes, track, table, bias, pad_left, pad_right,
     k = table.shape[0]
     c = table.shape[2]
     inner = window - k + 1
-    for i in prange(n_windows):
-        s = i * stride
-        mx = np.zeros(c, dtype=np.float32)
-        sm = np.zeros(c, dtype=np.float32)
+    n_blocks = (n_windows + _WINDOW_BLOCK - 1) // _WINDOW_BLOCK
+    # One scratch vector per block, and the outputs used as accumulators in place: no
+    # allocation per window (millions of small allocations fragment the heap of a long scan).
+    for b in prange(n_blocks):
         acc = np.empty(c, dtype=np.float32)
-        for g in range(s, s + inner):
-            _pool(track[g], mx, sm)
-        for o in range(1, k):  # detector starts o columns before the window
-            acc[:] = bias + pad_left[o]
-            _add_columns(acc, qcodes, qtable, codes, table, o, k, s)
-            _pool(acc, mx, sm)
-        for e in range(1, k):  # detector ends e columns after the window
-            acc[:] = bias + pad_right[e]
-            _add_columns(acc, qcodes, qtable, codes, table, 0, k - e, s + window - k + e)
-            _pool(acc, mx, sm)
-        out_max[i] = mx
-        out_sum[i] = sm
+        for i in range(b * _WINDOW_BLOCK, min(n_windows, (b + 1) * _WINDOW_BLOCK)):
+            s = i * stride
+            mx = out_max[i]
+            sm = out_sum[i]
+            mx[:] = 0.0
+            sm[:] = 0.0
+            for g in range(s, s + inner):
+                _pool(track[g], mx, sm)
+            for o in range(1, k):  # detector starts o columns before the window
+                for ch in range(c):  # element-wise: ``bias + pad_left[o]`` would allocate
+                    acc[ch] = bias[ch] + pad_left[o, ch]
+                _add_columns(acc, qcodes, qtable, codes, table, o, k, s)
+                _pool(acc, mx, sm)
+            for e in range(1, k):  # detector ends e columns after the window
+                for ch in range(c):
+                    acc[ch] = bias[ch] + pad_right[e, ch]
+                _add_columns(acc, qcodes, qtable, codes, table, 0, k - e, s + window - k + e)
+                _pool(acc, mx, sm)
 
 
 def lookup_tables(weight: np.ndarray, pad_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
