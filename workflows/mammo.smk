@@ -44,7 +44,7 @@ rule mammo_synth_heldout:
         f"{RESULTS}/benchmarks/mammo/synth_heldout.tsv"
     params:
         out=f"{MAMMO_DIR}/synth/heldout",
-        exams=MAMMO.get("heldout_exams", 40),
+        exams=MAMMO.get("heldout_exams", 30),
         tomo=MAMMO.get("heldout_tomo", 2),
         seed=MAMMO_SEED + 1000,
     resources:
