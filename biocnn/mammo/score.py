@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from biocnn.checkpoint import load_model
+from biocnn.checkpoint import load_model, read_model_config
 from biocnn.device import autocast, select_device
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open, write_json, write_text
@@ -165,7 +165,7 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
 
     out = Path(out)
     dev = select_device(device)
-    model, config = load_model(model_dir, dev)
+    config = read_model_config(model_dir)
     threshold = float(read_operating_point(model_dir)["threshold"])
     how = config.get("aggregate", "mean")
     size, depth, spatial_dims = input_spec(config)
@@ -188,7 +188,9 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     new_failures: list[dict[str, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, mininterval=1.0)
-    for batch in loader:
+    batches = iter(loader)  # the workers start decoding now, while the model loads
+    model, config = load_model(model_dir, dev)
+    for batch in batches:
         for index, reason in batch["failed"]:
             new_failures.append({"file": names[todo[index]], "reason": reason})
         if batch["images"] is not None:
