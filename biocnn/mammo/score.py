@@ -180,6 +180,10 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     log.info("%d files found, %d already done, %d to score", len(files), len(files) - len(todo), len(todo))
 
     workers = default_workers() if workers is None else workers
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and workers > 0:
+        # Leave the cores the decoding workers use to them; inference gets what remains.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
     dataset = DecodeDataset([files[i] for i in todo], size, depth, spatial_dims)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
                         prefetch_factor=4 if workers else None, persistent_workers=False,
@@ -218,6 +222,7 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
                 new_scores.append(row)
         bar.update(len(batch["ok"]) + len(batch["failed"]))
     bar.close()
+    torch.set_num_threads(threads)
     elapsed = time.perf_counter() - start
 
     rescored = {r["file"] for r in new_scores} | {r["file"] for r in new_failures}
