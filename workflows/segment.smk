@@ -46,7 +46,8 @@ rule segment_synth:
 
 
 rule segment_train:
-    """U-Net (shared backbone encoder + decoder), Dice + CE, validation Dice for early stopping."""
+    """U-Net (shared backbone encoder + decoder), Dice + CE, validation Dice for early stopping.
+    The training seed is the YAML's train.seed (`seed` here only seeds the generated data)."""
     input:
         cases=f"{SEG_DIR}/{{kind}}/train/cases.txt",
         config=lambda w: repo_path(seg_opt(w.kind, "config")),
@@ -68,7 +69,7 @@ rule segment_train:
         gpu=TRAIN_GPUS,
     shell:
         "{BIOCNN} segment train --config {input.config} --train {params.data} --out {params.out} "
-        "--seed {SEG_SEED} {params.epochs} --resume > {log} 2>&1"
+        "{params.epochs} --resume > {log} 2>&1"
 
 
 rule segment_predict:
