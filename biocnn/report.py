@@ -83,24 +83,34 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+def _cell(value: Any) -> str:
+    """One table cell; a list of records (e.g. motif matches) becomes a small nested table."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        columns = list(dict.fromkeys(k for v in value for k in v))
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v.get(c, '')))}</td>" for c in columns) + "</tr>"
+                       for v in value)
+        return f"<td><table>{'<tr>' + head + '</tr>'}{rows}</table></td>"
+    return f"<td class=num>{html.escape(_fmt(value))}</td>"
+
+
 def metrics_table(data: dict[str, Any]) -> str:
     """An HTML table for a metrics mapping.
 
-    A mapping whose values are all mappings with the same keys (e.g. one row per experiment or
-    method) becomes a wide table; anything else a two-column key/value table.
+    A mapping whose values are all mappings (one entry per experiment, model or method)
+    becomes a side-by-side table: one column per entry, one row per (flattened) metric.
+    Anything else is a two-column key/value table.
     """
     values = list(data.values())
     if values and all(isinstance(v, dict) for v in values):
-        columns = list(dict.fromkeys(k for v in values for k in v))
-        if all(not isinstance(x, dict) for v in values for x in v.values()):
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-            body = "".join(
-                "<tr><th>" + html.escape(str(name)) + "</th>"
-                + "".join(f"<td class=num>{html.escape(_fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>"
-                for name, row in data.items())
-            return f"<table><tr><th></th>{head}</tr>{body}</table>"
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in _flatten(data))
+        flat = {name: dict(_flatten(v)) for name, v in data.items()}
+        rows = list(dict.fromkeys(k for v in flat.values() for k in v))
+        head = "".join(f"<th>{html.escape(str(name))}</th>" for name in flat)
+        body = "".join(
+            f"<tr><th>{html.escape(row)}</th>" + "".join(_cell(v.get(row, "")) for v in flat.values()) + "</tr>"
+            for row in rows)
+        return f"<table><tr><th></th>{head}</tr>{body}</table>"
+    body = "".join(f"<tr><th>{html.escape(k)}</th>{_cell(v)}</tr>" for k, v in _flatten(data))
     return f"<table>{body}</table>"
 
 
