@@ -86,6 +86,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
+def reseed_transforms(data: Any, seed: int) -> None:
+    """Reseed MONAI random transforms of ``data`` (a dataset with a ``transform``).
+
+    MONAI's random transforms keep their own ``RandomState`` rather than the global one, so
+    reseeding torch/NumPy alone would let a resumed run draw different augmentations than an
+    uninterrupted one. Seeding them from ``(seed, epoch)`` makes every epoch's draws a function
+    of its number only.
+    """
+    transform = getattr(data, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed % 2**32)
+
+
 def _worker_init(worker_id: int) -> None:
     # DataLoader seeds torch in each worker; NumPy-based transforms need their own seed.
     import numpy as np
@@ -400,6 +413,7 @@ class Trainer:
             if stopped_early:
                 break
             seed_everything(epoch_seed(self.cfg.seed, epoch))
+            reseed_transforms(train_data, epoch_seed(self.cfg.seed, epoch))
             start = time.perf_counter()
             train_loss = self._train_epoch(self._loader(train_data, epoch, True, sample_weights), epoch)
             metrics = self.dist.broadcast(self._validate(val_loader) if self.dist.is_main else None)

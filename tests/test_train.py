@@ -147,3 +147,30 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
     # each rank saw half of the 48 training examples per epoch: 3 batches of 8 (not 6), 2 epochs
     state = load_weights(model_dir / "state" / "epoch-0002.safetensors")
     assert state["optim/0/step"].item() == 6
+
+
+def test_resume_replays_monai_augmentation(tmp_path):
+    """MONAI random transforms have their own RandomState; resuming must replay them too."""
+    from monai.data import Dataset
+    from monai.transforms import Compose, RandGaussianNoised, RandRotate90d
+
+    base = _data()
+    items = [{"image": base[i][0], "label": base[i][1]} for i in range(len(base))]
+    augment = Compose([RandGaussianNoised(keys="image", prob=1.0, std=0.5), RandRotate90d(keys="image", prob=0.5)])
+
+    def run(out_dir, epochs, resume=False):
+        cfg = _config(epochs=epochs, scheduler="none")  # a cosine schedule depends on epochs
+        seed_everything(cfg.seed)
+        model = build_model(SPEC)
+        fit(model, Dataset(items, transform=augment), None,
+            loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+            config=cfg.model_copy(update={"early_stopping": cfg.early_stopping.model_copy(
+                update={"monitor": "train_loss"})}),
+            out_dir=out_dir, model_config={"model": SPEC}, resume=resume)
+        return load_weights(out_dir / "state" / f"epoch-{epochs:04d}.safetensors")
+
+    full = run(tmp_path / "full", 3)
+    run(tmp_path / "split", 2)
+    resumed = run(tmp_path / "split", 3, resume=True)
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
