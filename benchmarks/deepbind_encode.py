@@ -40,6 +40,7 @@ from biocnn.binding.model import DeepBind
 from biocnn.checkpoint import load_weights
 from biocnn.config import EarlyStopping, TrainConfig
 from biocnn.io.sequences import one_hot_batch
+from biocnn.io.atomic import write_json
 
 
 def deepbind_config(args) -> DeepBindConfig:
@@ -184,8 +185,7 @@ def main(argv=None) -> int:
         print(f"{'mean':<8} {mean['deepbind_auc']:>9.3f} {mean['kmer_lr_auc']:>9.3f} {mean['pwm_auc']:>7.3f}")
         wins = all(r["deepbind_auc"] > max(r["kmer_lr_auc"], r["pwm_auc"]) for r in results.values())
         print(f"DeepBind above both baselines on every set: {wins}; mean AUC >= 0.95: {mean['deepbind_auc'] >= 0.95}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_json(args.out, results)  # atomic, like every biocnn output
     return 0
 
 

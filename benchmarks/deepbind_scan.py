@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from biocnn.binding.model import DeepBind
 from biocnn.binding.scan import scan_fasta
+from biocnn.io.atomic import write_json
 
 
 def write_genome(path: Path, bp: int, seed: int, chromosomes: int = 2) -> None:
@@ -132,8 +133,7 @@ def main(argv=None) -> int:
     print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; scan at {result['scan_effective_gflops']:.1f} dense-equivalent "
           f"GFLOP/s = {roofline:.2f} of it")
     print(f"peak RSS: {rss_small:.0f} MB at {args.mbp:.0f} Mbp, {rss_large:.0f} MB at {args.large_mbp:.0f} Mbp")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.out, result)  # atomic, like every biocnn output
     return 0
 
 

@@ -36,6 +36,7 @@ from biocnn.segment.data import label_to_index
 from biocnn.segment.evaluate import auroc
 from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
 from biocnn.segment.uncertainty import maps_from_stats
+from biocnn.io.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,7 @@ def main() -> None:
     peak = result["peak_rss_gb_brats_volume"]
     print(f"\npeak RSS, predict on 4 x 240 x 240 x 155 with T = {args.samples}: "
           + (f"{peak:.2f} GB" if peak is not None else "skipped"))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic, like every biocnn output
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 from biocnn.segment.evaluate import auroc, evaluate
 from biocnn.segment.predict import predict
 from biocnn.segment.train import train
+from biocnn.io.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHIFTS = ("noise", "blur", "intensity")
@@ -139,7 +140,7 @@ def main() -> None:
     from biocnn.segment.evaluate import finite_or_none
 
     result = finite_or_none(result)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # atomic, like every biocnn output
     print("\nGoals: error AUROC >= 0.85, Spearman >= 0.6, OOD AUROC >= 0.9\n")
     print("| kind | method | Dice | HD95 | error AUROC | Spearman | ECE | OOD AUROC | Dice ID / noise / blur / intensity |")
     print("|---|---|---|---|---|---|---|---|---|")
