@@ -16,6 +16,7 @@ import base64
 import datetime as _dt
 import html
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -237,8 +238,6 @@ def check_in_browser(report: str | Path, screenshot: str | Path, width: int = 14
         shot.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, text=True,
                        timeout=timeout)
-    import re
-
     match = re.search(r'data-images="(\d+)"[^>]*data-broken-images="(\d+)"', dom.stdout)
     if not match:
         raise BiocnnError(f"{report}: Chromium did not finish rendering the page ({dom.stderr.strip()[-200:]})")

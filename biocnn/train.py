@@ -81,6 +81,23 @@ def default_prepare_batch(batch: Batch, device: torch.device) -> tuple[Any, Any]
     return to_device(batch[0], device), to_device(batch[1], device)
 
 
+@torch.no_grad()
+def gather_outputs(model: nn.Module, loader: DataLoader, device: torch.device,
+                   prepare_batch: PrepareBatch = default_prepare_batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` over ``loader``; return all outputs (float32, CPU) and targets, concatenated.
+
+    The shared first half of a ``validate`` callback: the caller turns the two tensors into its
+    metrics (AUC, loss, ...).
+    """
+    outputs, targets = [], []
+    for batch in loader:
+        inputs, target = prepare_batch(batch, device)
+        with autocast(device):
+            outputs.append(model(inputs).float().cpu())
+        targets.append(target.cpu())
+    return torch.cat(outputs), torch.cat(targets)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch: a function of (seed, epoch) only, so resuming reproduces it."""
     return (seed * 1_000_003 + epoch * 7919) % (2**63)

@@ -15,7 +15,7 @@ from biocnn.binding.data import LabelledSequences
 from biocnn.binding.model import DeepBind
 from biocnn.config import TrainConfig
 from biocnn.device import autocast, seed_everything, select_device
-from biocnn.train import FitResult, fit
+from biocnn.train import FitResult, fit, gather_outputs
 
 
 def model_spec(model: ModelSection) -> dict[str, Any]:
@@ -35,12 +35,7 @@ def auc_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 def validate_auc(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """The ``validate`` callback of :func:`fit`: validation ROC AUC, PR AUC and loss."""
-    scores, labels = [], []
-    for x, y in loader:
-        with autocast(device):
-            scores.append(model(x.to(device)).float().cpu())
-        labels.append(y)
-    s, y = torch.cat(scores), torch.cat(labels)
+    s, y = gather_outputs(model, loader, device)
     m = auc_metrics(y.numpy(), s.numpy())
     return {"val_auc": m["roc_auc"], "val_pr_auc": m["pr_auc"],
             "val_loss": float(F.binary_cross_entropy_with_logits(s, y))}

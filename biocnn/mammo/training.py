@@ -27,6 +27,7 @@ from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo.config import MammoConfig
 from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
 from biocnn.mammo import metrics as M
+from biocnn.train import gather_outputs
 
 log = logging.getLogger(__name__)
 OPERATING_POINT = "operating_point.json"
@@ -57,12 +58,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor | list, device: torch.d
 
 def _validate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
     """Validation AUC (monitored) and loss."""
-    logits, labels = [], []
-    for x, y in loader:
-        with autocast(device):
-            logits.append(model(x.to(device)).float().cpu())
-        labels.append(y)
-    z, y = torch.cat(logits), torch.cat(labels)
+    z, y = gather_outputs(model, loader, device)
     loss = nn.functional.binary_cross_entropy_with_logits(z, y).item()
     value = M.auc(y.numpy(), torch.sigmoid(z).numpy())
     return {"val_auc": 0.5 if np.isnan(value) else value, "val_loss": loss}
