@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -18,18 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_mammo_workflow import TRAIN_CONFIG as TINY_MAMMO_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "results/mammo/model"
 
-TRAIN_CONFIG = {
-    "data": {"manifest": "unused.csv", "val_fraction": 0.34, "split_seed": 1},
-    "input": {"height": 64, "width": 48},
-    "model": {"channels": [4, 8, 8], "strides": [2, 2, 1], "hidden": [8]},
-    # Many short epochs, no early stop: leaves time to kill the run in the middle.
-    "train": {"epochs": 10, "batch_size": 8, "seed": 0, "progress": False,
-              "early_stopping": {"monitor": "val_auc", "mode": "max", "patience": 100}},
-}
+# The mammography workflow test's tiny model, with many short epochs and no early stop: that
+# leaves time to kill the run in the middle.
+TRAIN_CONFIG = copy.deepcopy(TINY_MAMMO_TRAIN)
+TRAIN_CONFIG["train"].update(epochs=10, early_stopping={"monitor": "val_auc", "mode": "max", "patience": 100})
 
 
 def _snakemake(workdir: Path, *args: str, **kwargs):
