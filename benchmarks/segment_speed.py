@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from biocnn.checkpoint import load_model
+from biocnn.device import select_device
 from biocnn.models import UNet
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import label_to_index
@@ -82,6 +83,8 @@ def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
     for _ in range(repeats):
         start = time.perf_counter()
         out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # CUDA kernels run asynchronously: time them to completion
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -92,16 +95,20 @@ def _error_auroc(stats: torch.Tensor, truth: np.ndarray) -> float:
     return auroc(maps["entropy"][0].numpy().ravel(), wrong.ravel())
 
 
-def bench_kind(kind: str, model_dir: Path, samples: int, repeats: int, quick: bool) -> dict:
-    model, config = load_model(model_dir)
+def bench_kind(kind: str, model_dir: Path, samples: int, repeats: int, quick: bool,
+               device: torch.device = torch.device("cpu"), sw_batch_size: int | None = None) -> dict:
+    model, config = load_model(model_dir, device)
     inf = InferenceConfig(**config["inference"])
     dims = DataConfig(**config["data"]).spatial_dims
     image, truth = _test_input(kind, quick)
+    image = image.to(device)
+    sw = sw_batch_size or inf.sw_batch_size
 
     def run(mc: int, fast: bool):
         pred = UncertaintyPredictor([model], dims, mc_samples=mc, mc_batch=inf.mc_batch, fast=fast)
-        return sliding_stats(image, pred, inf.roi_size, inf.sw_batch_size, inf.overlap)
+        return sliding_stats(image, pred, inf.roi_size, sw, inf.overlap, device=device).cpu()
 
+    run(1, True)  # warm-up (cuDNN algorithm choice, allocator)
     t_det, _ = _time(lambda: run(1, True), repeats)
     torch.manual_seed(0)
     t_naive, s_naive = _time(lambda: run(samples, False), 1)
@@ -177,17 +184,21 @@ def main() -> None:
     parser.add_argument("--model-3d", type=Path, help="tumor model directory (default: train one here)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs (512^2, 96^3) for a smoke run")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto for the timed passes")
+    parser.add_argument("--sw-batch-size", type=int, help="windows per batch (default: the model's config)")
     parser.add_argument("--placements", action="store_true",
                         help="also time ours for other dropout placements (256^2 and 64^3 crops)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = select_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = {"malaria": args.model_2d or _train("malaria", work, args.epochs),
                   "tumor": args.model_3d or _train("tumor", work, args.epochs)}
         result = {}
         for key, kind in (("2d", "malaria"), ("3d", "tumor")):
-            result[key] = bench_kind(kind, models[kind], args.samples, args.repeats, args.quick)
+            result[key] = bench_kind(kind, models[kind], args.samples, args.repeats, args.quick, device,
+                                     args.sw_batch_size)
             print(key, json.dumps(result[key]), flush=True)
         if args.placements:
             result["placements"] = {k: bench_placements(kind, args.samples)
@@ -195,9 +206,9 @@ def main() -> None:
         result["peak_rss_gb_brats_volume"] = (None if args.skip_memory
                                               else peak_memory_brats(models["tumor"], work, args.samples))
     result["settings"] = {"samples": args.samples, "threads": args.threads, "quick": args.quick,
-                          "device": "cpu", "torch": torch.__version__}
+                          "device": str(device), "sw_batch_size": args.sw_batch_size, "torch": torch.__version__}
     print(f"\nT = {args.samples} Monte Carlo samples, ratios = time / one deterministic pass "
-          f"({args.threads} CPU thread(s))\n")
+          f"({device}, {args.threads} CPU thread(s))\n")
     print(f"| input | deterministic (s) | naive ratio | ours ratio | naive error AUROC | ours error AUROC |")
     print("|---|---|---|---|---|---|")
     for key in ("2d", "3d"):

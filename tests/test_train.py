@@ -105,7 +105,8 @@ def test_early_stopping_on_named_metric_and_best_weights_kept(tmp_path):
     loaded, config = load_model(tmp_path)
     assert config["train"]["seed"] == 7
     for key, value in loaded.state_dict().items():
-        assert torch.equal(value, model.state_dict()[key])  # the model holds the best epoch's weights
+        # The model holds the best epoch's weights (compared on the CPU: training may have run on CUDA).
+        assert torch.equal(value.cpu(), model.state_dict()[key].cpu())
 
 
 def test_only_the_latest_state_is_kept_and_monitor_must_exist(tmp_path):
