@@ -13,7 +13,7 @@ from biocnn.models import UNet
 from biocnn.segment.evaluate import auroc, expected_calibration_error
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
 from biocnn.segment.sampling import naive_samples, unet_samples
-from biocnn.segment.uncertainty import SampleAccumulator, entropy, image_score, maps_from_stats
+from biocnn.segment.uncertainty import SampleAccumulator, entropy, maps_from_stats
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +133,3 @@ def test_tta_undoes_flips():
 def test_metrics_on_known_values():
     assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True])) == 1.0
     assert expected_calibration_error(np.array([0.95, 0.95]), np.array([1.0, 1.0])) == pytest.approx(0.05)
-    ent = np.zeros((4, 4))
-    ent[0, 0] = 0.5
-    assert image_score(ent) == pytest.approx(0.5 / 16)

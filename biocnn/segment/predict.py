@@ -7,9 +7,19 @@ Per input (``<id>`` = case id):
 * 3D: ``<id>_label.nii.gz``, ``<id>_prob.nii.gz`` (X, Y, Z, C), ``<id>_entropy.nii.gz``,
   ``<id>_mutual_info.nii.gz`` (all with the input's affine and header), ``<id>_overlay.png``.
 
-Plus ``uncertainty.csv`` (one row per input with the image-level score) and
-``predict.json`` (settings, the label values, failures). A bad input is reported and the
-others go on; inputs seen = rows written + failures.
+Plus ``uncertainty.csv`` (one row per input, see :data:`CSV_FIELDS`) and ``predict.json``
+(settings, the label values, failures). A bad input is reported and the others go on; inputs
+seen = rows written + failures.
+
+``uncertainty.csv`` columns: ``score`` is the review score (sort by it, largest first):
+``structure_uncertainty + ood_excess`` (:func:`biocnn.segment.uncertainty.image_score`);
+``flag`` is ``yes`` when the input's encoder features lie beyond ``inference.ood_quantile`` of
+the training images' or its structure uncertainty exceeds the review threshold; then the
+components ``structure_uncertainty``, ``expected_dice_error``, ``feature_distance`` (Mahalanobis,
+averaged over ensemble members and TTA flips), ``ood_percentile`` (share of training images
+nearer), and ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
+For models trained without feature statistics the OOD columns are empty and the score is the
+structure uncertainty alone.
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ from biocnn.io.atomic import write_json, write_text
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
-from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
-from biocnn.segment.uncertainty import image_score, maps_from_stats
+from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
+from biocnn.segment.ood import FeatureDensity, image_features
+from biocnn.segment.uncertainty import expected_dice_error, image_score, maps_from_stats, structure_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,14 @@ class Segmenter:
         self.predictor = UncertaintyPredictor(self.models, self.data.spatial_dims, self.mc_samples,
                                               self.inference.mc_batch, tta, fast, amp)
         self.pre = preprocessing(self.data, train=False, with_label=False)
+        # Feature statistics per model (None for models trained before they existed).
+        self.densities = [FeatureDensity.load(d) for d in model_dirs]
+        self.views = flip_sets(self.data.spatial_dims, tta)
+        self.review_threshold = self.inference.review_threshold
+        if self.review_threshold is None:
+            found = [d.info["review_threshold"] for d in self.densities
+                     if d is not None and d.info.get("review_threshold") is not None]
+            self.review_threshold = float(np.mean(found)) if found else None
 
     def stats(self, case: Case):
         """``(stats (C + 1, *spatial) in the input's grid, preprocessed item)``."""
@@ -89,7 +108,7 @@ class Segmenter:
 
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
         """Predict one case, write its files, return its ``uncertainty.csv`` row."""
-        stats, _ = self.stats(case)
+        stats, item = self.stats(case)
         maps = maps_from_stats(stats[None].float())
         prob = maps["prob"][0].numpy()
         label_idx = maps["label"][0].numpy()
@@ -100,9 +119,32 @@ class Segmenter:
             written = self._write_2d(case, out_dir, labels, prob, ent, mi)
         else:
             written = self._write_3d(case, out_dir, labels, prob, ent, mi)
-        return {"case": case.id, "score": image_score(ent), "mean_entropy": float(ent.mean()),
-                "mean_mutual_info": float(mi.mean()), "foreground_fraction": float((label_idx > 0).mean()),
-                "label_file": written}
+        return {"case": case.id, **self.review(item["image"].as_tensor(), prob, label_idx, ent),
+                "mean_entropy": float(ent.mean()), "mean_mutual_info": float(mi.mean()),
+                "foreground_fraction": float((label_idx > 0).mean()), "label_file": written}
+
+    def review(self, image: torch.Tensor, prob: np.ndarray, label_idx: np.ndarray, ent: np.ndarray) -> dict[str, Any]:
+        """The review score, flag and their components for one input (see the module doc)."""
+        unc = structure_uncertainty(ent, label_idx, self.inference.structure_margin)
+        row = {"structure_uncertainty": unc, "expected_dice_error": expected_dice_error(prob, label_idx),
+               "feature_distance": "", "ood_percentile": ""}
+        pairs = [(m, d) for m, d in zip(self.models, self.densities) if d is not None]
+        excess = None
+        if pairs:
+            inf = self.inference
+            feats = image_features([m for m, _ in pairs], image, self.views, inf.roi_size, inf.sw_batch_size,
+                                   inf.overlap, self.device)
+            # Per model: the distance averaged over the flipped views it predicted with.
+            dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
+            row["feature_distance"] = float(np.mean(dists))
+            row["ood_percentile"] = float(np.mean([d.percentile(x) for (_, d), x in zip(pairs, dists)]))
+            excess = float(np.mean([d.excess(x, inf.ood_quantile) for (_, d), x in zip(pairs, dists)]))
+        flags = []
+        if excess is not None:
+            flags.append(excess > 0)
+        if self.review_threshold is not None:
+            flags.append(unc > self.review_threshold)
+        return {"score": image_score(unc, excess), "flag": ("yes" if any(flags) else "no") if flags else "", **row}
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.images import read_image, write_float_tiff, write_label
@@ -131,7 +173,8 @@ class Segmenter:
         return label_path.name
 
 
-CSV_FIELDS = ("case", "score", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
+CSV_FIELDS = ("case", "score", "flag", "structure_uncertainty", "expected_dice_error", "feature_distance",
+              "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
 
 
 def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,
@@ -157,6 +200,9 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
     summary = {"models": [str(m) for m in model_dirs], "input": str(input_path), "mc_samples": seg.mc_samples,
                "tta": tta, "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
                "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
-               "failures": failures}
+               "failures": failures, "review_threshold": seg.review_threshold,
+               "ood_quantile": seg.inference.ood_quantile,
+               "feature_statistics": [d is not None for d in seg.densities],
+               "flagged": [r["case"] for r in rows if r["flag"] == "yes"]}
     write_json(out_dir / "predict.json", summary)
     return summary

@@ -1,0 +1,180 @@
+"""Out-of-distribution detection from encoder feature statistics (a feature-density distance).
+
+As in Lee et al. 2018 and Gonzalez et al. 2021 ("distance-based detection of out-of-distribution
+silent failures"): a U-Net that is confidently wrong on an unfamiliar input still shows it in
+its encoder features. At the end of training each training image (and its flips) is described
+by :func:`encoder_features` (per encoder stage and channel: the spatial mean and standard
+deviation of the activations, averaged over the sliding windows); a Gaussian with a
+Ledoit-Wolf shrinkage covariance is fitted to them (:class:`FeatureDensity`), and an input's
+Mahalanobis distance to it says how unlike the training images it looks.
+
+To say what distance is large, the training images' own distances are kept as a reference, each
+computed *cross-fitted* (with a density fitted without that image, K folds), since an image's
+distance to a fit that includes it is optimistically small. ``percentile(d)`` is the fraction
+of reference distances below ``d``. Everything lives in ``feature_stats.safetensors`` in the
+model directory (no pickle); models trained before this existed simply have no file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURE_STATS = "feature_stats.safetensors"
+FORMAT = "biocnn-segment-feature-density/1"
+
+
+@torch.no_grad()
+def encoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2 * sum(channels))``: per encoder stage and channel, spatial mean and std.
+
+    The stages run without their dropout (as in eval mode), so the features are deterministic
+    even while Monte Carlo dropout is switched on.
+    """
+    out = []
+    h = x.float()
+    for stage in model.backbone.stages:
+        h = stage.convs(h)
+        dims = tuple(range(2, h.dim()))
+        out += [h.mean(dims), h.std(dims, correction=0)]
+    return torch.cat(out, 1)
+
+
+def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequence[Sequence[int]],
+                   roi_size: Sequence[int], sw_batch_size: int = 4, overlap: float = 0.5,
+                   device: torch.device | None = None) -> np.ndarray:
+    """Features of one image ``(C_in, *spatial)`` per model and flipped view: ``(M, V, D)``.
+
+    The image is cut into the same sliding windows as at prediction (MONAI pads images smaller
+    than a window the same way) and the window features are averaged.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = device or image.device
+    result = []
+    for model in models:
+        per_view = []
+        for axes in views:
+            x = image.flip([a + 1 for a in axes]) if axes else image
+            windows: list[torch.Tensor] = []
+
+            def record(w: torch.Tensor, _model=model, _windows=windows) -> torch.Tensor:
+                _windows.append(encoder_features(_model, w).cpu())
+                return w[:, :1]  # the blended output is not used
+
+            with torch.no_grad():
+                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=sw_batch_size,
+                                         predictor=record, overlap=overlap, mode="constant", sw_device=device,
+                                         device=torch.device("cpu"))
+            per_view.append(torch.cat(windows).double().mean(0).numpy())
+        result.append(np.stack(per_view))
+    return np.stack(result)
+
+
+@dataclass
+class FeatureDensity:
+    """Gaussian density of (standardised) training-image features and reference distances.
+
+    Attributes:
+        mean, scale: per-feature mean and standard deviation of the training features (the
+            features are standardised first, so the shrinkage target suits every stage).
+        precision: inverse Ledoit-Wolf covariance of the standardised features.
+        reference: cross-fitted distances of the training images (their unflipped view).
+        info: JSON-able notes stored with them (image count, the review threshold, ...).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    precision: np.ndarray
+    reference: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @staticmethod
+    def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from sklearn.covariance import LedoitWolf
+
+        mean = x.mean(0)
+        scale = x.std(0)
+        scale = np.where(scale > 1e-8 * max(float(scale.max()), 1e-12), scale, 1.0)  # constant features
+        z = (x - mean) / scale
+        return mean, scale, LedoitWolf().fit(z).precision_
+
+    @classmethod
+    def fit(cls, features: np.ndarray, folds: int = 10) -> "FeatureDensity":
+        """Fit on ``(N images, V views, D)`` features; reference distances by K-fold cross-fitting.
+
+        All views of one image stay in the same fold, so an image never informs its own
+        reference distance.
+        """
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 3 or features.shape[0] < 3:
+            raise ValueError(f"need features of shape (images >= 3, views, dims), got {features.shape}")
+        n, v, d = features.shape
+        mean, scale, precision = cls._fit(features.reshape(n * v, d))
+        reference = np.empty(n)
+        order = np.arange(n)
+        for held in np.array_split(order, min(folds, n)):
+            rest = np.setdiff1d(order, held)
+            m, s, p = cls._fit(features[rest].reshape(len(rest) * v, d))
+            reference[held] = _mahalanobis(features[held, 0], m, s, p)
+        return cls(mean, scale, precision, np.sort(reference))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of ``(..., D)`` features to the training density."""
+        return _mahalanobis(np.asarray(features, dtype=np.float64), self.mean, self.scale, self.precision)
+
+    def percentile(self, distance: float) -> float:
+        """Fraction of the training images' (cross-fitted) distances below ``distance``."""
+        return float(np.searchsorted(self.reference, distance, side="left") / len(self.reference))
+
+    def excess(self, distance: float, quantile: float = 0.99) -> float:
+        """``max(0, ln(distance / q))`` with ``q`` the ``quantile`` of the reference distances:
+        0 inside the training range, growing with how far beyond it the input lies."""
+        top = float(np.quantile(self.reference, quantile))
+        return max(0.0, float(np.log(max(distance, 1e-12) / max(top, 1e-12))))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``feature_stats.safetensors`` (atomically) into a model directory."""
+        from safetensors.numpy import save_file
+
+        from biocnn.io.atomic import atomic_path
+
+        path = Path(directory) / FEATURE_STATS
+        tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float64)
+                   for k in ("mean", "scale", "precision", "reference")}
+        meta = {"format": FORMAT, "info": json.dumps(self.info, sort_keys=True)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FeatureDensity | None":
+        """The density stored in a model directory, or ``None`` for models trained without one."""
+        from safetensors import SafetensorError, safe_open
+
+        from biocnn.errors import CheckpointError
+
+        path = Path(directory) / FEATURE_STATS
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise CheckpointError(f"{path}: not a {FORMAT} file")
+                arrays = {k: fh.get_tensor(k) for k in ("mean", "scale", "precision", "reference")}
+            info = json.loads(meta.get("info", "{}"))
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read feature statistics: {exc}") from None
+        return cls(**arrays, info=info)
+
+
+def _mahalanobis(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    z = (x - mean) / scale
+    return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", z, precision, z), 0.0))

@@ -1,0 +1,107 @@
+"""The image-level review score: structure uncertainty, Dice-error estimate, feature distance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biocnn.errors import CheckpointError
+from biocnn.models import UNet
+from biocnn.segment.ood import FEATURE_STATS, FeatureDensity, encoder_features, image_features
+from biocnn.segment.uncertainty import expected_dice_error, image_score, structure_uncertainty
+
+
+def test_expected_dice_error_known_cases():
+    label = np.zeros((6, 6), int)
+    label[1:3, 1:4] = 1
+    confident = np.stack([label == 0, label == 1]).astype(float)
+    assert expected_dice_error(confident, label) == 0.0
+    # Probability 0.6 on the 6 labelled pixels and 0.1 on the 30 others:
+    # soft Dice = (2 * 3.6 + 1) / (3.6 + 3 + 6 + 1).
+    p1 = np.where(label == 1, 0.6, 0.1)
+    prob = np.stack([1 - p1, p1])
+    assert expected_dice_error(prob, label) == pytest.approx(1 - 8.2 / 13.6)
+    # Nothing predicted and nothing probable: no error expected.
+    empty = np.zeros((6, 6), int)
+    assert expected_dice_error(np.stack([np.ones((6, 6)), np.zeros((6, 6))]), empty) == 0.0
+
+
+def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
+    ent = np.ones((9, 9))
+    label = np.zeros((9, 9), int)
+    label[4, 4] = 1
+    # Margin 1 dilates the pixel to a cross of 5 pixels: 5 nats over (1 + 1) structure voxels.
+    assert structure_uncertainty(ent, label, margin=1) == pytest.approx(5 / 2)
+    assert structure_uncertainty(ent, label, margin=0) == pytest.approx(1 / 2)
+    # Entropy far from the structure does not count.
+    far = np.zeros((9, 9))
+    far[0, :] = 1.0
+    assert structure_uncertainty(far, label, margin=2) == 0.0
+    assert structure_uncertainty(ent, np.zeros((9, 9), int)) == 0.0
+    assert image_score(0.3) == pytest.approx(0.3)
+    assert image_score(0.3, 1.2) == pytest.approx(1.5)
+
+
+def _features(rng, n=12, views=2, d=5):
+    base = rng.normal(0, 1, (n, 1, d)) * np.array([1.0, 2.0, 0.5, 3.0, 1.0])
+    return base + rng.normal(0, 0.05, (n, views, d))
+
+
+def test_mahalanobis_distance_matches_a_hand_computation():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    feats = _features(rng)
+    density = FeatureDensity.fit(feats, folds=len(feats))
+    flat = feats.reshape(-1, feats.shape[-1])
+    mean, std = flat.mean(0), flat.std(0)
+    cov = LedoitWolf().fit((flat - mean) / std).covariance_
+    x = rng.normal(0, 1, 5)
+    z = (x - mean) / std
+    assert density.distance(x) == pytest.approx(float(np.sqrt(z @ np.linalg.inv(cov) @ z)), rel=1e-6)
+    # Reference distances are cross-fitted: image 3 measured against a fit without it.
+    alone = FeatureDensity.fit(np.delete(feats, 3, 0), folds=3)
+    assert np.isclose(density.reference, alone.distance(feats[3, 0]), rtol=1e-9).sum() == 1
+    # In-sample distances would be smaller than the cross-fitted ones.
+    assert np.median(density.distance(feats[:, 0])) < np.median(density.reference)
+    # Percentile and excess against the reference.
+    assert density.percentile(0.0) == 0.0
+    assert density.percentile(density.reference.max() * 2) == 1.0
+    top = np.quantile(density.reference, 0.99)
+    assert density.excess(top * 0.5) == 0.0
+    assert density.excess(top * np.e) == pytest.approx(1.0)
+
+
+def test_feature_stats_round_trip_and_errors(tmp_path):
+    rng = np.random.default_rng(1)
+    density = FeatureDensity.fit(_features(rng))
+    density.info = {"review_threshold": 0.4}
+    assert FeatureDensity.load(tmp_path) is None  # a model trained without statistics
+    density.save(tmp_path)
+    back = FeatureDensity.load(tmp_path)
+    for key in ("mean", "scale", "precision", "reference"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(density, key))
+    assert back.info == {"review_threshold": 0.4}
+    (tmp_path / FEATURE_STATS).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="cannot read feature statistics"):
+        FeatureDensity.load(tmp_path)
+    with pytest.raises(ValueError, match="images >= 3"):
+        FeatureDensity.fit(np.zeros((2, 1, 4)))
+
+
+def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows():
+    from biocnn.backbone import enable_mc_dropout
+
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), dropout=(0.0, 0.5)).eval()
+    x = torch.randn(2, 1, 16, 16)
+    plain = encoder_features(model, x)
+    assert plain.shape == (2, 2 * (4 + 8))
+    enable_mc_dropout(model)
+    torch.testing.assert_close(encoder_features(model, x), plain)
+    # Image features: (models, views, D); one window covering the image equals a direct pass.
+    feats = image_features([model], x[0], [(), (0,)], roi_size=(16, 16), overlap=0.0)
+    assert feats.shape == (1, 2, 24)
+    np.testing.assert_allclose(feats[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats[0, 1], encoder_features(model, x[:1].flip(2))[0].numpy(), rtol=1e-5, atol=1e-6)
