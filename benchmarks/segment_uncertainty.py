@@ -11,7 +11,11 @@ predicts the held-out sets three ways:
 
 Metrics on all held-out cases (in-distribution + OOD): Dice, HD95, error-detection AUROC
 (voxel entropy vs wrong voxels), Spearman (image score vs 1 - Dice), ECE; and the AUROC of
-the image-level score for telling OOD from in-distribution images.
+the image-level score for telling OOD from in-distribution images. The image score is the
+review ``score`` of ``uncertainty.csv``; a second table gives Spearman and OOD AUROC of each
+of its components (and of the old score, the mean entropy) measured on the same predictions.
+Nothing is fitted on the held-out or OOD sets: the feature statistics and the review
+threshold come from the training images (and their validation split) at training time.
 
     python benchmarks/segment_uncertainty.py --out segment_uncertainty.json [--quick]
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biocnn.segment.evaluate import auroc, evaluate
+from biocnn.segment.evaluate import auroc, evaluate, spearman
 from biocnn.segment.predict import predict
 from biocnn.segment.train import train
 from biocnn.io.atomic import write_json
@@ -37,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHIFTS = ("noise", "blur", "intensity")
 METHODS = ("mc_dropout", "tta", "ensemble")
 KEYS = ("dice", "hd95", "error_auroc", "spearman", "ece", "ood_auroc")
+# Columns of uncertainty.csv reported on their own (the review score's parts, the old score).
+COMPONENTS = ("structure_uncertainty", "expected_dice_error", "feature_distance", "mean_entropy", "mean_mutual_info")
 
 
 def _synth(kind: str, out: Path, n: int, seed: int, shift: str = "none") -> None:
@@ -107,6 +113,14 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
         labels = np.array([is_ood[r["case"]] for r in rows])
         result[method] = {k: m[k] for k in KEYS[:-1]}
         result[method]["ood_auroc"] = auroc(scores, labels)
+        error = {r["case"]: 1 - r["mean_dice"] for r in m["per_case"]}
+        result[method]["components"] = {
+            col: {"spearman": spearman([float(r[col]) for r in rows], [error[r["case"]] for r in rows]),
+                  "ood_auroc": auroc(np.array([float(r[col]) for r in rows]), labels)}
+            for col in COMPONENTS if all(r[col] != "" for r in rows)}
+        flagged = np.array([r["flag"] == "yes" for r in rows])
+        result[method]["flagged"] = {name: float(np.mean([f for f, r in zip(flagged, rows)
+                                                          if r["case"].startswith(name + "_")])) for name in parts}
         # Dice split by set, to see what the OOD shift does to the segmentation itself.
         result[method]["dice_by_set"] = {
             name: float(np.mean([r["mean_dice"] for r in m["per_case"] if r["case"].startswith(name + "_")]))
@@ -149,6 +163,17 @@ def main() -> None:
             r = methods[method]
             by_set = " / ".join(_fmt(r["dice_by_set"][s]) for s in ("id", *SHIFTS))
             print(f"| {kind} | {method} | " + " | ".join(_fmt(r[k]) for k in KEYS) + f" | {by_set} |")
+    print("\nComponents of the review score (columns of uncertainty.csv), same predictions; "
+          "Spearman vs 1 - Dice / OOD AUROC; the last column: share flagged for review, ID / noise / blur / intensity\n")
+    print("| kind | method | " + " | ".join(COMPONENTS) + " | flagged |")
+    print("|---|---|" + "---|" * (len(COMPONENTS) + 1))
+    for kind, methods in result.items():
+        for method in METHODS:
+            comp = methods[method]["components"]
+            cells = [f"{_fmt(comp[c]['spearman'])} / {_fmt(comp[c]['ood_auroc'])}" if c in comp else "n/a"
+                     for c in COMPONENTS]
+            flagged = " / ".join(_fmt(methods[method]["flagged"][s]) for s in ("id", *SHIFTS))
+            print(f"| {kind} | {method} | " + " | ".join(cells) + f" | {flagged} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -88,6 +89,14 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert np.asarray(Image.open(pred / "field_000_label.png")).shape == (40, 40)
     assert Image.open(pred / "field_000_overlay.png").size[0] > 100
 
+    # The review columns: feature statistics came with training, so the OOD columns are filled.
+    assert (models[0] / "feature_stats.safetensors").is_file()
+    for r in rows:
+        assert r["flag"] in ("yes", "no")
+        assert float(r["feature_distance"]) > 0 and 0 <= float(r["ood_percentile"]) <= 1
+        assert float(r["score"]) >= float(r["structure_uncertainty"]) >= 0
+        assert 0 <= float(r["expected_dice_error"]) <= 1
+
     (test / "images" / "broken.png").unlink()
     metrics_path = tmp_path / "metrics.json"
     assert main(["segment", "evaluate", "--pred", str(pred), "--labels", str(test), "--out", str(metrics_path)]) == 0
@@ -95,6 +104,28 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     for key in ("dice", "hd95", "error_auroc", "spearman", "ece", "dice_per_class"):
         assert key in metrics
     assert metrics["cases"] == 3 and 0 <= metrics["dice"] <= 1 and 0 <= metrics["ece"] <= 1
+
+    # A model trained before feature statistics existed still predicts: OOD columns empty,
+    # the score is the structure uncertainty alone, no flag (no threshold known).
+    old = tmp_path / "old_model"
+    shutil.copytree(models[1], old)
+    (old / "feature_stats.safetensors").unlink()
+    assert main(["segment", "predict", "--model", str(old), "--input", str(test), "--out", str(tmp_path / "p_old"),
+                 "--mc-samples", "2"]) == 0
+    for r in _rows(tmp_path / "p_old" / "uncertainty.csv"):
+        assert r["feature_distance"] == r["ood_percentile"] == r["flag"] == ""
+        assert float(r["score"]) == float(r["structure_uncertainty"])
+
+    # An intensity-shifted input lies farther from the training images' features than they do.
+    shifted = tmp_path / "shifted"
+    assert main(["segment", "synth", "--kind", "malaria", "--out", str(shifted), "--n", "2", "--size", "48",
+                 "--seed", "8", "--shift", "intensity", "--severity", "2"]) == 0
+    dist = {}
+    for name, inputs in (("train", data), ("shifted", shifted)):
+        assert main(["segment", "predict", "--model", str(models[0]), "--input", str(inputs),
+                     "--out", str(tmp_path / f"p_{name}"), "--mc-samples", "2"]) == 0
+        dist[name] = [float(r["feature_distance"]) for r in _rows(tmp_path / f"p_{name}" / "uncertainty.csv")]
+    assert min(dist["shifted"]) > max(dist["train"])
 
 
 def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
