@@ -131,6 +131,23 @@ def qmer_tables(table: np.ndarray) -> np.ndarray:
     return out
 
 
+def quad_tables(table: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """(5**4, k + 3, channels): ``out[q, j + 3]`` = sum of detector columns ``j .. j+3`` of
+    ``table`` (k, 5, C) for the 4-mer of codes ``q`` (base 5, first base most significant), for
+    every start column ``j`` in ``-3 .. k-1``; columns outside ``0 .. k-1`` count as zero, so a
+    4-mer may hang over either end of the detector. Channels are zero-padded to ``channels``."""
+    k, n_codes, c = table.shape
+    channels = channels or c
+    cols = np.zeros((k + 6, n_codes, channels), np.float32)  # zero columns -3..-1 and k..k+2
+    cols[3:k + 3, :, :c] = table
+    digits = np.array(np.unravel_index(np.arange(n_codes**4), (n_codes,) * 4))  # (4, 625)
+    out = np.zeros((k + 3, n_codes**4, channels), np.float32)
+    for j in range(k + 3):  # row j holds start column j - 3
+        for i in range(4):
+            out[j] += cols[j + i, digits[i]]
+    return np.ascontiguousarray(out.transpose(1, 0, 2))  # code-major: a 4-mer's rows are adjacent
+
+
 def qmer_codes(codes: np.ndarray) -> np.ndarray:
     """Code of the q-mer starting at every position (the last q - 1 positions get 0)."""
     out = np.zeros(len(codes), np.int32)

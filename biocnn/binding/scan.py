@@ -22,8 +22,10 @@ threshold, merged, with the best score) and ``PREFIX.json`` (counts, bp/s).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -34,11 +36,39 @@ import torch.nn.functional as F
 from biocnn.binding.model import PAD_VALUE, DeepBind
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open, write_json
-from biocnn.io.sequences import _CODES, _ONE_HOT, open_text
+from biocnn.io.sequences import _CODES, _ONE_HOT
 
 log = logging.getLogger(__name__)
 
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
+_NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
+_READ_BLOCK = 1 << 22  # bytes per read of the FASTA file
+
+
+def _head_layers(mlp: torch.nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """The head's dense layers as (weight transposed (in, out), bias, ReLU after?); eval-mode
+    dropout is the identity."""
+    layers: list = []
+    for layer in mlp:
+        if isinstance(layer, torch.nn.Linear):
+            layers.append([np.ascontiguousarray(layer.weight.detach().cpu().numpy().T, np.float32),
+                           np.ascontiguousarray(layer.bias.detach().cpu().numpy(), np.float32), False])
+        elif isinstance(layer, torch.nn.ReLU):
+            layers[-1][2] = True
+        elif not isinstance(layer, torch.nn.Dropout):
+            raise TypeError(f"unsupported layer in the binding head: {layer}")
+    return [tuple(layer) for layer in layers]
+
+
+def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous float32 copy of ``a`` whose data starts on a cache-line boundary (a table row
+    of 32 channels then spans 2 cache lines, not 3)."""
+    a = np.ascontiguousarray(a, np.float32)
+    raw = np.empty(a.nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + a.nbytes].view(np.float32).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 class WindowScorer:
@@ -57,14 +87,33 @@ class WindowScorer:
             w, b = torch.cat([w, w.flip(1).flip(2)]), torch.cat([b, b])
         self.weight, self.bias = w.contiguous(), b.contiguous()
         self.device = self.weight.device
-        # CPU: table look-ups over the base codes (numba); CUDA: dense convolutions (torch).
-        self.backend = ("torch" if self.device.type == "cuda" else "lookup") if backend == "auto" else backend
-        if self.backend == "lookup":
-            from biocnn.binding.fastscan import lookup_tables, qmer_tables
+        # CPU: table look-ups over the base codes (C kernels, or numba without a C compiler);
+        # CUDA: dense convolutions (torch).
+        if backend == "auto":
+            backend = "torch" if self.device.type == "cuda" else "native"
+        if backend == "native":
+            from biocnn.binding import native
+
+            self.lib = native.load()
+            backend = "native" if self.lib is not None else "lookup"
+        self.backend = backend
+        if self.backend in ("native", "lookup"):
+            from biocnn.binding.fastscan import lookup_tables, qmer_tables, quad_tables
 
             self.tables = lookup_tables(self.weight.cpu().numpy(), PAD_VALUE)
-            self.qtable = qmer_tables(self.tables[0])
             self.bias_np = self.bias.cpu().numpy().astype(np.float32)
+            if self.backend == "lookup":
+                self.qtable = qmer_tables(self.tables[0])
+            else:
+                # Channels padded to a multiple of 16 (one vector register); padded channels stay 0.
+                c = self.weight.shape[0]
+                self.padded_channels = cp = -(-c // 16) * 16
+                pad = lambda a: _aligned(np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, cp - c)]))  # noqa: E731
+                self.ztab = _aligned(quad_tables(self.tables[0], cp))
+                self.pad_vectors = pad(self.bias_np), pad(self.tables[1]), pad(self.tables[2])
+                self.head_layers = _head_layers(model.head.mlp)
+                self.threads = max(1, torch.get_num_threads())
+                self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.num_motifs = model.num_motifs
         self.avg = model.head.pool == "maxavg"
 
@@ -112,16 +161,62 @@ class WindowScorer:
         pool_windows(qcodes, self.qtable, codes, track, table, self.bias_np, pad_left, pad_right, w, s, n_windows, out_max, out_sum)
         return torch.from_numpy(out_max), torch.from_numpy(out_sum)
 
+    def _score_native(self, codes: np.ndarray, n_windows: int) -> torch.Tensor:
+        """Window scores with the C kernels: pooling and the dense head, windows split over threads."""
+        k, cp, m = self.k, self.padded_channels, self.num_motifs
+        lead, tail = 3, 4 * ((k + 3) // 4) + 8  # bases the kernel may read outside the windows
+        buf = np.zeros(lead + len(codes) + tail, np.uint8)
+        buf[lead:lead + len(codes)] = codes
+        out_max = np.empty((n_windows, cp), np.float32)
+        out_sum = np.empty_like(out_max) if self.avg else None
+        scores = np.empty(n_windows, np.float32)
+        bias, pad_left, pad_right = self.pad_vectors
+        strands = (0, m) if self.model.both_strands else (0,)
+        lib = self.lib
+
+        def run(a: int, b: int) -> None:
+            lib.biocnn_pool(buf.ctypes.data + lead, self.ztab.ctypes.data, bias.ctypes.data, pad_left.ctypes.data,
+                            pad_right.ctypes.data, cp, k, self.window, self.stride, a, b, _NATIVE_BLOCK,
+                            out_max[a:].ctypes.data, None if out_sum is None else out_sum[a:].ctypes.data)
+            best = None
+            for first in strands:  # the head on each strand's features; the score is the larger
+                x = None
+                for i, (wt, bias_l, relu) in enumerate(self.head_layers):
+                    y = np.empty((b - a, wt.shape[1]), np.float32)
+                    if i == 0:  # input: [mean, max] of the strand's channels, or max alone
+                        parts = [(out_max, 1.0)] if out_sum is None else [(out_sum, 1.0 / (self.window + k - 1)),
+                                                                          (out_max, 1.0)]
+                        for j, (arr, scale) in enumerate(parts):
+                            lib.biocnn_dense(arr[a:, first:].ctypes.data, b - a, cp, m, scale,
+                                             wt[j * m:(j + 1) * m].ctypes.data, bias_l.ctypes.data, wt.shape[1],
+                                             relu and j == len(parts) - 1, j > 0, y.ctypes.data)
+                    else:
+                        lib.biocnn_dense(x.ctypes.data, b - a, x.shape[1], x.shape[1], 1.0, wt.ctypes.data,
+                                         bias_l.ctypes.data, wt.shape[1], relu, 0, y.ctypes.data)
+                    x = y
+                best = x[:, 0] if best is None else np.maximum(best, x[:, 0])
+            scores[a:b] = best
+
+        parts = np.linspace(0, n_windows, self.threads + 1).astype(int)
+        if self.pool is None or n_windows < 2 * _NATIVE_BLOCK:
+            run(0, n_windows)
+        else:  # ctypes releases the GIL: the threads run the kernels in parallel
+            list(self.pool.map(run, parts[:-1].tolist(), parts[1:].tolist()))
+        return torch.from_numpy(scores)
+
     @torch.no_grad()
     def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Scores of windows starting at 0, stride, ... that fit in ``x``.
 
-        ``x`` is one-hot (4, n) for the torch backend, base codes (n,) uint8 for ``lookup``.
+        ``x`` is one-hot (4, n) for the torch backend, base codes (n,) uint8 for ``native`` and
+        ``lookup``.
         """
         w, s, k = self.window, self.stride, self.k
         n_windows = (x.shape[-1] - w) // s + 1
         if n_windows < 1:
             return torch.zeros(0)
+        if self.backend == "native":
+            return self._score_native(np.asarray(x), n_windows)
         if self.backend == "lookup":
             pooled, total = self._pool_lookup(np.ascontiguousarray(x), n_windows)
         else:
@@ -138,9 +233,9 @@ class WindowScorer:
     def _head(self, feats: torch.Tensor) -> torch.Tensor:
         """The binding head's dense layers (eval mode: dropout is the identity). On CPU in
         NumPy: for a few thousand rows it avoids torch's per-call thread-pool overhead."""
-        if self.backend != "lookup":
+        if self.backend == "torch":
             return self.model.head.mlp(feats).squeeze(-1)
-        x = feats.numpy()
+        x = np.ascontiguousarray(feats.numpy())
         for layer in self.model.head.mlp:
             if isinstance(layer, torch.nn.Linear):
                 x = x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
@@ -149,57 +244,104 @@ class WindowScorer:
         return torch.from_numpy(np.ascontiguousarray(x[:, 0]))
 
 
-def chunk_codes(seq: str, record: str, source: str | Path) -> np.ndarray:
-    """Base codes (0-3 ACGT, 4 ambiguous) of a chunk; an invalid character is an error."""
-    raw = np.frombuffer(seq.encode("ascii", errors="replace"), dtype=np.uint8)
-    c = _CODES[raw]
-    bad = np.flatnonzero(c == 255)
-    if bad.size:
-        raise InputError(source, f"record {record!r}: invalid character {seq[bad[0]]!r} in the chunk at "
-                                 f"offset {int(bad[0]) + 1}")
-    return c
+def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset: int = 0,
+                lib=None) -> np.ndarray:
+    """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases; an invalid character is an
+    error naming the record and its 1-based position (``offset``: the chunk's start in the record)."""
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    if lib is not None:  # one pass in C: look up and validate
+        codes = np.empty(len(arr), np.uint8)
+        bad = lib.biocnn_encode(arr.ctypes.data, len(arr), _CODES.ctypes.data, codes.ctypes.data)
+    else:
+        codes = _CODES[arr]
+        hits = np.flatnonzero(codes == 255)
+        bad = int(hits[0]) if hits.size else -1
+    if bad >= 0:
+        char = bytes(arr[bad:bad + 1]).decode("latin-1")
+        raise InputError(source, f"record {record!r}: invalid character {char!r} at position {offset + bad + 1}")
+    return codes
 
 
-def encode_chunk(seq: str, record: str, source: str | Path) -> torch.Tensor:
-    """One-hot (4, n) of a chunk; an invalid character names the record and its position."""
-    return torch.from_numpy(_ONE_HOT[chunk_codes(seq, record, source)].T.copy())
-
-
-def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[str]]]:
-    """Yield ``(record id, iterator over its sequence lines)`` reading the file line by line,
-    so a chromosome is never held in memory whole."""
-    fh = open_text(path)
-    state = {"header": None, "done": False}
-
-    def lines() -> Iterator[str]:
-        for line in fh:
-            if line.startswith(">"):
-                state["header"] = line
-                return
-            yield line.strip()
-        state["done"] = True
-
+def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """Yield ``(record id, iterator over pieces of its sequence)``, pieces being ASCII bases with
+    line breaks removed. The file is read in blocks of a few MB (plain or gzip, detected from its
+    first bytes), so a chromosome is never held in memory whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    fh = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
     with fh:
-        first = fh.readline()
-        if not first:
+        reader = _BlockReader(fh)
+        first = reader.header()
+        if first is None:
             raise InputError(path, "file is empty")
-        if not first.startswith(">"):
+        if not first.startswith(b">"):
             raise InputError(path, "not a FASTA file (the first character should be '>')")
-        state["header"] = first
-        while not state["done"] and state["header"] is not None:
-            header, state["header"] = state["header"], None
-            name = header[1:].split()[0] if header[1:].split() else "unnamed"
-            body = lines()
+        header = first
+        while header is not None:
+            fields = header[1:].split()
+            name = fields[0].decode("utf-8", errors="replace") if fields else "unnamed"
+            body = reader.sequence()
             yield name, body
-            for _ in body:  # drain lines the caller did not read
+            for _ in body:  # drain pieces the caller did not read
                 pass
+            header = reader.header()
+
+
+class _BlockReader:
+    """Splits a binary FASTA stream, read in large blocks, into header lines and sequence pieces."""
+
+    def __init__(self, fh):
+        self.fh, self.buf, self.eof = fh, b"", False
+
+    def _fill(self) -> bool:
+        block = b"" if self.eof else self.fh.read(_READ_BLOCK)
+        self.eof = not block
+        self.buf += block
+        return bool(block)
+
+    def header(self) -> bytes | None:
+        """The next header line (or the first line of the file), ``None`` at the end."""
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line, self.buf = self.buf[:end], self.buf[end + 1:]
+                return line.rstrip(b"\r")
+            if not self._fill():
+                line, self.buf = self.buf, b""
+                return line.rstrip(b"\r") if line.strip() else None
+
+    def sequence(self) -> Iterator[bytes]:
+        """Pieces of the current record's sequence up to the next header line (left in the buffer)."""
+        while True:
+            if not self.buf and not self._fill():
+                return
+            # A header starts after a line break; keep the buffer's last byte back so that a
+            # "\n>" split across two reads is still seen.
+            end = self.buf.find(b"\n>")
+            if end >= 0:
+                piece, self.buf = self.buf[:end], self.buf[end + 1:]
+                yield piece.translate(None, b" \t\r\n")
+                return
+            if self.buf.startswith(b">"):
+                return
+            if self.eof:
+                piece, self.buf = self.buf, b""
+            else:
+                piece, self.buf = self.buf[:-1], self.buf[-1:]
+                if not piece:
+                    self._fill()
+                    continue
+            yield piece.translate(None, b" \t\r\n")
 
 
 class _Writer:
     """bedGraph + merged-peak BED output, written as windows arrive."""
 
-    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float):
-        self.bg, self.bed = bedgraph, bed
+    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float, lib=None):
+        self.bg, self.bed, self.lib = bedgraph, bed, lib
         self.window, self.stride, self.threshold = window, stride, threshold
         self.offset = (window - stride) // 2 if stride < window else 0
         self.span = min(stride, window)
@@ -209,8 +351,7 @@ class _Writer:
     def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
         lo = starts + self.offset
         hi = lo + self.span if ends is None else ends
-        self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
-                                                                                   scores.tolist())))
+        self._bedgraph(chrom, lo, hi, scores)
         win_end = starts + self.window if ends is None else ends
         above = np.flatnonzero(scores > self.threshold)
         if not above.size:
@@ -219,14 +360,33 @@ class _Writer:
         # array operations; only the runs, not the windows, are visited in Python.
         a, e, v = starts[above], win_end[above], scores[above]
         breaks = np.flatnonzero(a[1:] > np.maximum.accumulate(e)[:-1]) + 1
-        for lo_i, hi_i in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(a)].tolist()):
-            run = (int(a[lo_i]), int(e[lo_i:hi_i].max()), float(v[lo_i:hi_i].max()))
-            if self.peak is not None and self.peak[0] == chrom and run[0] <= self.peak[2]:
-                self.peak[2] = max(self.peak[2], run[1])
-                self.peak[3] = max(self.peak[3], run[2])
+        first = np.r_[0, breaks]
+        run_end = np.maximum.reduceat(e, first)
+        run_best = np.maximum.reduceat(v, first)
+        runs = zip(a[first].tolist(), run_end.tolist(), run_best.tolist())
+        if self.peak is not None and self.peak[0] == chrom:  # a peak open from the last batch
+            r0 = next(runs)
+            if r0[0] <= self.peak[2]:
+                self.peak[2], self.peak[3] = max(self.peak[2], r0[1]), max(self.peak[3], r0[2])
             else:
                 self.flush()
-                self.peak = [chrom, *run]
+                self.peak = [chrom, *r0]
+        for run in runs:
+            self.flush()
+            self.peak = [chrom, *run]
+
+    def _bedgraph(self, chrom: str, lo: np.ndarray, hi: np.ndarray, scores: np.ndarray) -> None:
+        if self.lib is None:
+            self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
+                                                                                        scores.tolist())).encode())
+            return
+        name = chrom.encode()
+        lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
+        scores = np.ascontiguousarray(scores, np.float32)
+        out = np.empty(len(lo) * (len(name) + 64), np.uint8)
+        n = self.lib.biocnn_bedgraph(name, len(name), lo.ctypes.data, hi.ctypes.data, scores.ctypes.data, len(lo),
+                                     out.ctypes.data)
+        self.bg.write(out[:n].tobytes())
 
     def flush(self) -> None:
         if self.peak is not None:
@@ -237,42 +397,44 @@ class _Writer:
 
 
 def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
-               threshold: float = 0.0, chunk: int = 1_000_000, progress_every: float = 10.0) -> dict:
+               threshold: float = 0.0, chunk: int = 1_000_000, progress_every: float = 10.0,
+               backend: str = "auto") -> dict:
     """Scan every record of ``fasta``; returns counts and speed (also written to PREFIX.json)."""
-    scorer = WindowScorer(model, window, stride)
+    scorer = WindowScorer(model, window, stride, backend)
+    lib = getattr(scorer, "lib", None)
     per_chunk = max(1, chunk // stride)  # windows scored per batch
     take = (per_chunk - 1) * stride + window
+    step = per_chunk * stride
     out_prefix = str(out_prefix)
     stats = {"bp": 0, "windows": 0, "records": 0, "short_records": []}
     start = last_report = time.perf_counter()
-    with atomic_open(out_prefix + ".bedgraph") as bg, atomic_open(out_prefix + ".bed") as bed:
-        writer = _Writer(bg, bed, window, stride, threshold)
-        for name, lines in stream_records(fasta):
+    with atomic_open(out_prefix + ".bedgraph", "wb") as bg, atomic_open(out_prefix + ".bed") as bed:
+        writer = _Writer(bg, bed, window, stride, threshold, lib)
+        for name, pieces in stream_records(fasta):
             stats["records"] += 1
-            pieces, pending, offset = [], 0, 0
-            for line in lines:
-                pieces.append(line)
-                pending += len(line)
-                stats["bp"] += len(line)
-                if pending < take:
-                    continue
-                # Joining only when a batch is full keeps the buffering linear in the genome size.
-                buf = "".join(pieces)
-                while len(buf) >= take:
-                    _score_into(writer, scorer, buf[:take], name, offset, fasta, stats)
-                    buf, offset = buf[per_chunk * stride:], offset + per_chunk * stride
-                pieces, pending = [buf], len(buf)
+            buf, offset = b"", 0  # buf: bases of the record from ``offset`` on not yet scored
+            for piece in pieces:
+                stats["bp"] += len(piece)
+                buf += piece
+                done = 0
+                view = memoryview(buf)
+                while len(buf) - done >= take:
+                    codes = chunk_codes(view[done:done + take], name, fasta, offset, lib)
+                    _score_into(writer, scorer, codes, name, offset, stats)
+                    done, offset = done + step, offset + step
+                view.release()
+                buf = buf[done:]  # at most one chunk plus one read block is buffered
                 now = time.perf_counter()
                 if now - last_report > progress_every:
                     log.info("scanned %d bp, %.2f Mbp/s", stats["bp"], stats["bp"] / (now - start) / 1e6)
                     last_report = now
-            buf = "".join(pieces)
             if len(buf) >= window:
-                _score_into(writer, scorer, buf, name, offset, fasta, stats)
+                _score_into(writer, scorer, chunk_codes(buf, name, fasta, offset, lib), name, offset, stats)
             elif len(buf) >= model.motif_len:
                 # A record shorter than one window is scored whole, as the model would score it.
+                x = torch.from_numpy(_ONE_HOT[chunk_codes(buf, name, fasta, offset)].T.copy())
                 with torch.no_grad():
-                    score = model(encode_chunk(buf, name, fasta)[None].to(scorer.device)).cpu().numpy()
+                    score = model(x[None].to(scorer.device)).cpu().numpy()
                 writer.windows(name, np.array([offset]), score, np.array([offset + len(buf)]))
                 stats["windows"] += 1
             elif buf or offset == 0:
@@ -280,7 +442,7 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
             writer.flush()
     seconds = time.perf_counter() - start
     stats.update({"peaks": writer.n_peaks, "seconds": seconds, "bp_per_s": stats["bp"] / max(seconds, 1e-9),
-                  "window": window, "stride": stride, "threshold": threshold})
+                  "window": window, "stride": stride, "threshold": threshold, "backend": scorer.backend})
     if stats["short_records"]:
         log.warning("%s: %d records shorter than motif_len were not scored: %s", fasta,
                     len(stats["short_records"]), ", ".join(stats["short_records"][:5]))
@@ -288,12 +450,13 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     return stats
 
 
-def _score_into(writer: _Writer, scorer: WindowScorer, seq: str, name: str, offset: int, source, stats) -> None:
-    if scorer.backend == "lookup":
-        scores = scorer.score(chunk_codes(seq, name, source)).numpy()
+def _score_into(writer: _Writer, scorer: WindowScorer, codes: np.ndarray, name: str, offset: int, stats) -> None:
+    if scorer.backend == "torch":
+        x = torch.from_numpy(_ONE_HOT[codes].T.copy()).to(scorer.device)
+        scores = scorer.score(x).float().cpu().numpy()
     else:
-        scores = scorer.score(encode_chunk(seq, name, source).to(scorer.device)).float().cpu().numpy()
-    starts = offset + np.arange(len(scores)) * scorer.stride
+        scores = scorer.score(codes).numpy()
+    starts = offset + np.arange(len(scores), dtype=np.int64) * scorer.stride
     writer.windows(name, starts, scores)
     stats["windows"] += len(scores)
 
