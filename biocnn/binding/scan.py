@@ -410,36 +410,40 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     start = last_report = time.perf_counter()
     with atomic_open(out_prefix + ".bedgraph", "wb") as bg, atomic_open(out_prefix + ".bed") as bed:
         writer = _Writer(bg, bed, window, stride, threshold, lib)
-        for name, pieces in stream_records(fasta):
-            stats["records"] += 1
-            buf, offset = b"", 0  # buf: bases of the record from ``offset`` on not yet scored
-            for piece in pieces:
-                stats["bp"] += len(piece)
-                buf += piece
-                done = 0
-                view = memoryview(buf)
-                while len(buf) - done >= take:
-                    codes = chunk_codes(view[done:done + take], name, fasta, offset, lib)
-                    _score_into(writer, scorer, codes, name, offset, stats)
-                    done, offset = done + step, offset + step
-                view.release()
-                buf = buf[done:]  # at most one chunk plus one read block is buffered
-                now = time.perf_counter()
-                if now - last_report > progress_every:
-                    log.info("scanned %d bp, %.2f Mbp/s", stats["bp"], stats["bp"] / (now - start) / 1e6)
-                    last_report = now
-            if len(buf) >= window:
-                _score_into(writer, scorer, chunk_codes(buf, name, fasta, offset, lib), name, offset, stats)
-            elif len(buf) >= model.motif_len:
-                # A record shorter than one window is scored whole, as the model would score it.
-                x = torch.from_numpy(_ONE_HOT[chunk_codes(buf, name, fasta, offset)].T.copy())
-                with torch.no_grad():
-                    score = model(x[None].to(scorer.device)).cpu().numpy()
-                writer.windows(name, np.array([offset]), score, np.array([offset + len(buf)]))
-                stats["windows"] += 1
-            elif buf or offset == 0:
-                stats["short_records"].append(name)
-            writer.flush()
+        batches = _Batches(scorer, writer, stats)
+        try:
+            for name, pieces in stream_records(fasta):
+                stats["records"] += 1
+                buf, offset = b"", 0  # buf: bases of the record from ``offset`` on not yet scored
+                for piece in pieces:
+                    stats["bp"] += len(piece)
+                    buf += piece
+                    done = 0
+                    view = memoryview(buf)
+                    while len(buf) - done >= take:
+                        batches.submit(chunk_codes(view[done:done + take], name, fasta, offset, lib), name, offset)
+                        done, offset = done + step, offset + step
+                    view.release()
+                    buf = buf[done:]  # at most one batch plus one read block is buffered
+                    now = time.perf_counter()
+                    if now - last_report > progress_every:
+                        log.info("scanned %d bp, %.2f Mbp/s", stats["bp"], stats["bp"] / (now - start) / 1e6)
+                        last_report = now
+                if len(buf) >= window:
+                    batches.submit(chunk_codes(buf, name, fasta, offset, lib), name, offset)
+                batches.drain()
+                if window > len(buf) >= model.motif_len:
+                    # A record shorter than one window is scored whole, as the model would score it.
+                    x = torch.from_numpy(_ONE_HOT[chunk_codes(buf, name, fasta, offset)].T.copy())
+                    with torch.no_grad():
+                        score = model(x[None].to(scorer.device)).cpu().numpy()
+                    writer.windows(name, np.array([offset]), score, np.array([offset + len(buf)]))
+                    stats["windows"] += 1
+                elif len(buf) < model.motif_len and (buf or offset == 0):
+                    stats["short_records"].append(name)
+                writer.flush()
+        finally:
+            batches.close()
     seconds = time.perf_counter() - start
     stats.update({"peaks": writer.n_peaks, "seconds": seconds, "bp_per_s": stats["bp"] / max(seconds, 1e-9),
                   "window": window, "stride": stride, "threshold": threshold, "backend": scorer.backend})
@@ -450,15 +454,39 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     return stats
 
 
-def _score_into(writer: _Writer, scorer: WindowScorer, codes: np.ndarray, name: str, offset: int, stats) -> None:
-    if scorer.backend == "torch":
-        x = torch.from_numpy(_ONE_HOT[codes].T.copy()).to(scorer.device)
-        scores = scorer.score(x).float().cpu().numpy()
-    else:
-        scores = scorer.score(codes).numpy()
-    starts = offset + np.arange(len(scores), dtype=np.int64) * scorer.stride
-    writer.windows(name, starts, scores)
-    stats["windows"] += len(scores)
+class _Batches:
+    """Scores each batch in a background thread while the main thread reads and encodes the next
+    one and writes the previous one's results; at most two batches are held at a time."""
+
+    def __init__(self, scorer: WindowScorer, writer: _Writer, stats: dict):
+        self.scorer, self.writer, self.stats = scorer, writer, stats
+        self.executor = ThreadPoolExecutor(1)
+        self.job = None
+
+    def submit(self, codes: np.ndarray, name: str, offset: int) -> None:
+        job = (self.executor.submit(self._scores, codes), name, offset)
+        self.drain()  # the previous batch: written while this one is scored
+        self.job = job
+
+    def drain(self) -> None:
+        """Wait for the batch in flight and write its windows."""
+        if self.job is None:
+            return
+        future, name, offset = self.job
+        self.job = None
+        scores = future.result()
+        starts = offset + np.arange(len(scores), dtype=np.int64) * self.scorer.stride
+        self.writer.windows(name, starts, scores)
+        self.stats["windows"] += len(scores)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _scores(self, codes: np.ndarray) -> np.ndarray:
+        if self.scorer.backend == "torch":
+            x = torch.from_numpy(_ONE_HOT[codes].T.copy()).to(self.scorer.device)
+            return self.scorer.score(x).float().cpu().numpy()
+        return self.scorer.score(codes).numpy()
 
 
 def run_scan(model_dir: str | Path, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
