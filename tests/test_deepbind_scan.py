@@ -1,0 +1,114 @@
+"""Genome scan internals: the C kernels against the model, the block FASTA reader, bedGraph output."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from Bio import SeqIO
+
+from biocnn.binding import scan as scan_module
+from biocnn.binding.model import DeepBind
+from biocnn.binding.scan import WindowScorer, _Writer, scan_fasta, stream_records
+from biocnn.errors import InputError
+from biocnn.io.sequences import codes, one_hot
+
+
+def _genome(n, seed):
+    """Random ACGT with a long N run, scattered IUPAC codes and lowercase (as in real assemblies)."""
+    rng = np.random.default_rng(seed)
+    seq = rng.choice(list("ACGT"), size=n)
+    seq[n // 3:n // 3 + 300] = "N"
+    seq[rng.choice(n, size=n // 200, replace=False)] = rng.choice(list("NRYSWKMBDHV"), size=n // 200)
+    low = rng.choice(n, size=n // 10, replace=False)
+    seq[low] = np.char.lower(seq[low])
+    return "".join(seq)
+
+
+@pytest.mark.parametrize("motifs,motif_len,window,stride,pool,hidden", [
+    (16, 24, 101, 50, "max", 32),  # the default DeepBind model and scan: 32 channels, 6 look-ups a position
+    (16, 24, 101, 50, "maxavg", 32),
+    (5, 7, 30, 40, "maxavg", 0),  # stride > window: gaps between windows; 10 channels padded to 16
+    (24, 11, 60, 7, "max", 8),  # 48 channels; windows overlap by many strides
+])
+def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window, stride, pool, hidden):
+    torch.manual_seed(3)
+    model = DeepBind(num_motifs=motifs, motif_len=motif_len, pool=pool, hidden=hidden).eval()
+    seq = _genome(6000 if stride < 10 else 14000, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # more windows than two kernel blocks: the windows are split over threads
+    try:
+        scorer = WindowScorer(model, window, stride, backend="native")
+    finally:
+        torch.set_num_threads(threads)
+    assert scorer.backend == "native" and scorer.threads == 2
+    got = scorer.score(codes(seq))
+    x = torch.from_numpy(one_hot(seq))
+    starts = range(0, len(seq) - window + 1, stride)
+    assert len(got) == len(starts) > 2 * scan_module._NATIVE_BLOCK
+    with torch.no_grad():
+        expected = model(torch.stack([x[:, a:a + window] for a in starts]))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_module, "_READ_BLOCK", 7)  # every header and line break straddles reads
+    records = [("chr1", _genome(500, 1)), ("chr2 second record", "ACGTN" * 3), ("chrM", _genome(130, 2))]
+    text = "".join(f">{name}\r\n" + "\r\n".join(seq[i:i + 61] for i in range(0, len(seq), 61)) + "\r\n"
+                   for name, seq in records)
+    plain, gz = tmp_path / "g.fa", tmp_path / "g.fa.gz"
+    plain.write_bytes(text.encode())
+    gz.write_bytes(gzip.compress(text.encode()))
+    expected = [(r.id, str(r.seq)) for r in SeqIO.parse(plain, "fasta")]
+    for path in (plain, gz):
+        got = [(name, b"".join(pieces).decode()) for name, pieces in stream_records(path)]
+        assert got == expected
+    skipped = [name for name, _ in stream_records(plain)]  # pieces not read are skipped
+    assert skipped == ["chr1", "chr2", "chrM"]
+
+
+def test_bedgraph_from_the_c_formatter_equals_python_formatting():
+    from biocnn.binding import native
+
+    lib = native.load()
+    assert lib is not None
+    # Halfway cases (rounded to even, as Python does), negative zero, small negatives, large values.
+    values = np.array([0.0, -0.0, 0.00005, 0.00015, -0.00004, 1.23456, -7.77775, 123456.5, 2.5e-5, 1e-9, 0.99995,
+                       *np.random.default_rng(0).normal(0, 3, 500)], np.float32)
+    starts = np.arange(len(values), dtype=np.int64) * 50
+    out = {}
+    for name, lib_ in (("c", lib), ("python", None)):
+
+        class Sink:
+            data = b""
+
+            def write(self, b):
+                Sink.data += b
+
+        writer = _Writer(Sink(), None, 101, 50, float("inf"), lib_)
+        writer.windows("chrUn_KI270302v1", starts, values)
+        out[name] = Sink.data
+    assert out["c"] == out["python"]
+    assert out["c"].count(b"\n") == len(values)
+
+
+def test_scan_backends_agree_and_invalid_character_names_its_position(tmp_path):
+    torch.manual_seed(0)
+    model = DeepBind(num_motifs=6, motif_len=10, hidden=4).eval()
+    seq = _genome(5000, 9)
+    fa = tmp_path / "g.fa.gz"
+    fa.write_bytes(gzip.compress((">chrA\n" + "\n".join(seq[i:i + 80] for i in range(0, 5000, 80)) + "\n").encode()))
+    rows = {}
+    for backend in ("native", "torch"):
+        stats = scan_fasta(model, fa, tmp_path / backend, window=50, stride=25, chunk=600, backend=backend)
+        assert stats["backend"] == backend and stats["windows"] == (5000 - 50) // 25 + 1
+        rows[backend] = np.array([[float(v) for v in line.split("\t")[1:]]
+                                  for line in (tmp_path / f"{backend}.bedgraph").read_text().splitlines()])
+    assert rows["native"].shape == rows["torch"].shape
+    np.testing.assert_array_equal(rows["native"][:, :2], rows["torch"][:, :2])  # batches written in order
+    np.testing.assert_allclose(rows["native"][:, 2], rows["torch"][:, 2], atol=2e-4)
+
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">chrA\n" + seq[:3000] + "\n" + seq[3000:4321] + "X" + seq[4322:] + "\n")
+    with pytest.raises(InputError, match=r"'chrA'.*invalid character 'X' at position 4322"):
+        scan_fasta(model, bad, tmp_path / "bad", window=50, stride=25, chunk=600)
