@@ -148,13 +148,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
 class _Distributed:
     """Process-group state when started by torchrun (``WORLD_SIZE > 1``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world_size > 1
         self._owns_group = False
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # The backend follows the training device, not CUDA's presence: a CPU run
+            # (``train.device: cpu``) on a GPU machine needs gloo, NCCL handles CUDA tensors only.
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self._owns_group = True
 
     @property
@@ -245,8 +247,8 @@ class Trainer:
         self.prepare_batch = prepare_batch
         self.callbacks = list(callbacks)
         self.collate_fn = collate_fn
-        self.dist = _Distributed()
         self.device = select_device(config.device)
+        self.dist = _Distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         make_deterministic()
