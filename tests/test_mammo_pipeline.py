@@ -112,6 +112,22 @@ def test_grad_cam_finds_the_region_that_drives_the_logit():
     assert not pointing_hit(cam[0].numpy(), ~mask)
 
 
+def test_platt_calibration_undoes_a_logit_shift_and_keeps_the_ranking():
+    from biocnn.mammo.calibration import calibrated_probs, fit_platt
+
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    shifted = true_logit + 2.5  # what class balancing does: every probability too high
+    cal = fit_platt(shifted, y)
+    assert cal["slope"] == pytest.approx(1.0, abs=0.15) and cal["intercept"] == pytest.approx(-2.5, abs=0.3)
+    raw, fixed = calibrated_probs(shifted, None), calibrated_probs(shifted, cal)
+    assert M.expected_calibration_error(y, fixed) < 0.5 * M.expected_calibration_error(y, raw)
+    assert (np.argsort(raw, kind="stable") == np.argsort(fixed, kind="stable")).all()  # monotone map
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt([0.1, 0.2], [1, 1])
+
+
 def test_pseudonyms_are_keyed_and_stable():
     a, b = Pseudonymiser(b"k" * 32), Pseudonymiser(b"j" * 32)
     assert a("PID1", "P") == a("PID1", "P") != b("PID1", "P")
@@ -135,6 +151,7 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
         assert (model_dir / name).is_file(), name
     op = json.loads((model_dir / "operating_point.json").read_text())
     assert op["chosen_on"] == "validation" and 0 <= op["threshold"] <= 1
+    assert op["calibration"]["method"] == "platt" and op["calibration"]["fitted_on"] == "validation"
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["provenance"]["seed"] == 3 and cfg["model"]["name"] == "classifier"
     split = read_csv(model_dir / "split.csv")

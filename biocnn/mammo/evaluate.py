@@ -24,6 +24,7 @@ from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo import metrics as M
 from biocnn.mammo.data import decode_all, read_manifest
 from biocnn.mammo.gradcam import grad_cam, overlay_png, pointing_hit
+from biocnn.mammo.calibration import calibrated_probs
 from biocnn.mammo.training import read_operating_point
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out: str | Path, devic
         x = torch.from_numpy(np.stack([d.image for d in chunk])[:, None]).to(dev)
         with autocast(dev):
             logits, cams = grad_cam(model, x)
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        probs = calibrated_probs(logits, op.get("calibration"))
         cams = cams.cpu().numpy()
         for d, p, cam in zip(chunk, probs, cams):
             r = records[d.index]

@@ -45,6 +45,7 @@ from biocnn.mammo import metrics as M
 from biocnn.mammo.data import DecodeDataset, collate_decoded
 from biocnn.mammo.evaluate import input_spec
 from biocnn.mammo.gradcam import grad_cam, overlay_png
+from biocnn.mammo.calibration import calibrated_probs
 from biocnn.mammo.training import read_operating_point
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     out = Path(out)
     dev = select_device(device)
     config = read_model_config(model_dir)
-    threshold = float(read_operating_point(model_dir)["threshold"])
+    op = read_operating_point(model_dir)
+    threshold, calibration = float(op["threshold"]), op.get("calibration")
     how = config.get("aggregate", "mean")
     size, depth, spatial_dims = input_spec(config)
     root, files = list_inputs(source, out)
@@ -206,7 +208,7 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
                 else:
                     with torch.no_grad():
                         logits = model(x)
-            probs = torch.sigmoid(logits.float()).cpu().numpy().reshape(-1)
+            probs = calibrated_probs(logits, calibration)
             for j, (item, p) in enumerate(zip(batch["ok"], probs)):
                 meta = item.meta
                 name = names[todo[item.index]]

@@ -4,8 +4,9 @@ The model directory gets, besides the shared loop's files (``weights.safetensors
 ``config.json``, ``metrics.json``, ``metrics.jsonl``, ``state/``):
 
 * ``split.csv``: every manifest row with its split (patients never span two splits);
-* ``operating_point.json``: the threshold that reaches ``target_sensitivity`` on the validation
-  images, used by ``evaluate`` and ``score`` to flag images.
+* ``operating_point.json``: the Platt calibration of the probabilities and the threshold that
+  reaches ``target_sensitivity`` on the (calibrated) validation images, both fitted on the
+  validation images and used by ``evaluate`` and ``score``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from biocnn.config import load_config
 from biocnn.device import autocast, seed_everything
 from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
+from biocnn.mammo.calibration import calibrated_probs, fit_platt
 from biocnn.mammo.config import MammoConfig
 from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
 from biocnn.mammo import metrics as M
@@ -43,16 +45,16 @@ def model_spec(cfg: MammoConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor | list, device: torch.device,
-                  batch_size: int = 32) -> np.ndarray:
-    """Malignancy probabilities of preprocessed images (``(n, 1, *spatial)`` or a list of arrays)."""
+def predict_logits(model: nn.Module, images: torch.Tensor | list, device: torch.device,
+                   batch_size: int = 32) -> np.ndarray:
+    """Malignancy logits of preprocessed images (``(n, 1, *spatial)`` or a list of arrays)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         x = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.stack([np.asarray(c, np.float32) for c in chunk])[:, None])
         with autocast(device):
-            out.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+            out.append(model(x.to(device)).float().reshape(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -133,21 +135,26 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
     result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
                  model_config=model_config, validate=_validate, resume=resume, sample_weights=sample_weights)
 
-    # The operating point: chosen on validation, never on test.
+    # Calibration and operating point: fitted on validation, never on test.
     device = next(model.parameters()).device
-    val_probs = predict_probs(model, [images[i] for i in parts["val"]], device, cfg.train.batch_size)
+    val_logits = predict_logits(model, [images[i] for i in parts["val"]], device, cfg.train.batch_size)
     val_labels = [records[i].label for i in parts["val"]]
+    calibration = fit_platt(val_logits, val_labels)
+    val_probs = calibrated_probs(val_logits, calibration)
     threshold = M.threshold_for_sensitivity(val_labels, val_probs, cfg.target_sensitivity)
     rates = M.rates_at(val_labels, val_probs, threshold)
     write_json(out_dir / OPERATING_POINT, {
         "threshold": threshold, "target_sensitivity": cfg.target_sensitivity, "chosen_on": "validation",
         "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"],
-        "val_images": len(val_labels), "aggregate": cfg.aggregate})
+        "val_images": len(val_labels), "aggregate": cfg.aggregate, "calibration": calibration})
     metrics = {"best_epoch": result.best_epoch, "val_auc": M.auc(val_labels, val_probs),
+               "val_ece_uncalibrated": M.expected_calibration_error(val_labels, calibrated_probs(val_logits, None)),
+               "val_ece": M.expected_calibration_error(val_labels, val_probs),
                "threshold": threshold, "train_images": len(parts["train"]), "val_images": len(parts["val"]),
                "test_images": len(parts["test"])}
     if parts["test"]:
-        test_probs = predict_probs(model, [images[i] for i in parts["test"]], device, cfg.train.batch_size)
+        test_logits = predict_logits(model, [images[i] for i in parts["test"]], device, cfg.train.batch_size)
+        test_probs = calibrated_probs(test_logits, calibration)
         test = M.summary([records[i].label for i in parts["test"]], test_probs, threshold,
                          [records[i].patient_id for i in parts["test"]], n_boot=500)
         metrics.update({f"test_{k}": v for k, v in test.items()})
