@@ -67,14 +67,20 @@ def model(seed: int = 0) -> DeepBind:
 
 
 def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
-    """Peak RSS (MB) of a fresh process that scans ``fasta``."""
-    code = ("import resource, sys; from benchmarks.deepbind_scan import model; "
+    """Peak RSS (MB) of a fresh process that scans ``fasta``.
+
+    Read from the child's own ``VmHWM`` (the high-water mark of its address space), not from
+    ``getrusage``: on Linux ``ru_maxrss`` survives ``exec``, so a child spawned by this (large)
+    process would report at least this process's size at the time of the spawn, which grows as
+    the benchmark generates bigger genomes.
+    """
+    code = ("from benchmarks.deepbind_scan import model; "
             "from biocnn.binding.scan import scan_fasta; "
             f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
-    return float(run.stdout.strip().splitlines()[-1])
+    return float(run.stdout.strip().splitlines()[-1]) / 1024
 
 
 def main(argv=None) -> int:
