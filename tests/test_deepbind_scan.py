@@ -53,7 +53,7 @@ def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window
 
 def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monkeypatch):
     monkeypatch.setattr(scan_module, "_READ_BLOCK", 7)  # every header and line break straddles reads
-    records = [("chr1", _genome(500, 1)), ("chr2 second record", "ACGTN" * 3), ("chrM", _genome(130, 2))]
+    records = [("chr1", _genome(500, 1)), ("chr2 second record", "ACGTN" * 3), ("empty", ""), ("chrM", _genome(130, 2))]
     text = "".join(f">{name}\r\n" + "\r\n".join(seq[i:i + 61] for i in range(0, len(seq), 61)) + "\r\n"
                    for name, seq in records)
     plain, gz = tmp_path / "g.fa", tmp_path / "g.fa.gz"
@@ -64,7 +64,7 @@ def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monk
         got = [(name, b"".join(pieces).decode()) for name, pieces in stream_records(path)]
         assert got == expected
     skipped = [name for name, _ in stream_records(plain)]  # pieces not read are skipped
-    assert skipped == ["chr1", "chr2", "chrM"]
+    assert skipped == ["chr1", "chr2", "empty", "chrM"]
 
 
 def test_bedgraph_from_the_c_formatter_equals_python_formatting():

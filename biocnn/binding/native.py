@@ -45,11 +45,10 @@ SOURCE = r"""
 #define NQ4 625  /* 4-mers over 5 codes (ACGT + ambiguous) */
 
 long biocnn_encode(const uint8_t *ascii, long n, const uint8_t *lut, uint8_t *codes) {
-    for (long i = 0; i < n; i++) {
-        uint8_t c = lut[ascii[i]];
-        if (c > 4) return i;
-        codes[i] = c;
-    }
+    uint8_t seen = 0;  /* invalid characters map to 255: no branch per base in the common case */
+    for (long i = 0; i < n; i++) { uint8_t c = lut[ascii[i]]; codes[i] = c; seen |= c; }
+    if (seen & 0x80)
+        for (long i = 0; i < n; i++) if (lut[ascii[i]] > 4) return i;
     return -1;
 }
 

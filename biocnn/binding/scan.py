@@ -161,12 +161,33 @@ class WindowScorer:
         pool_windows(qcodes, self.qtable, codes, track, table, self.bias_np, pad_left, pad_right, w, s, n_windows, out_max, out_sum)
         return torch.from_numpy(out_max), torch.from_numpy(out_sum)
 
-    def _score_native(self, codes: np.ndarray, n_windows: int) -> torch.Tensor:
-        """Window scores with the C kernels: pooling and the dense head, windows split over threads."""
+    def _padded(self, n: int) -> tuple[np.ndarray, int]:
+        """A zeroed code buffer for ``n`` bases with the margins the C kernel reads, and the offset
+        of base 0 in it."""
+        lead, tail = 3, 4 * ((self.k + 3) // 4) + 8
+        return np.zeros(lead + n + tail, np.uint8), lead
+
+    def score_bases(self, raw: bytes, record: str, source: str | Path, offset: int = 0) -> np.ndarray:
+        """Scores (float32) of the windows of a chunk of ASCII bases; an invalid character is an
+        InputError naming ``record`` and its position (``offset``: the chunk's start in it)."""
+        if self.backend != "native":
+            codes = chunk_codes(raw, record, source, offset)
+            if self.backend == "torch":
+                x = torch.from_numpy(_ONE_HOT[codes].T.copy()).to(self.device)
+                return self.score(x).float().cpu().numpy()
+            return self.score(codes).numpy()
+        n = len(raw)
+        n_windows = (n - self.window) // self.stride + 1
+        if n_windows < 1:
+            return np.zeros(0, np.float32)
+        buf, lead = self._padded(n)  # the bases are encoded straight into the kernel's buffer
+        chunk_codes(raw, record, source, offset, self.lib, out=buf[lead:lead + n])
+        return self._score_native(buf, lead, n_windows)
+
+    def _score_native(self, buf: np.ndarray, lead: int, n_windows: int) -> np.ndarray:
+        """Window scores with the C kernels: pooling and the dense head, windows split over threads.
+        ``buf``: base codes from ``lead`` on, with the margins of :meth:`_padded`."""
         k, cp, m = self.k, self.padded_channels, self.num_motifs
-        lead, tail = 3, 4 * ((k + 3) // 4) + 8  # bases the kernel may read outside the windows
-        buf = np.zeros(lead + len(codes) + tail, np.uint8)
-        buf[lead:lead + len(codes)] = codes
         out_max = np.empty((n_windows, cp), np.float32)
         out_sum = np.empty_like(out_max) if self.avg else None
         scores = np.empty(n_windows, np.float32)
@@ -202,7 +223,7 @@ class WindowScorer:
             run(0, n_windows)
         else:  # ctypes releases the GIL: the threads run the kernels in parallel
             list(self.pool.map(run, parts[:-1].tolist(), parts[1:].tolist()))
-        return torch.from_numpy(scores)
+        return scores
 
     @torch.no_grad()
     def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -216,7 +237,9 @@ class WindowScorer:
         if n_windows < 1:
             return torch.zeros(0)
         if self.backend == "native":
-            return self._score_native(np.asarray(x), n_windows)
+            buf, lead = self._padded(x.shape[-1])
+            buf[lead:lead + x.shape[-1]] = x
+            return torch.from_numpy(self._score_native(buf, lead, n_windows))
         if self.backend == "lookup":
             pooled, total = self._pool_lookup(np.ascontiguousarray(x), n_windows)
         else:
@@ -245,15 +268,18 @@ class WindowScorer:
 
 
 def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset: int = 0,
-                lib=None) -> np.ndarray:
-    """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases; an invalid character is an
-    error naming the record and its 1-based position (``offset``: the chunk's start in the record)."""
+                lib=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases (into ``out`` if given); an
+    invalid character is an error naming the record and its 1-based position (``offset``: the
+    chunk's start in the record)."""
     arr = np.frombuffer(raw, dtype=np.uint8)
     if lib is not None:  # one pass in C: look up and validate
-        codes = np.empty(len(arr), np.uint8)
+        codes = np.empty(len(arr), np.uint8) if out is None else out
         bad = lib.biocnn_encode(arr.ctypes.data, len(arr), _CODES.ctypes.data, codes.ctypes.data)
     else:
         codes = _CODES[arr]
+        if out is not None:
+            out[:] = codes
         hits = np.flatnonzero(codes == 255)
         bad = int(hits[0]) if hits.size else -1
     if bad >= 0:
@@ -290,6 +316,15 @@ def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[bytes]]]:
             header = reader.header()
 
 
+def _bases(piece: bytes) -> bytes:
+    """``piece`` without line breaks and blanks (``replace`` is several times faster than
+    ``translate``; carriage returns, spaces and tabs are rare, so looked for first)."""
+    piece = piece.replace(b"\n", b"")
+    if b"\r" in piece or b" " in piece or b"\t" in piece:
+        piece = piece.translate(None, b" \t\r")
+    return piece
+
+
 class _BlockReader:
     """Splits a binary FASTA stream, read in large blocks, into header lines and sequence pieces."""
 
@@ -318,14 +353,17 @@ class _BlockReader:
         while True:
             if not self.buf and not self._fill():
                 return
-            # A header starts after a line break; keep the buffer's last byte back so that a
-            # "\n>" split across two reads is still seen.
-            end = self.buf.find(b"\n>")
-            if end >= 0:
-                piece, self.buf = self.buf[:end], self.buf[end + 1:]
-                yield piece.translate(None, b" \t\r\n")
+            if self.buf.startswith(b">"):  # the next header (this record has no more bases)
                 return
-            if self.buf.startswith(b">"):
+            # A header starts after a line break; keep the buffer's last byte back so that a
+            # "\n>" split across two reads is still seen. ('>' is rare: a one-byte search is
+            # fast, "\n>" is not, line breaks being everywhere.)
+            end = self.buf.find(b">", 1)
+            while end > 0 and self.buf[end - 1] != 10:  # a '>' inside a line: an invalid base later
+                end = self.buf.find(b">", end + 1)
+            if end > 0:
+                piece, self.buf = self.buf[:end - 1], self.buf[end:]
+                yield _bases(piece)
                 return
             if self.eof:
                 piece, self.buf = self.buf, b""
@@ -334,7 +372,7 @@ class _BlockReader:
                 if not piece:
                     self._fill()
                     continue
-            yield piece.translate(None, b" \t\r\n")
+            yield _bases(piece)
 
 
 class _Writer:
@@ -410,7 +448,7 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     start = last_report = time.perf_counter()
     with atomic_open(out_prefix + ".bedgraph", "wb") as bg, atomic_open(out_prefix + ".bed") as bed:
         writer = _Writer(bg, bed, window, stride, threshold, lib)
-        batches = _Batches(scorer, writer, stats)
+        batches = _Batches(scorer, writer, stats, fasta)
         try:
             for name, pieces in stream_records(fasta):
                 stats["records"] += 1
@@ -419,18 +457,17 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
                     stats["bp"] += len(piece)
                     buf += piece
                     done = 0
-                    view = memoryview(buf)
+                    view = memoryview(buf)  # batches are views of ``buf`` (immutable), not copies
                     while len(buf) - done >= take:
-                        batches.submit(chunk_codes(view[done:done + take], name, fasta, offset, lib), name, offset)
+                        batches.submit(view[done:done + take], name, offset)
                         done, offset = done + step, offset + step
-                    view.release()
                     buf = buf[done:]  # at most one batch plus one read block is buffered
                     now = time.perf_counter()
                     if now - last_report > progress_every:
                         log.info("scanned %d bp, %.2f Mbp/s", stats["bp"], stats["bp"] / (now - start) / 1e6)
                         last_report = now
                 if len(buf) >= window:
-                    batches.submit(chunk_codes(buf, name, fasta, offset, lib), name, offset)
+                    batches.submit(buf, name, offset)
                 batches.drain()
                 if window > len(buf) >= model.motif_len:
                     # A record shorter than one window is scored whole, as the model would score it.
@@ -455,38 +492,33 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
 
 
 class _Batches:
-    """Scores each batch in a background thread while the main thread reads and encodes the next
-    one and writes the previous one's results; at most two batches are held at a time."""
+    """Encodes, scores and writes each batch in a background thread (in order) while the main
+    thread reads the next one; at most two batches are held at a time."""
 
-    def __init__(self, scorer: WindowScorer, writer: _Writer, stats: dict):
-        self.scorer, self.writer, self.stats = scorer, writer, stats
+    def __init__(self, scorer: WindowScorer, writer: _Writer, stats: dict, source: str | Path):
+        self.scorer, self.writer, self.stats, self.source = scorer, writer, stats, source
         self.executor = ThreadPoolExecutor(1)
         self.job = None
 
-    def submit(self, codes: np.ndarray, name: str, offset: int) -> None:
-        job = (self.executor.submit(self._scores, codes), name, offset)
-        self.drain()  # the previous batch: written while this one is scored
+    def submit(self, raw: bytes, name: str, offset: int) -> None:
+        job = self.executor.submit(self._run, raw, name, offset)
+        self.drain()  # the previous batch (raises its error, if any)
         self.job = job
 
     def drain(self) -> None:
-        """Wait for the batch in flight and write its windows."""
-        if self.job is None:
-            return
-        future, name, offset = self.job
-        self.job = None
-        scores = future.result()
-        starts = offset + np.arange(len(scores), dtype=np.int64) * self.scorer.stride
-        self.writer.windows(name, starts, scores)
-        self.stats["windows"] += len(scores)
+        """Wait until every submitted batch is written."""
+        job, self.job = self.job, None
+        if job is not None:
+            job.result()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _scores(self, codes: np.ndarray) -> np.ndarray:
-        if self.scorer.backend == "torch":
-            x = torch.from_numpy(_ONE_HOT[codes].T.copy()).to(self.scorer.device)
-            return self.scorer.score(x).float().cpu().numpy()
-        return self.scorer.score(codes).numpy()
+    def _run(self, raw: bytes, name: str, offset: int) -> None:
+        scores = self.scorer.score_bases(raw, name, self.source, offset)
+        starts = offset + np.arange(len(scores), dtype=np.int64) * self.scorer.stride
+        self.writer.windows(name, starts, scores)
+        self.stats["windows"] += len(scores)
 
 
 def run_scan(model_dir: str | Path, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
