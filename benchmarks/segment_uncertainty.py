@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from biocnn.segment.evaluate import auroc, evaluate, spearman
+from biocnn.segment.data import find_cases
 from biocnn.segment.predict import predict
 from biocnn.segment.train import train
 from biocnn.io.atomic import write_json
@@ -80,24 +81,29 @@ def _merge_dirs(kind: str, parts: dict[str, Path], out: Path) -> dict[str, bool]
 
 def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, samples: int,
              epochs: int | None) -> dict:
-    _synth(kind, work / "train", n_train, seed=11)
-    parts = {"id": work / "test_id"}
-    _synth(kind, parts["id"], n_test, seed=12)
-    for i, shift in enumerate(SHIFTS):
-        parts[shift] = work / f"test_{shift}"
-        _synth(kind, parts[shift], n_test, seed=13 + i, shift=shift)
+    parts = {"id": work / "test_id", **{shift: work / f"test_{shift}" for shift in SHIFTS}}
     heldout = work / "heldout"
-    is_ood = _merge_dirs(kind, parts, heldout)
+    if not heldout.is_dir():  # a kept directory from an earlier run is reused as it is
+        _synth(kind, work / "train", n_train, seed=11)
+        _synth(kind, parts["id"], n_test, seed=12)
+        for i, shift in enumerate(SHIFTS):
+            _synth(kind, parts[shift], n_test, seed=13 + i, shift=shift)
+        _merge_dirs(kind, parts, heldout)
+    is_ood = {c.id: not c.id.startswith("id_") for c in find_cases(heldout, 2 if kind == "malaria" else 3,
+                                                                    ("t1", "t1ce", "t2", "flair"))}
     models = []
     for seed in range(ensemble):
         out = work / f"model{seed}"
+        models.append(out)
+        if (out / "feature_stats.safetensors").is_file():
+            print(f"{kind}: reusing model {seed} in {out}", flush=True)
+            continue
         overrides = {"data.train": str(work / "train"), "train.seed": seed}
         if epochs:
             overrides["train.epochs"] = epochs
         start = time.perf_counter()
         train(REPO / "configs" / f"segment_{kind}.yaml", out, overrides=overrides)
         print(f"{kind}: trained model {seed} in {time.perf_counter() - start:.0f} s", flush=True)
-        models.append(out)
     settings = {"mc_dropout": (models[:1], samples, False), "tta": (models[:1], 1, True),
                 "ensemble": (models, 1, False)}
     result = {}
@@ -142,6 +148,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="T, Monte Carlo samples")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs (smoke run)")
+    parser.add_argument("--keep", help="keep the generated data, models and predictions under this directory "
+                                       "(a later run with the same directory reuses its data and models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = {"malaria": (24, 12), "tumor": (12, 6)}
@@ -149,7 +157,8 @@ def main() -> None:
     for kind in args.kinds:
         n_train, n_test = sizes[kind]
         with tempfile.TemporaryDirectory() as tmp:
-            result[kind] = run_kind(kind, Path(tmp), n_train if not args.quick else 6, n_test if not args.quick else 3,
+            work = Path(args.keep) / kind if args.keep else Path(tmp)
+            result[kind] = run_kind(kind, work, n_train if not args.quick else 6, n_test if not args.quick else 3,
                                     args.ensemble, args.samples, 2 if args.quick else None)
     from biocnn.segment.evaluate import finite_or_none
 

@@ -39,8 +39,12 @@ def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
     far[0, :] = 1.0
     assert structure_uncertainty(far, label, margin=2) == 0.0
     assert structure_uncertainty(ent, np.zeros((9, 9), int)) == 0.0
-    assert image_score(0.3) == pytest.approx(0.3)
-    assert image_score(0.3, 1.2) == pytest.approx(1.5)
+    # The review score: an OOD input scores at least the review threshold, more if more doubtful.
+    assert image_score(0.3) == 0.3
+    assert image_score(0.3, ood=True, review_threshold=0.5) == 0.5
+    assert image_score(0.7, ood=True, review_threshold=0.5) == 0.7
+    assert image_score(0.3, ood=False, review_threshold=0.5) == 0.3
+    assert image_score(0.3, ood=True) == 0.3  # no threshold known
 
 
 def _features(rng, n=12, views=2, d=5):
@@ -65,12 +69,17 @@ def test_mahalanobis_distance_matches_a_hand_computation():
     assert np.isclose(density.reference, alone.distance(feats[3, 0]), rtol=1e-9).sum() == 1
     # In-sample distances would be smaller than the cross-fitted ones.
     assert np.median(density.distance(feats[:, 0])) < np.median(density.reference)
-    # Percentile and excess against the reference.
-    assert density.percentile(0.0) == 0.0
-    assert density.percentile(density.reference.max() * 2) == 1.0
-    top = np.quantile(density.reference, 0.99)
-    assert density.excess(top * 0.5) == 0.0
-    assert density.excess(top * np.e) == pytest.approx(1.0)
+    # Percentile from a log-normal fitted robustly (median, MAD) to the reference distances.
+    logs = np.log(density.reference)
+    median = np.median(logs)
+    spread = 1.4826 * np.median(np.abs(logs - median))
+    assert density.percentile(np.exp(median)) == pytest.approx(0.5)
+    assert density.zscore(np.exp(median + 2 * spread)) == pytest.approx(2.0)
+    assert density.percentile(np.exp(median + 2.326348 * spread)) == pytest.approx(0.99, abs=1e-6)
+    # One far-off training image does not move the bar much (unlike the largest distance).
+    odd = FeatureDensity(density.mean, density.scale, density.precision,
+                         np.sort(np.append(density.reference, 100 * density.reference.max())))
+    assert odd.percentile(density.reference.max() * 1.5) > 0.9
 
 
 def test_feature_stats_round_trip_and_errors(tmp_path):

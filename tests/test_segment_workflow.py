@@ -40,5 +40,8 @@ def test_segment_workflow_runs(tmp_path):
         assert (res / "report" / f"{kind}_score_vs_error.png").is_file()
         rows = (res / kind / "predict" / "uncertainty.csv").read_text().splitlines()
         assert len(rows) == 1 + 3
+        assert rows[0].startswith("case,score,flag,structure_uncertainty,")
+        assert (res / kind / "model" / "feature_stats.safetensors").is_file()
+        assert isinstance(summary[kind]["flagged_for_review"], list)
     assert (res / "tumor" / "predict" / "case_000_label.nii.gz").is_file()
     assert (res / "malaria" / "predict" / "field_000_overlay.png").is_file()

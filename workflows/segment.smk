@@ -47,7 +47,9 @@ rule segment_synth:
 
 rule segment_train:
     """U-Net (shared backbone encoder + decoder), Dice + CE, validation Dice for early stopping.
-    The training seed is the YAML's train.seed (`seed` here only seeds the generated data)."""
+    The training seed is the YAML's train.seed (`seed` here only seeds the generated data).
+    The model dir also gets feature_stats.safetensors (encoder feature density of the training
+    images and the review threshold) that predict uses to flag inputs for review."""
     input:
         cases=f"{SEG_DIR}/{{kind}}/train/cases.txt",
         config=lambda w: repo_path(seg_opt(w.kind, "config")),
@@ -74,7 +76,7 @@ rule segment_train:
 
 rule segment_predict:
     """Sliding-window prediction with T Monte Carlo dropout samples: labels, probabilities,
-    entropy, mutual information, overlays, uncertainty.csv."""
+    entropy, mutual information, overlays, uncertainty.csv (review score, flag, components)."""
     input:
         weights=f"{SEG_DIR}/{{kind}}/model/weights.safetensors",
         cases=f"{SEG_DIR}/{{kind}}/test/cases.txt",

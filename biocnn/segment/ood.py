@@ -10,8 +10,9 @@ Mahalanobis distance to it says how unlike the training images it looks.
 
 To say what distance is large, the training images' own distances are kept as a reference, each
 computed *cross-fitted* (with a density fitted without that image, K folds), since an image's
-distance to a fit that includes it is optimistically small. ``percentile(d)`` is the fraction
-of reference distances below ``d``. Everything lives in ``feature_stats.safetensors`` in the
+distance to a fit that includes it is optimistically small. ``percentile(d)`` estimates the
+share of training-like images nearer than ``d`` from a log-normal fitted robustly to those
+reference distances. Everything lives in ``feature_stats.safetensors`` in the
 model directory (no pickle); models trained before this existed simply have no file.
 """
 
@@ -129,15 +130,30 @@ class FeatureDensity:
         """Mahalanobis distance of ``(..., D)`` features to the training density."""
         return _mahalanobis(np.asarray(features, dtype=np.float64), self.mean, self.scale, self.precision)
 
-    def percentile(self, distance: float) -> float:
-        """Fraction of the training images' (cross-fitted) distances below ``distance``."""
-        return float(np.searchsorted(self.reference, distance, side="left") / len(self.reference))
+    def log_scale(self) -> tuple[float, float]:
+        """Median and robust spread (1.4826 x MAD) of the log reference distances."""
+        logs = np.log(np.maximum(self.reference, 1e-12))
+        median = float(np.median(logs))
+        spread = 1.4826 * float(np.median(np.abs(logs - median)))
+        if spread <= 1e-9:  # degenerate references: fall back to the plain spread
+            spread = max(float(logs.std()), 1e-6)
+        return median, spread
 
-    def excess(self, distance: float, quantile: float = 0.99) -> float:
-        """``max(0, ln(distance / q))`` with ``q`` the ``quantile`` of the reference distances:
-        0 inside the training range, growing with how far beyond it the input lies."""
-        top = float(np.quantile(self.reference, quantile))
-        return max(0.0, float(np.log(max(distance, 1e-12) / max(top, 1e-12))))
+    def zscore(self, distance: float) -> float:
+        """How many robust standard deviations ``ln(distance)`` lies above the training median."""
+        median, spread = self.log_scale()
+        return (float(np.log(max(distance, 1e-12))) - median) / spread
+
+    def percentile(self, distance: float) -> float:
+        """Estimated share of training-like images nearer than ``distance``.
+
+        A log-normal fitted robustly (median, MAD) to the cross-fitted training distances,
+        so that one odd training image does not set the bar and the estimate can resolve
+        the 99th percentile from a few dozen images.
+        """
+        from scipy.stats import norm
+
+        return float(norm.cdf(self.zscore(distance)))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``feature_stats.safetensors`` (atomically) into a model directory."""

@@ -11,13 +11,15 @@ Plus ``uncertainty.csv`` (one row per input, see :data:`CSV_FIELDS`) and ``predi
 (settings, the label values, failures). A bad input is reported and the others go on; inputs
 seen = rows written + failures.
 
-``uncertainty.csv`` columns: ``score`` is the review score (sort by it, largest first):
-``structure_uncertainty + ood_excess`` (:func:`biocnn.segment.uncertainty.image_score`);
-``flag`` is ``yes`` when the input's encoder features lie beyond ``inference.ood_quantile`` of
-the training images' or its structure uncertainty exceeds the review threshold; then the
-components ``structure_uncertainty``, ``expected_dice_error``, ``feature_distance`` (Mahalanobis,
-averaged over ensemble members and TTA flips), ``ood_percentile`` (share of training images
-nearer), and ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
+``uncertainty.csv`` columns: ``score`` is the review score (sort by it, largest first): the
+structure uncertainty, raised to at least the review threshold for out-of-distribution inputs
+(:func:`biocnn.segment.uncertainty.image_score`); ``flag`` is ``yes`` when the input's
+``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
+exceeds the review threshold (``inference.review_threshold``, default: the largest among the
+validation images at training); then the components ``structure_uncertainty``,
+``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
+TTA flips), ``ood_percentile`` (estimated share of training-like images nearer), and
+``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
 For models trained without feature statistics the OOD columns are empty and the score is the
 structure uncertainty alone.
 """
@@ -129,22 +131,26 @@ class Segmenter:
         row = {"structure_uncertainty": unc, "expected_dice_error": expected_dice_error(prob, label_idx),
                "feature_distance": "", "ood_percentile": ""}
         pairs = [(m, d) for m, d in zip(self.models, self.densities) if d is not None]
-        excess = None
+        ood = None
         if pairs:
+            from scipy.stats import norm
+
             inf = self.inference
             feats = image_features([m for m, _ in pairs], image, self.views, inf.roi_size, inf.sw_batch_size,
                                    inf.overlap, self.device)
-            # Per model: the distance averaged over the flipped views it predicted with.
+            # Per model: the distance averaged over the flipped views it predicted with; the
+            # members' standardised log distances are averaged into one percentile.
             dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
             row["feature_distance"] = float(np.mean(dists))
-            row["ood_percentile"] = float(np.mean([d.percentile(x) for (_, d), x in zip(pairs, dists)]))
-            excess = float(np.mean([d.excess(x, inf.ood_quantile) for (_, d), x in zip(pairs, dists)]))
+            row["ood_percentile"] = float(norm.cdf(np.mean([d.zscore(x) for (_, d), x in zip(pairs, dists)])))
+            ood = row["ood_percentile"] > inf.ood_quantile
         flags = []
-        if excess is not None:
-            flags.append(excess > 0)
+        if ood is not None:
+            flags.append(ood)
         if self.review_threshold is not None:
             flags.append(unc > self.review_threshold)
-        return {"score": image_score(unc, excess), "flag": ("yes" if any(flags) else "no") if flags else "", **row}
+        return {"score": image_score(unc, bool(ood), self.review_threshold),
+                "flag": ("yes" if any(flags) else "no") if flags else "", **row}
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.images import read_image, write_float_tiff, write_label

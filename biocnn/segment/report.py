@@ -12,7 +12,13 @@ from biocnn.checkpoint import read_json
 from biocnn.io.atomic import atomic_path, write_json
 
 
-def _scatter(path: Path, name: str, metrics: dict) -> None:
+def _flagged(pred_dir: Path) -> set[str]:
+    """Cases ``predict`` flagged for review (none for outputs written before flags existed)."""
+    info = pred_dir / "predict.json"
+    return set(read_json(info).get("flagged", [])) if info.is_file() else set()
+
+
+def _scatter(path: Path, name: str, metrics: dict, flagged: set[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,8 +26,13 @@ def _scatter(path: Path, name: str, metrics: dict) -> None:
 
     rows = metrics["per_case"]
     fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
-    ax.scatter([r["score"] for r in rows], [1 - r["mean_dice"] for r in rows], s=18)
-    ax.set_xlabel("image-level uncertainty score")
+    for is_flagged, colour, label in ((False, "tab:blue", "not flagged"), (True, "tab:red", "flagged for review")):
+        sel = [r for r in rows if (r["case"] in flagged) == is_flagged]
+        if sel:
+            ax.scatter([r["score"] for r in sel], [1 - r["mean_dice"] for r in sel], s=18, c=colour, label=label)
+    if flagged:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("review score (structure uncertainty; OOD raised to the threshold)")
     ax.set_ylabel("1 - Dice")
     rho = metrics["spearman"]
     ax.set_title(f"{name}: Spearman {rho:.2f}" if rho is not None else f"{name}: Spearman n/a", fontsize=10)
@@ -31,8 +42,9 @@ def _scatter(path: Path, name: str, metrics: dict) -> None:
 
 
 def report(named: Sequence[tuple[str, str | Path, str | Path]], out_dir: str | Path) -> dict:
-    """For each ``(name, metrics.json, prediction dir)``: a score-vs-error scatter, the overlay
-    of the most uncertain case, and its headline metrics in ``summary.json``."""
+    """For each ``(name, metrics.json, prediction dir)``: a score-vs-error scatter (flagged
+    inputs in red), the overlay of the highest-scoring case, and its headline metrics and
+    flagged cases in ``summary.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {}
@@ -40,7 +52,9 @@ def report(named: Sequence[tuple[str, str | Path, str | Path]], out_dir: str | P
         metrics = read_json(metrics_path)
         summary[name] = {k: metrics[k] for k in ("cases", "dice", "dice_per_class", "hd95", "error_auroc",
                                                  "spearman", "ece")}
-        _scatter(out_dir / f"{name}_score_vs_error.png", name, metrics)
+        flagged = _flagged(Path(pred_dir))
+        _scatter(out_dir / f"{name}_score_vs_error.png", name, metrics, flagged)
+        summary[name]["flagged_for_review"] = sorted(flagged)
         worst = max(metrics["per_case"], key=lambda r: r["score"])["case"]
         overlay = Path(pred_dir) / f"{worst}_overlay.png"
         if overlay.is_file():

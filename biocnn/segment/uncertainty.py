@@ -103,21 +103,26 @@ def expected_dice_error(prob: np.ndarray, label: np.ndarray) -> float:
     return float(1.0 - np.mean(dice)) if dice else 0.0
 
 
-def image_score(structure_unc: float, ood_excess: float | None = None) -> float:
-    """The review score in ``uncertainty.csv``: ``structure_uncertainty + ood_excess``.
+def image_score(structure_unc: float, ood: bool = False, review_threshold: float | None = None) -> float:
+    """The review score in ``uncertainty.csv`` (sort by it, largest first).
 
-    * ``structure_unc`` (:func:`structure_uncertainty`) ranks in-distribution inputs by how
-      much of their segmentation the samples doubt; it tracks 1 - Dice.
-    * ``ood_excess`` (:meth:`biocnn.segment.ood.FeatureDensity.excess`) is 0 for inputs whose
-      encoder features lie within the training images' range and ``ln(distance / q99)``
-      beyond it, so an input the model has never seen the like of rises to the top even when
-      the model is confidently wrong about it (low entropy). ``None`` (a model trained
-      without feature statistics) adds nothing.
+    ``structure_unc`` (:func:`structure_uncertainty`) ranks inputs by how much of their
+    segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
+    outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
+    least ``review_threshold``, the structure uncertainty of the most uncertain validation
+    image: it rises above (nearly) every ordinary input even when the model is confidently
+    wrong about it, yet inputs with still more doubt about their outlines stay ahead of it,
+    because being unfamiliar does not mean being wrong. So ``score >= review_threshold``
+    exactly for the inputs flagged for review.
 
-    Earlier versions used the mean predictive entropy over the image; that ignored where the
-    doubt was and could not see confident failures (see the README's benchmark table).
+    Without feature statistics (models trained before they existed) or without a threshold,
+    the score is the structure uncertainty. Earlier versions used the mean predictive entropy
+    over the image: dominated by the amount of background, blind to confident failures (see
+    the README's benchmark tables).
     """
-    return float(structure_unc) + (float(ood_excess) if ood_excess is not None else 0.0)
+    if ood and review_threshold is not None:
+        return max(float(structure_unc), float(review_threshold))
+    return float(structure_unc)
 
 
 def max_entropy(num_classes: int) -> float:
