@@ -198,7 +198,10 @@ void biocnn_pool(const uint8_t *codes, const float *ztab, const float *bias, con
     }
 }
 
-/* One dense layer, outputs 16 at a time in registers (NV vectors). */
+/* One dense layer, outputs 16 at a time in registers (NV vectors); multiply-adds may fuse (FMA:
+   one rounding instead of two, as BLAS does). */
+#pragma GCC push_options
+#pragma GCC optimize ("fp-contract=fast")
 static inline __attribute__((always_inline)) void dense_impl(
         const float *restrict x, long n, long xs, int in, float scale, const float *restrict wt,
         const float *restrict b, int relu, int accumulate, float *restrict y, const int NV) {
@@ -216,6 +219,7 @@ static inline __attribute__((always_inline)) void dense_impl(
         for (int c = 0; c < NV; c++) ST(yi + 16 * c, relu ? vmax(acc[c], zero) : acc[c]);
     }
 }
+#pragma GCC pop_options
 
 /* y[i] (+)= act(scale * x[i] @ wt + b) for rows i < n: x (n, in) with row stride xs, wt (in, out),
    y (n, out); accumulate adds to y instead of starting from b (a layer whose input is two arrays). */

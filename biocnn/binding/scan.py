@@ -492,16 +492,17 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
 
 
 class _Batches:
-    """Encodes, scores and writes each batch in a background thread (in order) while the main
-    thread reads the next one; at most two batches are held at a time."""
+    """A pipeline of background threads: one encodes and scores batches, the next writes them (in
+    order), while the main thread reads on; at most three batches are held at a time."""
 
     def __init__(self, scorer: WindowScorer, writer: _Writer, stats: dict, source: str | Path):
         self.scorer, self.writer, self.stats, self.source = scorer, writer, stats, source
-        self.executor = ThreadPoolExecutor(1)
+        self.scoring, self.writing = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
         self.job = None
 
     def submit(self, raw: bytes, name: str, offset: int) -> None:
-        job = self.executor.submit(self._run, raw, name, offset)
+        scored = self.scoring.submit(self.scorer.score_bases, raw, name, self.source, offset)
+        job = self.writing.submit(self._write, scored, name, offset)
         self.drain()  # the previous batch (raises its error, if any)
         self.job = job
 
@@ -512,10 +513,11 @@ class _Batches:
             job.result()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        for executor in (self.scoring, self.writing):
+            executor.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, raw: bytes, name: str, offset: int) -> None:
-        scores = self.scorer.score_bases(raw, name, self.source, offset)
+    def _write(self, scored, name: str, offset: int) -> None:
+        scores = scored.result()
         starts = offset + np.arange(len(scores), dtype=np.int64) * self.scorer.stride
         self.writer.windows(name, starts, scores)
         self.stats["windows"] += len(scores)
