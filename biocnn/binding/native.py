@@ -16,7 +16,7 @@ Kernels (all single-threaded; the caller splits the windows over threads, ctypes
   the first invalid character or -1.
 * ``biocnn_pool``: max (and sum) of the rectified detector outputs over every DeepBind-padded
   window, from 4-mer look-up tables (see :func:`biocnn.binding.fastscan.quad_tables`).
-* ``biocnn_dense``: one dense layer of the binding head (per window, both strands).
+* ``biocnn_score``: ``biocnn_pool`` then DeepBind's head (hidden layer, output) on each strand.
 * ``biocnn_bedgraph``: formats bedGraph lines (``%.4f`` scores rounded half-to-even from the
   exact value, as Python's ``format`` does).
 """
@@ -198,44 +198,79 @@ void biocnn_pool(const uint8_t *codes, const float *ztab, const float *bias, con
     }
 }
 
-/* One dense layer, outputs 16 at a time in registers (NV vectors); multiply-adds may fuse (FMA:
-   one rounding instead of two, as BLAS does). */
-#pragma GCC push_options
-#pragma GCC optimize ("fp-contract=fast")
-static inline __attribute__((always_inline)) void dense_impl(
-        const float *restrict x, long n, long xs, int in, float scale, const float *restrict wt,
-        const float *restrict b, int relu, int accumulate, float *restrict y, const int NV) {
-    const int out = 16 * NV;
-    const v16 zero = {0};
-    v16 acc[MAXV];
-    for (long i = 0; i < n; i++) {
-        float *yi = y + i * out;
-        const float *xi = x + i * xs;
-        for (int c = 0; c < NV; c++) acc[c] = accumulate ? LD(yi + 16 * c) : LD(b + 16 * c);
-        for (int f = 0; f < in; f++) {
-            const float xf = xi[f] * scale;
-            for (int c = 0; c < NV; c++) acc[c] += xf * LD(wt + (long)f * out + 16 * c);
-        }
-        for (int c = 0; c < NV; c++) ST(yi + 16 * c, relu ? vmax(acc[c], zero) : acc[c]);
-    }
+static inline float hsum16(v16 x) {  /* balanced tree: short dependency chains */
+    float t[16];
+    ST(t, x);
+    for (int n = 8; n >= 1; n /= 2)
+        for (int i = 0; i < n; i++) t[i] += t[i + n];
+    return t[0];
 }
-#pragma GCC pop_options
 
-/* y[i] (+)= act(scale * x[i] @ wt + b) for rows i < n: x (n, in) with row stride xs, wt (in, out),
-   y (n, out); accumulate adds to y instead of starting from b (a layer whose input is two arrays). */
-void biocnn_dense(const float *restrict x, long n, long xs, int in, float scale, const float *restrict wt,
-                  const float *restrict b, int out, int relu, int accumulate, float *restrict y) {
-    if (out == 32) { dense_impl(x, n, xs, in, scale, wt, b, relu, accumulate, y, 2); return; }  /* DeepBind's hidden layer */
-    if (out % 16 == 0 && out <= 16 * MAXV) { dense_impl(x, n, xs, in, scale, wt, b, relu, accumulate, y, out / 16); return; }
-    for (long i = 0; i < n; i++) {  /* other widths (the 1-unit output layer): scalar */
-        float *yi = y + i * out;
-        const float *xi = x + i * xs;
-        for (int o = 0; o < out; o++) {
-            float a = accumulate ? yi[o] : b[o];
-            for (int f = 0; f < in; f++) a += xi[f] * scale * wt[(long)f * out + o];
-            yi[o] = relu && a < 0.0f ? 0.0f : a;
+#define ROWS 4  /* (window, strand) rows through the head together: 4 * NV independent accumulators */
+
+/*
+ * Scores of windows [i0, i1) (scores indexed from i0): pooled features from biocnn_pool, then
+ * DeepBind's head per strand, the larger score kept. Strand t's features are channels
+ * [t*m, t*m + m) of the pooled max (with avg: mean = sum / (w + k - 1) first, then max).
+ * Head: features (F) -> H hidden units (w1t (F, H), b1, ReLU) -> 1 output (w2 (H), b2); H = 0:
+ * features -> 1 output directly (w2 (F)). H must be a multiple of 16 (the caller pads with zero
+ * units). Windows are pooled `block` at a time, their features used while in cache; the head
+ * runs ROWS (window, strand) rows at a time so that each weight row loaded serves ROWS rows.
+ */
+void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, const float *pad_left,
+                  const float *pad_right, int C, int k, int w, int S, long i0, long i1, long block,
+                  int m, int strands, int avg, const float *w1t, const float *b1, int H,
+                  const float *w2, float b2, float *scores) {
+    float *om = malloc(sizeof(float) * block * C), *os = avg ? malloc(sizeof(float) * block * C) : NULL;
+    const int F = avg ? 2 * m : m, NV = H / 16;
+    float *f = malloc(sizeof(float) * ROWS * F), *y = malloc(sizeof(float) * block * strands);
+    const float inv = 1.0f / (float)(w + k - 1);
+    const v16 zero = {0};
+    for (long b = i0; b < i1; b += block) {
+        const long e = b + block < i1 ? b + block : i1;
+        const long rows = (e - b) * strands;
+        biocnn_pool(codes, ztab, bias, pad_left, pad_right, C, k, w, S, b, e, block, om, os);
+        for (long r0 = 0; r0 < rows; r0 += ROWS) {
+            const int nr = rows - r0 < ROWS ? (int)(rows - r0) : ROWS;
+            for (int q = 0; q < ROWS; q++) {  /* features of row r0 + q (the last group may repeat a row) */
+                const long r = r0 + (q < nr ? q : 0), i = r / strands;
+                const int t = (int)(r % strands);
+                const float *mx = om + i * C + t * m;
+                float *fq = f + q * F;
+                if (avg) {
+                    const float *sm = os + i * C + t * m;
+                    for (int c = 0; c < m; c++) { fq[c] = sm[c] * inv; fq[m + c] = mx[c]; }
+                } else {
+                    memcpy(fq, mx, sizeof(float) * m);
+                }
+            }
+            for (int q = 0; q < nr; q++) y[r0 + q] = b2;
+            if (H) {
+                v16 acc[ROWS][MAXV];
+                for (int q = 0; q < ROWS; q++)
+                    for (int c = 0; c < NV; c++) acc[q][c] = LD(b1 + 16 * c);
+                for (int j = 0; j < F; j++)
+                    for (int c = 0; c < NV; c++) {
+                        const v16 wj = LD(w1t + (long)j * H + 16 * c);
+                        for (int q = 0; q < ROWS; q++) acc[q][c] += f[q * F + j] * wj;
+                    }
+                for (int q = 0; q < nr; q++) {
+                    v16 out = zero;
+                    for (int c = 0; c < NV; c++) out += vmax(acc[q][c], zero) * LD(w2 + 16 * c);
+                    y[r0 + q] += hsum16(out);
+                }
+            } else {
+                for (int q = 0; q < nr; q++)
+                    for (int j = 0; j < F; j++) y[r0 + q] += f[q * F + j] * w2[j];
+            }
+        }
+        for (long i = b; i < e; i++) {
+            float best = y[(i - b) * strands];
+            for (int t = 1; t < strands; t++) best = y[(i - b) * strands + t] > best ? y[(i - b) * strands + t] : best;
+            scores[i - i0] = best;
         }
     }
+    free(om); free(os); free(f); free(y);
 }
 
 static char *put_int(char *p, int64_t x) {
@@ -332,8 +367,9 @@ def load() -> ctypes.CDLL | None:
                                 i64, p, p]
     lib.biocnn_pool.restype = None
     f32, i32 = ctypes.c_float, ctypes.c_int
-    lib.biocnn_dense.argtypes = [p, i64, i64, i32, f32, p, p, i32, i32, i32, p]
-    lib.biocnn_dense.restype = None
+    lib.biocnn_score.argtypes = [p, p, p, p, p, i32, i32, i32, i32, i64, i64, i64, i32, i32, i32, p, p, i32, p, f32,
+                                 p]
+    lib.biocnn_score.restype = None
     lib.biocnn_bedgraph.argtypes = [p, i64, p, p, p, i64, p]
     lib.biocnn_bedgraph.restype = i64
     _LIB = lib

@@ -42,22 +42,29 @@ log = logging.getLogger(__name__)
 
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
 _NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
+_HEAD_BLOCK = 512  # windows pooled, then scored, at a time per thread (scratch: 64 KB a strand feature array)
 _READ_BLOCK = 1 << 22  # bytes per read of the FASTA file
 
 
-def _head_layers(mlp: torch.nn.Sequential) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """The head's dense layers as (weight transposed (in, out), bias, ReLU after?); eval-mode
-    dropout is the identity."""
-    layers: list = []
-    for layer in mlp:
-        if isinstance(layer, torch.nn.Linear):
-            layers.append([np.ascontiguousarray(layer.weight.detach().cpu().numpy().T, np.float32),
-                           np.ascontiguousarray(layer.bias.detach().cpu().numpy(), np.float32), False])
-        elif isinstance(layer, torch.nn.ReLU):
-            layers[-1][2] = True
-        elif not isinstance(layer, torch.nn.Dropout):
-            raise TypeError(f"unsupported layer in the binding head: {layer}")
-    return [tuple(layer) for layer in layers]
+def _head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(w1t (features, hidden), b1, w2, b2) of a binding head ``[Dropout, Linear, ReLU,] Dropout,
+    Linear(-> 1)`` for the C kernel; hidden units are padded with zero units to a multiple of 16
+    (their ReLU output is 0 and their output weight 0). Without a hidden layer w1t is empty."""
+    linear = [layer for layer in mlp if isinstance(layer, torch.nn.Linear)]
+    others = [layer for layer in mlp if not isinstance(layer, (torch.nn.Linear, torch.nn.ReLU, torch.nn.Dropout))]
+    if others or len(linear) not in (1, 2) or linear[-1].out_features != 1:
+        raise TypeError(f"the native scan supports DeepBind's head (optional hidden layer, one output), not {mlp}")
+    numpy = lambda t: t.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    out = linear[-1]
+    if len(linear) == 1:
+        return np.zeros((out.in_features, 0), np.float32), np.zeros(0, np.float32), _aligned(numpy(out.weight)[0]), \
+            float(out.bias.detach())
+    hidden = linear[0]
+    h = -(-hidden.out_features // 16) * 16
+    pad = h - hidden.out_features
+    w1t = np.pad(numpy(hidden.weight).T, [(0, 0), (0, pad)])
+    return _aligned(w1t), _aligned(np.pad(numpy(hidden.bias), (0, pad))), _aligned(np.pad(numpy(out.weight)[0], (0, pad))), \
+        float(out.bias.detach())
 
 
 def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
@@ -111,7 +118,7 @@ class WindowScorer:
                 pad = lambda a: _aligned(np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, cp - c)]))  # noqa: E731
                 self.ztab = _aligned(quad_tables(self.tables[0], cp))
                 self.pad_vectors = pad(self.bias_np), pad(self.tables[1]), pad(self.tables[2])
-                self.head_layers = _head_layers(model.head.mlp)
+                self.head_weights = _head_weights(model.head.mlp)
                 self.threads = max(1, torch.get_num_threads())
                 self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.num_motifs = model.num_motifs
@@ -185,38 +192,19 @@ class WindowScorer:
         return self._score_native(buf, lead, n_windows)
 
     def _score_native(self, buf: np.ndarray, lead: int, n_windows: int) -> np.ndarray:
-        """Window scores with the C kernels: pooling and the dense head, windows split over threads.
-        ``buf``: base codes from ``lead`` on, with the margins of :meth:`_padded`."""
-        k, cp, m = self.k, self.padded_channels, self.num_motifs
-        out_max = np.empty((n_windows, cp), np.float32)
-        out_sum = np.empty_like(out_max) if self.avg else None
+        """Window scores with the C kernels (pooling and the head in one call), windows split over
+        threads. ``buf``: base codes from ``lead`` on, with the margins of :meth:`_padded`."""
         scores = np.empty(n_windows, np.float32)
         bias, pad_left, pad_right = self.pad_vectors
-        strands = (0, m) if self.model.both_strands else (0,)
-        lib = self.lib
+        w1t, b1, w2, b2 = self.head_weights
+        strands = 2 if self.model.both_strands else 1
 
         def run(a: int, b: int) -> None:
-            lib.biocnn_pool(buf.ctypes.data + lead, self.ztab.ctypes.data, bias.ctypes.data, pad_left.ctypes.data,
-                            pad_right.ctypes.data, cp, k, self.window, self.stride, a, b, _NATIVE_BLOCK,
-                            out_max[a:].ctypes.data, None if out_sum is None else out_sum[a:].ctypes.data)
-            best = None
-            for first in strands:  # the head on each strand's features; the score is the larger
-                x = None
-                for i, (wt, bias_l, relu) in enumerate(self.head_layers):
-                    y = np.empty((b - a, wt.shape[1]), np.float32)
-                    if i == 0:  # input: [mean, max] of the strand's channels, or max alone
-                        parts = [(out_max, 1.0)] if out_sum is None else [(out_sum, 1.0 / (self.window + k - 1)),
-                                                                          (out_max, 1.0)]
-                        for j, (arr, scale) in enumerate(parts):
-                            lib.biocnn_dense(arr[a:, first:].ctypes.data, b - a, cp, m, scale,
-                                             wt[j * m:(j + 1) * m].ctypes.data, bias_l.ctypes.data, wt.shape[1],
-                                             relu and j == len(parts) - 1, j > 0, y.ctypes.data)
-                    else:
-                        lib.biocnn_dense(x.ctypes.data, b - a, x.shape[1], x.shape[1], 1.0, wt.ctypes.data,
-                                         bias_l.ctypes.data, wt.shape[1], relu, 0, y.ctypes.data)
-                    x = y
-                best = x[:, 0] if best is None else np.maximum(best, x[:, 0])
-            scores[a:b] = best
+            self.lib.biocnn_score(buf.ctypes.data + lead, self.ztab.ctypes.data, bias.ctypes.data,
+                                  pad_left.ctypes.data, pad_right.ctypes.data, self.padded_channels, self.k,
+                                  self.window, self.stride, a, b, _NATIVE_BLOCK, self.num_motifs, strands, self.avg,
+                                  w1t.ctypes.data, b1.ctypes.data, w1t.shape[1], w2.ctypes.data, b2,
+                                  scores[a:].ctypes.data)
 
         parts = np.linspace(0, n_windows, self.threads + 1).astype(int)
         if self.pool is None or n_windows < 2 * _NATIVE_BLOCK:
