@@ -67,7 +67,7 @@ def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monk
     assert skipped == ["chr1", "chr2", "empty", "chrM"]
 
 
-def test_bedgraph_from_the_c_formatter_equals_python_formatting():
+def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
     from biocnn.binding import native
 
     lib = native.load()
@@ -78,16 +78,9 @@ def test_bedgraph_from_the_c_formatter_equals_python_formatting():
     starts = np.arange(len(values), dtype=np.int64) * 50
     out = {}
     for name, lib_ in (("c", lib), ("python", None)):
-
-        class Sink:
-            data = b""
-
-            def write(self, b):
-                Sink.data += b
-
-        writer = _Writer(Sink(), None, 101, 50, float("inf"), lib_)
-        writer.windows("chrUn_KI270302v1", starts, values)
-        out[name] = Sink.data
+        with open(tmp_path / name, "wb") as fh:
+            _Writer(fh, None, 101, 50, float("inf"), lib_).windows("chrUn_KI270302v1", starts, values)
+        out[name] = (tmp_path / name).read_bytes()
     assert out["c"] == out["python"]
     assert out["c"].count(b"\n") == len(values)
 
