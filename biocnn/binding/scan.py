@@ -193,7 +193,14 @@ class WindowScorer:
         if n_windows < 1:
             return np.zeros(0, np.float32)
         buf, lead = self._padded(n)  # the bases are encoded straight into the kernel's buffer
-        chunk_codes(raw, record, source, offset, self.lib, out=buf[lead:lead + n])
+        if self.pool is None:
+            chunk_codes(raw, record, source, offset, self.lib, out=buf[lead:lead + n])
+        else:  # in parallel, on disjoint pieces; the first error (lowest position) is reported
+            cuts = np.linspace(0, n, self.threads + 1).astype(int).tolist()
+            encode = lambda a, b: chunk_codes(raw[a:b], record, source, offset + a, self.lib,  # noqa: E731
+                                              out=buf[lead + a:lead + b])
+            for job in [self.pool.submit(encode, a, b) for a, b in zip(cuts[:-1], cuts[1:])]:
+                job.result()
         return self._score_native(buf, lead, n_windows)
 
     def _score_native(self, buf: np.ndarray, lead: int, n_windows: int) -> np.ndarray:
