@@ -15,6 +15,16 @@ convolution pass over the genome. Both strands come from the same pass: the reve
 strand's detectors are the forward kernels reverse-complemented (flipped along bases and
 positions), stacked as extra output channels.
 
+Backends: ``native`` (CPU default): C kernels (:mod:`biocnn.binding.native`) that sum 4-mer
+table rows instead of multiplying one-hot columns, pool per stride-long segment and run the
+dense head, windows split over ``torch.get_num_threads()`` threads; ``lookup``: the numba
+kernels of :mod:`biocnn.binding.fastscan` (used when no C compiler is found); ``torch``
+(CUDA default): dense convolutions.
+
+Streaming: the FASTA is read in blocks of a few MB; batches of ``chunk`` bp flow through a
+pipeline (main thread reads, one thread encodes and scores, one writes), so at most three
+batches are in memory whatever the chromosome or genome length.
+
 Outputs: ``PREFIX.bedgraph`` (one score per window, on its central ``stride`` bp so the
 intervals do not overlap), ``PREFIX.bed`` (peaks: runs of windows whose score exceeds the
 threshold, merged, with the best score) and ``PREFIX.json`` (counts, bp/s).
