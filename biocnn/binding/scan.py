@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
 _NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
 _HEAD_BLOCK = 512  # windows pooled, then scored, at a time per thread (scratch: 64 KB a strand feature array)
-_READ_BLOCK = 1 << 22  # bytes per read of the FASTA file
+_READ_BLOCK = 1 << 20  # bytes per read of the FASTA file
 
 
 def _head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -502,17 +502,11 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
                         last_report = now
                 if len(buf) >= window:
                     batches.submit(buf, name, offset)
-                batches.drain()
-                if window > len(buf) >= model.motif_len:
-                    # A record shorter than one window is scored whole, as the model would score it.
-                    x = torch.from_numpy(_ONE_HOT[chunk_codes(buf, name, fasta, offset)].T.copy())
-                    with torch.no_grad():
-                        score = model(x[None].to(scorer.device)).cpu().numpy()
-                    writer.windows(name, np.array([offset]), score, np.array([offset + len(buf)]))
-                    stats["windows"] += 1
                 elif len(buf) < model.motif_len and (buf or offset == 0):
                     stats["short_records"].append(name)
-                writer.flush()
+                # The record's end is written after its batches, while the next record is read.
+                batches.end_record(buf if window > len(buf) >= model.motif_len else None, name, offset)
+            batches.drain()
         finally:
             batches.close()
     seconds = time.perf_counter() - start
@@ -549,6 +543,23 @@ class _Batches:
     def close(self) -> None:
         for executor in (self.scoring, self.writing):
             executor.shutdown(wait=True, cancel_futures=True)
+
+    def end_record(self, short: bytes | None, name: str, offset: int) -> None:
+        """After the record's batches: score ``short``, the bases left over that are shorter than
+        a window (scored whole, as the model would score them), and close the record's last peak."""
+        job = self.writing.submit(self._end_record, short, name, offset)
+        self.drain()
+        self.job = job
+
+    def _end_record(self, short: bytes | None, name: str, offset: int) -> None:
+        if short is not None:
+            codes = chunk_codes(short, name, self.source, offset)
+            x = torch.from_numpy(_ONE_HOT[codes].T.copy())[None].to(self.scorer.device)
+            with torch.no_grad():
+                score = self.scorer.model(x).float().cpu().numpy()
+            self.writer.windows(name, np.array([offset]), score, np.array([offset + len(short)]))
+            self.stats["windows"] += 1
+        self.writer.flush()
 
     def _write(self, scored, name: str, offset: int) -> None:
         scores = scored.result()
