@@ -340,11 +340,12 @@ class _BlockReader:
 
     def __init__(self, fh):
         self.fh, self.buf, self.eof = fh, b"", False
+        self.line_start = True  # the byte before ``buf`` ended a line
 
     def _fill(self) -> bool:
         block = b"" if self.eof else self.fh.read(_READ_BLOCK)
         self.eof = not block
-        self.buf += block
+        self.buf = self.buf + block if self.buf else block
         return bool(block)
 
     def header(self) -> bytes | None:
@@ -353,6 +354,7 @@ class _BlockReader:
             end = self.buf.find(b"\n")
             if end >= 0:
                 line, self.buf = self.buf[:end], self.buf[end + 1:]
+                self.line_start = True
                 return line.rstrip(b"\r")
             if not self._fill():
                 line, self.buf = self.buf, b""
@@ -363,25 +365,20 @@ class _BlockReader:
         while True:
             if not self.buf and not self._fill():
                 return
-            if self.buf.startswith(b">"):  # the next header (this record has no more bases)
+            if self.line_start and self.buf.startswith(b">"):  # the next header
                 return
-            # A header starts after a line break; keep the buffer's last byte back so that a
-            # "\n>" split across two reads is still seen. ('>' is rare: a one-byte search is
-            # fast, "\n>" is not, line breaks being everywhere.)
+            # A header is a '>' after a line break. ('>' is rare: a one-byte search is fast,
+            # "\n>" is not, line breaks being everywhere.)
             end = self.buf.find(b">", 1)
             while end > 0 and self.buf[end - 1] != 10:  # a '>' inside a line: an invalid base later
                 end = self.buf.find(b">", end + 1)
             if end > 0:
-                piece, self.buf = self.buf[:end - 1], self.buf[end:]
+                piece, self.buf = self.buf[:end], self.buf[end:]
+                self.line_start = True
                 yield _bases(piece)
                 return
-            if self.eof:
-                piece, self.buf = self.buf, b""
-            else:
-                piece, self.buf = self.buf[:-1], self.buf[-1:]
-                if not piece:
-                    self._fill()
-                    continue
+            piece, self.buf = self.buf, b""
+            self.line_start = piece.endswith(b"\n")
             yield _bases(piece)
 
 
