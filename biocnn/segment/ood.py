@@ -53,7 +53,8 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
     """Features of one image ``(C_in, *spatial)`` per model and flipped view: ``(M, V, D)``.
 
     The image is cut into the same sliding windows as at prediction (MONAI pads images smaller
-    than a window the same way) and the window features are averaged.
+    than a window the same way) and the window features are averaged. Encoder-only passes need
+    far less memory than sampling, so at least 4 windows go through at a time.
     """
     from monai.inferers import sliding_window_inference
 
@@ -70,7 +71,7 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
                 return w[:, :1]  # the blended output is not used
 
             with torch.no_grad():
-                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=sw_batch_size,
+                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=max(sw_batch_size, 4),
                                          predictor=record, overlap=overlap, mode="constant", sw_device=device,
                                          device=torch.device("cpu"))
             per_view.append(torch.cat(windows).double().mean(0).numpy())

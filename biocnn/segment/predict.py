@@ -16,7 +16,7 @@ structure uncertainty, raised to at least the review threshold for out-of-distri
 (:func:`biocnn.segment.uncertainty.image_score`); ``flag`` is ``yes`` when the input's
 ``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
 exceeds the review threshold (``inference.review_threshold``, default: the largest among the
-validation images at training); then the components ``structure_uncertainty``,
+training images, measured at the end of training); then the components ``structure_uncertainty``,
 ``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
 TTA flips), ``ood_percentile`` (estimated share of training-like images nearer), and
 ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.

@@ -107,18 +107,21 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
                  model_config=model_config, validate=make_validate(cfg), resume=resume,
                  collate_fn=list_data_collate)
     if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
-        write_review_stats(model, cfg, train_cases + val_cases, val_cases, out_dir)
+        write_review_stats(model, cfg, train_cases + val_cases, out_dir)
     return {"best_epoch": result.best_epoch, **result.best_metrics}
 
 
-def write_review_stats(model, cfg: SegmentConfig, cases, val_cases, out_dir: str | Path) -> None:
+def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) -> dict[str, Any] | None:
     """What ``predict`` needs to flag inputs for review, stored beside the weights.
 
-    * the feature density of all training images (train and validation split, every flip)
-      with cross-fitted reference distances (:class:`biocnn.segment.ood.FeatureDensity`);
+    Over all training images (train and validation split):
+
+    * the density of their encoder features (every flip) with cross-fitted reference
+      distances (:class:`biocnn.segment.ood.FeatureDensity`);
     * the review threshold on :func:`~biocnn.segment.uncertainty.structure_uncertainty`:
-      the largest value among the validation images (Monte Carlo dropout with the configured
-      samples), unless ``inference.review_threshold`` is set.
+      the largest value among them (Monte Carlo dropout with the configured samples), unless
+      ``inference.review_threshold`` is set. A handful of validation images alone gave an
+      unstable threshold (two tumor cases flagged two thirds of in-distribution inputs).
     """
     from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
     from biocnn.segment.ood import FeatureDensity, image_features
@@ -126,25 +129,24 @@ def write_review_stats(model, cfg: SegmentConfig, cases, val_cases, out_dir: str
 
     if len(cases) < 3:
         log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
-        return
+        return None
     device = next(model.parameters()).device
     inf, dims = cfg.inference, cfg.data.spatial_dims
     pre = preprocessing(cfg.data, train=False, with_label=False)
     views = flip_sets(dims, True)
-    model.eval()
-    feats = np.stack([image_features([model], load_case(pre, c)["image"].as_tensor().to(device), views, inf.roi_size,
-                                     inf.sw_batch_size, inf.overlap, device)[0] for c in cases])
-    density = FeatureDensity.fit(feats)
     predictor = UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp)
-    val_unc = []
-    for c in val_cases:
-        image = load_case(pre, c)["image"].as_tensor().to(device)
+    feats, unc = [], []
+    for case in cases:
+        image = load_case(pre, case)["image"].as_tensor().to(device)
+        feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
         maps = maps_from_stats(sliding_stats(image, predictor, inf.roi_size, inf.sw_batch_size, inf.overlap)[None])
-        val_unc.append(structure_uncertainty(maps["entropy"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
-                                             inf.structure_margin))
+        unc.append(structure_uncertainty(maps["entropy"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
+                                         inf.structure_margin))
     model.eval()  # the predictor switched dropout on
-    threshold = inf.review_threshold if inf.review_threshold is not None else max(val_unc, default=None)
+    density = FeatureDensity.fit(np.stack(feats))
+    threshold = inf.review_threshold if inf.review_threshold is not None else max(unc)
     density.info = {"images": len(cases), "views": len(views), "review_threshold": threshold,
-                    "validation_structure_uncertainty": val_unc, "mc_samples": inf.mc_samples}
+                    "training_structure_uncertainty": unc, "mc_samples": inf.mc_samples}
     density.save(out_dir)
-    log.info("feature statistics of %d images; review threshold %s", len(cases), threshold)
+    log.info("feature statistics of %d images; review threshold %.4g", len(cases), threshold)
+    return density.info
