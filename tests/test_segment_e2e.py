@@ -126,6 +126,10 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
                      "--out", str(tmp_path / f"p_{name}"), "--mc-samples", "2"]) == 0
         dist[name] = [float(r["feature_distance"]) for r in _rows(tmp_path / f"p_{name}" / "uncertainty.csv")]
     assert min(dist["shifted"]) > max(dist["train"])
+    # Monte Carlo samples are seeded per case: predicting again gives the same numbers.
+    assert main(["segment", "predict", "--model", str(models[0]), "--input", str(data),
+                 "--out", str(tmp_path / "p_again"), "--mc-samples", "2"]) == 0
+    assert (tmp_path / "p_again" / "uncertainty.csv").read_text() == (tmp_path / "p_train" / "uncertainty.csv").read_text()
 
 
 def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):

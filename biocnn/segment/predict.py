@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,6 +111,9 @@ class Segmenter:
 
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
         """Predict one case, write its files, return its ``uncertainty.csv`` row."""
+        # Dropout masks from a seed of the case id: the same input gives the same samples,
+        # whatever else is predicted in the same run.
+        torch.manual_seed(zlib.crc32(case.id.encode()))
         stats, item = self.stats(case)
         maps = maps_from_stats(stats[None].float())
         prob = maps["prob"][0].numpy()
