@@ -105,3 +105,15 @@ def test_scan_backends_agree_and_invalid_character_names_its_position(tmp_path):
     bad.write_text(">chrA\n" + seq[:3000] + "\n" + seq[3000:4321] + "X" + seq[4322:] + "\n")
     with pytest.raises(InputError, match=r"'chrA'.*invalid character 'X' at position 4322"):
         scan_fasta(model, bad, tmp_path / "bad", window=50, stride=25, chunk=600)
+
+
+def test_models_wider_than_the_c_kernel_fall_back_to_numba_and_stay_exact():
+    torch.manual_seed(2)
+    model = DeepBind(num_motifs=130, motif_len=6, hidden=4).eval()  # 260 channels > MAX_CHANNELS
+    scorer = WindowScorer(model, 30, 10)
+    assert scorer.backend == "lookup"
+    seq = _genome(200, 5)
+    x = torch.from_numpy(one_hot(seq))
+    with torch.no_grad():
+        expected = model(torch.stack([x[:, a:a + 30] for a in range(0, 200 - 30 + 1, 10)]))
+    torch.testing.assert_close(scorer.score(codes(seq)), expected, atol=1e-5, rtol=1e-5)

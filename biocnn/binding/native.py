@@ -311,6 +311,8 @@ long biocnn_bedgraph(const char *chrom, long chrom_len, const int64_t *lo, const
 }
 """
 
+MAX_CHANNELS = 256  # detector channels (both strands) and hidden units: MAXV vectors of 16
+
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off"]
 _LIB: ctypes.CDLL | None = None
 _TRIED = False

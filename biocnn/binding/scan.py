@@ -113,7 +113,10 @@ class WindowScorer:
             from biocnn.binding import native
 
             self.lib = native.load()
-            backend = "native" if self.lib is not None else "lookup"
+            widths = [self.weight.shape[0]] + [layer.out_features for layer in model.head.mlp
+                                               if isinstance(layer, torch.nn.Linear)]
+            if self.lib is None or max(widths) > native.MAX_CHANNELS:
+                backend = "lookup"  # no C compiler, or wider than the kernel's registers allow
         self.backend = backend
         if self.backend in ("native", "lookup"):
             from biocnn.binding.fastscan import lookup_tables, qmer_tables, quad_tables
