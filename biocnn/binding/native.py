@@ -42,8 +42,6 @@ SOURCE = r"""
 #include <string.h>
 #include <math.h>
 
-#define NQ4 625  /* 4-mers over 5 codes (ACGT + ambiguous) */
-
 long biocnn_encode(const uint8_t *ascii, long n, const uint8_t *lut, uint8_t *codes) {
     uint8_t seen = 0;  /* invalid characters map to 255: no branch per base in the common case */
     for (long i = 0; i < n; i++) { uint8_t c = lut[ascii[i]]; codes[i] = c; seen |= c; }
@@ -111,7 +109,7 @@ static inline __attribute__((always_inline)) void pool_impl(
     float *seg = calloc((size_t)(nseg + 1) * 4 * C, sizeof(float));  /* max whole | max prefix | sums */
     const uint8_t *cb = codes + lo;
     for (long p = 0; p < hi - lo; p++)
-        q[p] = (int64_t)(cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * (k + 3);
+        q[p] = (int64_t)(cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * (k + 3);  /* 5**4 codes */
     q -= lo;  /* q[b] = first table row of the 4-mer starting at base b */
     const v16 zero = {0};
     v16 v[MAXV], mx[MAXV], sm[MAXV], b[MAXV];
