@@ -9,7 +9,8 @@ import torch
 from biocnn.errors import CheckpointError
 from biocnn.models import UNet
 from biocnn.segment.ood import FEATURE_STATS, FeatureDensity, encoder_features, image_features
-from biocnn.segment.uncertainty import expected_dice_error, image_score, structure_uncertainty
+from biocnn.segment.config import InferenceConfig
+from biocnn.segment.uncertainty import expected_dice_error, image_score, review_threshold, structure_uncertainty
 
 
 def test_expected_dice_error_known_cases():
@@ -45,6 +46,11 @@ def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
     assert image_score(0.7, ood=True, review_threshold=0.5) == 0.7
     assert image_score(0.3, ood=False, review_threshold=0.5) == 0.3
     assert image_score(0.3, ood=True) == 0.3  # no threshold known
+    # The review threshold: a quantile of the training images' values, or the configured one.
+    info = {"training_structure_uncertainty": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
+    assert review_threshold(InferenceConfig(roi_size=[8, 8]), {}) is None
 
 
 def _features(rng, n=12, views=2, d=5):

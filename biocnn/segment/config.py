@@ -68,10 +68,12 @@ class InferenceConfig(StrictModel):
     mc_batch: int = Field(5, ge=1)
     # Review score (uncertainty.csv): entropy is summed over the predicted structure dilated
     # by this many voxels; an input is flagged when its structure uncertainty exceeds
-    # review_threshold (default: the largest among the training images, at training) or
-    # its encoder features lie beyond ood_quantile of the training images' distances.
+    # review_threshold (default: the review_quantile of the training images' values, the
+    # review budget: about 1 - review_quantile of in-distribution inputs get flagged) or its
+    # encoder features lie beyond ood_quantile of the training images' distances.
     structure_margin: int = Field(2, ge=0)
     review_threshold: float | None = Field(None, ge=0)
+    review_quantile: float = Field(0.9, gt=0, le=1)
     ood_quantile: float = Field(0.99, gt=0, le=1)
 
 

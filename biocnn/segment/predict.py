@@ -15,8 +15,9 @@ seen = rows written + failures.
 structure uncertainty, raised to at least the review threshold for out-of-distribution inputs
 (:func:`biocnn.segment.uncertainty.image_score`); ``flag`` is ``yes`` when the input's
 ``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
-exceeds the review threshold (``inference.review_threshold``, default: the largest among the
-training images, measured at the end of training); then the components ``structure_uncertainty``,
+exceeds the review threshold (``inference.review_threshold``, default: the
+``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
+training); then the components ``structure_uncertainty``,
 ``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
 TTA flips), ``ood_percentile`` (estimated share of training-like images nearer), and
 ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
@@ -45,7 +46,8 @@ from biocnn.segment.data import Case, find_cases, index_to_label, load_case, pre
 from biocnn.segment.figures import overlay_png, pick_slice
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
 from biocnn.segment.ood import FeatureDensity, image_features
-from biocnn.segment.uncertainty import expected_dice_error, image_score, maps_from_stats, structure_uncertainty
+from biocnn.segment.uncertainty import (expected_dice_error, image_score, maps_from_stats, review_threshold,
+                                        structure_uncertainty)
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +87,10 @@ class Segmenter:
         # Feature statistics per model (None for models trained before they existed).
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
         self.views = flip_sets(self.data.spatial_dims, tta)
-        self.review_threshold = self.inference.review_threshold
-        if self.review_threshold is None:
-            found = [d.info["review_threshold"] for d in self.densities
-                     if d is not None and d.info.get("review_threshold") is not None]
-            self.review_threshold = float(np.mean(found)) if found else None
+        # Ensembles: the members' thresholds averaged.
+        found = [review_threshold(self.inference, d.info if d is not None else {}) for d in self.densities]
+        found = [t for t in found if t is not None]
+        self.review_threshold = float(np.mean(found)) if found else None
 
     def stats(self, case: Case):
         """``(stats (C + 1, *spatial) in the input's grid, preprocessed item)``."""

@@ -118,14 +118,14 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
 
     * the density of their encoder features (every flip) with cross-fitted reference
       distances (:class:`biocnn.segment.ood.FeatureDensity`);
-    * the review threshold on :func:`~biocnn.segment.uncertainty.structure_uncertainty`:
-      the largest value among them (Monte Carlo dropout with the configured samples), unless
-      ``inference.review_threshold`` is set. A handful of validation images alone gave an
-      unstable threshold (two tumor cases flagged two thirds of in-distribution inputs).
+    * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
+      dropout with the configured samples), from which ``predict`` takes the review threshold
+      (:func:`~biocnn.segment.uncertainty.review_threshold`). The validation split alone was too small for that (two
+      tumor cases).
     """
     from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
     from biocnn.segment.ood import FeatureDensity, image_features
-    from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty
+    from biocnn.segment.uncertainty import maps_from_stats, review_threshold, structure_uncertainty
 
     if len(cases) < 3:
         log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
@@ -144,9 +144,11 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
                                          inf.structure_margin))
     model.eval()  # the predictor switched dropout on
     density = FeatureDensity.fit(np.stack(feats))
-    threshold = inf.review_threshold if inf.review_threshold is not None else max(unc)
-    density.info = {"images": len(cases), "views": len(views), "review_threshold": threshold,
-                    "training_structure_uncertainty": unc, "mc_samples": inf.mc_samples}
+    density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc,
+                    "mc_samples": inf.mc_samples}
+    threshold = review_threshold(inf, density.info)
+    density.info["review_threshold"] = threshold
     density.save(out_dir)
     log.info("feature statistics of %d images; review threshold %.4g", len(cases), threshold)
     return density.info
+

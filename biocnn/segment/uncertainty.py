@@ -14,6 +14,7 @@ mutual information are formed only at the end. Entropies are in nats.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,8 +110,8 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     ``structure_unc`` (:func:`structure_uncertainty`) ranks inputs by how much of their
     segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
     outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
-    least ``review_threshold``, the structure uncertainty of the most uncertain validation
-    image: it rises above (nearly) every ordinary input even when the model is confidently
+    least ``review_threshold`` (by default the 0.9 quantile of the training images' structure
+    uncertainty): it rises above most ordinary inputs even when the model is confidently
     wrong about it, yet inputs with still more doubt about their outlines stay ahead of it,
     because being unfamiliar does not mean being wrong. So ``score >= review_threshold``
     exactly for the inputs flagged for review.
@@ -123,6 +124,15 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     if ood and review_threshold is not None:
         return max(float(structure_unc), float(review_threshold))
     return float(structure_unc)
+
+
+def review_threshold(inf, info: dict[str, Any]) -> float | None:
+    """``inference.review_threshold`` if set, else the ``inference.review_quantile`` of the
+    training images' structure uncertainty stored with the feature statistics (or ``None``)."""
+    if inf.review_threshold is not None:
+        return float(inf.review_threshold)
+    values = info.get("training_structure_uncertainty")
+    return float(np.quantile(values, inf.review_quantile)) if values else None
 
 
 def max_entropy(num_classes: int) -> float:
