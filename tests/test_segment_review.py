@@ -51,6 +51,9 @@ def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
     assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
     assert review_threshold(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
     assert review_threshold(InferenceConfig(roi_size=[8, 8]), {}) is None
+    info["training_structure_uncertainty_tta"] = [0.01, 0.02, 0.03]
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info, tta=True) == pytest.approx(0.02)
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
 
 
 def _features(rng, n=12, views=2, d=5):
@@ -120,3 +123,8 @@ def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows()
     assert feats.shape == (1, 2, 24)
     np.testing.assert_allclose(feats[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(feats[0, 1], encoder_features(model, x[:1].flip(2))[0].numpy(), rtol=1e-5, atol=1e-6)
+    # A model in train mode (fresh from fit) gets eval-mode features and keeps its mode.
+    model.train()
+    again = image_features([model], x[0], [()], roi_size=(16, 16), overlap=0.0)
+    assert model.training and model.backbone.stages[0].convs.training
+    np.testing.assert_allclose(again[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)

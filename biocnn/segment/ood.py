@@ -61,6 +61,10 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
     device = device or image.device
     result = []
     for model in models:
+        # Norm layers must use their running statistics (a model fresh from training is in
+        # train mode); the caller's modes (e.g. Monte Carlo dropout on) are put back after.
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
         per_view = []
         for axes in views:
             x = image.flip([a + 1 for a in axes]) if axes else image
@@ -75,6 +79,8 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
                                          predictor=record, overlap=overlap, mode="constant", sw_device=device,
                                          device=torch.device("cpu"))
             per_view.append(torch.cat(windows).double().mean(0).numpy())
+        for module, training in modes.items():
+            module.train(training)
         result.append(np.stack(per_view))
     return np.stack(result)
 

@@ -88,7 +88,7 @@ class Segmenter:
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
         self.views = flip_sets(self.data.spatial_dims, tta)
         # Ensembles: the members' thresholds averaged.
-        found = [review_threshold(self.inference, d.info if d is not None else {}) for d in self.densities]
+        found = [review_threshold(self.inference, d.info if d is not None else {}, tta) for d in self.densities]
         found = [t for t in found if t is not None]
         self.review_threshold = float(np.mean(found)) if found else None
 

@@ -119,7 +119,8 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     * the density of their encoder features (every flip) with cross-fitted reference
       distances (:class:`biocnn.segment.ood.FeatureDensity`);
     * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
-      dropout with the configured samples), from which ``predict`` takes the review threshold
+      dropout with the configured samples, and in 2D flip TTA with dropout off), from which
+      ``predict`` takes the review threshold
       (:func:`~biocnn.segment.uncertainty.review_threshold`). The validation split alone was too small for that (two
       tumor cases).
     """
@@ -131,21 +132,30 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
         log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
         return None
     device = next(model.parameters()).device
+    model.eval()  # fit() may leave it in train mode
     inf, dims = cfg.inference, cfg.data.spatial_dims
     pre = preprocessing(cfg.data, train=False, with_label=False)
     views = flip_sets(dims, True)
-    predictor = UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp)
-    feats, unc = [], []
+    # The structure uncertainty's scale depends on how it is sampled, so the reference is kept
+    # for Monte Carlo dropout and, in 2D, for flip TTA with dropout off (predict picks the
+    # matching one; in 3D the 8 flips of every training case cost more than the training).
+    # Built right before use: each one sets the model's dropout on or off.
+    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp)}
+    if dims == 2:
+        samplers["tta"] = lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp)
+    feats, unc = [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
         feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
-        maps = maps_from_stats(sliding_stats(image, predictor, inf.roi_size, inf.sw_batch_size, inf.overlap)[None])
-        unc.append(structure_uncertainty(maps["entropy"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
-                                         inf.structure_margin))
-    model.eval()  # the predictor switched dropout on
+        for name, make in samplers.items():
+            stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
+            maps = maps_from_stats(stats[None])
+            unc[name].append(structure_uncertainty(maps["entropy"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
+                                                   inf.structure_margin))
+    model.eval()
     density = FeatureDensity.fit(np.stack(feats))
-    density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc,
-                    "mc_samples": inf.mc_samples}
+    density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc["mc"],
+                    "training_structure_uncertainty_tta": unc.get("tta"), "mc_samples": inf.mc_samples}
     threshold = review_threshold(inf, density.info)
     density.info["review_threshold"] = threshold
     density.save(out_dir)

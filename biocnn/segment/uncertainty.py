@@ -126,12 +126,14 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     return float(structure_unc)
 
 
-def review_threshold(inf, info: dict[str, Any]) -> float | None:
+def review_threshold(inf, info: dict[str, Any], tta: bool = False) -> float | None:
     """``inference.review_threshold`` if set, else the ``inference.review_quantile`` of the
-    training images' structure uncertainty stored with the feature statistics (or ``None``)."""
+    training images' structure uncertainty stored with the feature statistics (or ``None``):
+    the values measured with flip TTA when ``tta`` (and stored; older files have only the
+    Monte Carlo ones), else those measured with Monte Carlo dropout."""
     if inf.review_threshold is not None:
         return float(inf.review_threshold)
-    values = info.get("training_structure_uncertainty")
+    values = (tta and info.get("training_structure_uncertainty_tta")) or info.get("training_structure_uncertainty")
     return float(np.quantile(values, inf.review_quantile)) if values else None
 
 
