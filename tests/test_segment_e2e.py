@@ -130,6 +130,15 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert main(["segment", "predict", "--model", str(models[0]), "--input", str(data),
                  "--out", str(tmp_path / "p_again"), "--mc-samples", "2"]) == 0
     assert (tmp_path / "p_again" / "uncertainty.csv").read_text() == (tmp_path / "p_train" / "uncertainty.csv").read_text()
+    # More windows per forward pass (what a GPU wants) changes the speed, not the result.
+    for name, extra in (("p_sw_default", []), ("p_sw_7", ["--sw-batch-size", "7"])):
+        assert main(["segment", "predict", "--model", str(models[0]), "--input", str(test), "--out", str(tmp_path / name),
+                     "--mc-samples", "1", *extra]) == 0
+    assert json.loads((tmp_path / "p_sw_7" / "predict.json").read_text())["sw_batch_size"] == 7
+    for a, b in zip(_rows(tmp_path / "p_sw_default" / "uncertainty.csv"), _rows(tmp_path / "p_sw_7" / "uncertainty.csv")):
+        assert a["case"] == b["case"] and float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-6)
+    assert main(["segment", "predict", "--model", str(models[0]), "--input", str(test), "--out", str(tmp_path / "p_sw0"),
+                 "--sw-batch-size", "0"]) == 1
 
 
 def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):

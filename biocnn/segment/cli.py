@@ -40,7 +40,8 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from biocnn.segment.predict import predict
 
-    summary = predict(args.model, args.input, args.out, args.mc_samples, args.tta, args.device)
+    summary = predict(args.model, args.input, args.out, args.mc_samples, args.tta, args.device,
+                      sw_batch_size=args.sw_batch_size)
     print(f"{summary['outputs_written']} of {summary['inputs_seen']} inputs predicted -> {args.out}")
     for f in summary["failures"]:
         print(f"failed: {f['error']}")
@@ -97,6 +98,8 @@ def register(subparsers) -> None:
     p.add_argument("--mc-samples", dest="mc_samples", type=int, help="Monte Carlo dropout samples (default: model config, 20)")
     p.add_argument("--tta", action="store_true", help="also average over flipped views")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--sw-batch-size", dest="sw_batch_size", type=int,
+                   help="sliding windows per forward pass (default: model config; raise it on a GPU)")
 
     p = add_verb(verbs, "evaluate", _evaluate, "Dice, HD95, error-detection AUROC, Spearman, ECE")
     p.add_argument("--pred", type=existing_path, required=True, help="directory written by predict")
