@@ -9,7 +9,10 @@ from Bio import SeqIO
 
 from biocnn.binding import scan as scan_module
 from biocnn.binding.model import DeepBind
-from biocnn.binding.scan import WindowScorer, _Writer, scan_fasta, stream_records
+from biocnn.binding.scan import WindowScorer, scan_fasta
+from biocnn.binding.tracks import TrackWriter
+from biocnn.io import fasta_stream
+from biocnn.io.fasta_stream import stream_records
 from biocnn.errors import InputError
 from biocnn.io.sequences import codes, one_hot
 
@@ -52,7 +55,7 @@ def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window
 
 
 def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monkeypatch):
-    monkeypatch.setattr(scan_module, "_READ_BLOCK", 7)  # every header and line break straddles reads
+    monkeypatch.setattr(fasta_stream, "_READ_BLOCK", 7)  # every header and line break straddles reads
     records = [("chr1", _genome(500, 1)), ("chr2 second record", "ACGTN" * 3), ("empty", ""), ("chrM", _genome(130, 2))]
     text = "".join(f">{name}\r\n" + "\r\n".join(seq[i:i + 61] for i in range(0, len(seq), 61)) + "\r\n"
                    for name, seq in records)
@@ -79,7 +82,7 @@ def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
     out = {}
     for name, lib_ in (("c", lib), ("python", None)):
         with open(tmp_path / name, "wb") as fh:
-            _Writer(fh, None, 101, 50, float("inf"), lib_).windows("chrUn_KI270302v1", starts, values)
+            TrackWriter(fh, None, 101, 50, float("inf"), lib_).windows("chrUn_KI270302v1", starts, values)
         out[name] = (tmp_path / name).read_bytes()
     assert out["c"] == out["python"]
     assert out["c"].count(b"\n") == len(values)

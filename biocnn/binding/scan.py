@@ -21,9 +21,10 @@ dense head, windows split over ``torch.get_num_threads()`` threads; ``lookup``: 
 kernels of :mod:`biocnn.binding.fastscan` (used when no C compiler is found); ``torch``
 (CUDA default): dense convolutions.
 
-Streaming: the FASTA is read in blocks of a few MB; batches of ``chunk`` bp flow through a
-pipeline (main thread reads, one thread encodes and scores, one writes), so at most three
-batches are in memory whatever the chromosome or genome length.
+Streaming: the FASTA is read in blocks of a few MB (:mod:`biocnn.io.fasta_stream`); batches
+of ``chunk`` bp flow through a pipeline (main thread reads, one thread encodes and scores, one
+writes through :class:`biocnn.binding.tracks.TrackWriter`), so at most three batches are in
+memory whatever the chromosome or genome length.
 
 Outputs: ``PREFIX.bedgraph`` (one score per window, on its central ``stride`` bp so the
 intervals do not overlap), ``PREFIX.bed`` (peaks: runs of windows whose score exceeds the
@@ -32,13 +33,10 @@ threshold, merged, with the best score) and ``PREFIX.json`` (counts, bp/s).
 
 from __future__ import annotations
 
-import ctypes
-import gzip
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,15 +44,16 @@ import torch.nn.functional as F
 
 from biocnn.binding.model import PAD_VALUE, DeepBind
 from biocnn.errors import InputError
+from biocnn.binding.tracks import TrackWriter
 from biocnn.io.atomic import atomic_open, write_json
-from biocnn.io.sequences import _CODES, _ONE_HOT
+from biocnn.io.fasta_stream import chunk_codes, stream_records
+from biocnn.io.sequences import _ONE_HOT
 
 log = logging.getLogger(__name__)
 
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
 _NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
 _HEAD_BLOCK = 512  # windows pooled, then scored, at a time per thread (scratch: 64 KB a strand feature array)
-_READ_BLOCK = 1 << 20  # bytes per read of the FASTA file
 
 
 def _head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -284,194 +283,6 @@ class WindowScorer:
         return torch.from_numpy(np.ascontiguousarray(x[:, 0]))
 
 
-def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset: int = 0,
-                lib=None, out: np.ndarray | None = None) -> np.ndarray:
-    """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases (into ``out`` if given); an
-    invalid character is an error naming the record and its 1-based position (``offset``: the
-    chunk's start in the record)."""
-    arr = np.frombuffer(raw, dtype=np.uint8)
-    if lib is not None:  # one pass in C: look up and validate
-        codes = np.empty(len(arr), np.uint8) if out is None else out
-        bad = lib.biocnn_encode(arr.ctypes.data, len(arr), _CODES.ctypes.data, codes.ctypes.data)
-    else:
-        codes = _CODES[arr]
-        if out is not None:
-            out[:] = codes
-        hits = np.flatnonzero(codes == 255)
-        bad = int(hits[0]) if hits.size else -1
-    if bad >= 0:
-        char = bytes(arr[bad:bad + 1]).decode("latin-1")
-        raise InputError(source, f"record {record!r}: invalid character {char!r} at position {offset + bad + 1}")
-    return codes
-
-
-def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[bytes]]]:
-    """Yield ``(record id, iterator over pieces of its sequence)``, pieces being ASCII bases with
-    line breaks removed. The file is read in blocks of a few MB (plain or gzip, detected from its
-    first bytes), so a chromosome is never held in memory whole."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    fh = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    with fh:
-        reader = _BlockReader(fh)
-        first = reader.header()
-        if first is None:
-            raise InputError(path, "file is empty")
-        if not first.startswith(b">"):
-            raise InputError(path, "not a FASTA file (the first character should be '>')")
-        header = first
-        while header is not None:
-            fields = header[1:].split()
-            name = fields[0].decode("utf-8", errors="replace") if fields else "unnamed"
-            body = reader.sequence()
-            yield name, body
-            for _ in body:  # drain pieces the caller did not read
-                pass
-            header = reader.header()
-
-
-def _bases(piece: bytes) -> bytes:
-    """``piece`` without line breaks and blanks (``replace`` is several times faster than
-    ``translate``; carriage returns, spaces and tabs are rare, so looked for first)."""
-    piece = piece.replace(b"\n", b"")
-    if b"\r" in piece or b" " in piece or b"\t" in piece:
-        piece = piece.translate(None, b" \t\r")
-    return piece
-
-
-class _BlockReader:
-    """Splits a binary FASTA stream, read in large blocks, into header lines and sequence pieces."""
-
-    def __init__(self, fh):
-        self.fh, self.buf, self.eof = fh, b"", False
-        self.line_start = True  # the byte before ``buf`` ended a line
-
-    def _fill(self) -> bool:
-        block = b"" if self.eof else self.fh.read(_READ_BLOCK)
-        self.eof = not block
-        self.buf = self.buf + block if self.buf else block
-        return bool(block)
-
-    def header(self) -> bytes | None:
-        """The next header line (or the first line of the file), ``None`` at the end."""
-        while True:
-            end = self.buf.find(b"\n")
-            if end >= 0:
-                line, self.buf = self.buf[:end], self.buf[end + 1:]
-                self.line_start = True
-                return line.rstrip(b"\r")
-            if not self._fill():
-                line, self.buf = self.buf, b""
-                return line.rstrip(b"\r") if line.strip() else None
-
-    def sequence(self) -> Iterator[bytes]:
-        """Pieces of the current record's sequence up to the next header line (left in the buffer)."""
-        while True:
-            if not self.buf and not self._fill():
-                return
-            if self.line_start and self.buf.startswith(b">"):  # the next header
-                return
-            # A header is a '>' after a line break. ('>' is rare: a one-byte search is fast,
-            # "\n>" is not, line breaks being everywhere.)
-            end = self.buf.find(b">", 1)
-            while end > 0 and self.buf[end - 1] != 10:  # a '>' inside a line: an invalid base later
-                end = self.buf.find(b">", end + 1)
-            if end > 0:
-                piece, self.buf = self.buf[:end], self.buf[end:]
-                self.line_start = True
-                yield _bases(piece)
-                return
-            piece, self.buf = self.buf, b""
-            self.line_start = piece.endswith(b"\n")
-            yield _bases(piece)
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's dirty pages to disk now, without waiting
-    (Linux ``sync_file_range``): the ``fsync`` that makes the output durable at the end then has
-    little left to wait for. A no-op elsewhere."""
-    global _SYNC_FILE_RANGE
-    if _SYNC_FILE_RANGE is None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            _SYNC_FILE_RANGE = libc.sync_file_range
-            _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        except (OSError, AttributeError):
-            _SYNC_FILE_RANGE = False
-    if _SYNC_FILE_RANGE:
-        _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: start write-out of the whole file
-
-
-_SYNC_FILE_RANGE = None
-
-
-class _Writer:
-    """bedGraph + merged-peak BED output, written as windows arrive."""
-
-    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float, lib=None):
-        self.bg, self.bed, self.lib = bedgraph, bed, lib
-        self.window, self.stride, self.threshold = window, stride, threshold
-        self.offset = (window - stride) // 2 if stride < window else 0
-        self.span = min(stride, window)
-        self.peak: list | None = None
-        self.n_peaks = 0
-        self._text = np.empty(0, np.uint8)
-
-    def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
-        lo = starts + self.offset
-        hi = lo + self.span if ends is None else ends
-        self._bedgraph(chrom, lo, hi, scores)
-        win_end = starts + self.window if ends is None else ends
-        above = np.flatnonzero(scores > self.threshold)
-        if not above.size:
-            return
-        # Runs of windows above the threshold that overlap (or touch) one another, found with
-        # array operations; only the runs, not the windows, are visited in Python.
-        a, e, v = starts[above], win_end[above], scores[above]
-        breaks = np.flatnonzero(a[1:] > np.maximum.accumulate(e)[:-1]) + 1
-        first = np.r_[0, breaks]
-        run_end = np.maximum.reduceat(e, first)
-        run_best = np.maximum.reduceat(v, first)
-        runs = zip(a[first].tolist(), run_end.tolist(), run_best.tolist())
-        if self.peak is not None and self.peak[0] == chrom:  # a peak open from the last batch
-            r0 = next(runs)
-            if r0[0] <= self.peak[2]:
-                self.peak[2], self.peak[3] = max(self.peak[2], r0[1]), max(self.peak[3], r0[2])
-            else:
-                self.flush()
-                self.peak = [chrom, *r0]
-        for run in runs:
-            self.flush()
-            self.peak = [chrom, *run]
-
-    def _bedgraph(self, chrom: str, lo: np.ndarray, hi: np.ndarray, scores: np.ndarray) -> None:
-        if self.lib is None:
-            self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
-                                                                                        scores.tolist())).encode())
-            return
-        name = chrom.encode()
-        lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
-        scores = np.ascontiguousarray(scores, np.float32)
-        size = len(lo) * (len(name) + 64)
-        if len(self._text) < size:  # reused: a fresh buffer per batch costs page faults
-            self._text = np.empty(size, np.uint8)
-        n = self.lib.biocnn_bedgraph(name, len(name), lo.ctypes.data, hi.ctypes.data, scores.ctypes.data, len(lo),
-                                     self._text.ctypes.data)
-        self.bg.write(memoryview(self._text)[:n])
-        self.bg.flush()
-        _start_writeback(self.bg.fileno())
-
-    def flush(self) -> None:
-        if self.peak is not None:
-            self.n_peaks += 1
-            chrom, a, e, v = self.peak
-            self.bed.write(f"{chrom}\t{a}\t{e}\tpeak{self.n_peaks}\t{v:.4f}\n")
-            self.peak = None
-
-
 def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
                threshold: float = 0.0, chunk: int = 1_000_000, progress_every: float = 10.0,
                backend: str = "auto") -> dict:
@@ -485,7 +296,7 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     stats = {"bp": 0, "windows": 0, "records": 0, "short_records": []}
     start = last_report = time.perf_counter()
     with atomic_open(out_prefix + ".bedgraph", "wb") as bg, atomic_open(out_prefix + ".bed") as bed:
-        writer = _Writer(bg, bed, window, stride, threshold, lib)
+        writer = TrackWriter(bg, bed, window, stride, threshold, lib)
         batches = _Batches(scorer, writer, stats, fasta)
         try:
             for name, pieces in stream_records(fasta):
@@ -527,7 +338,7 @@ class _Batches:
     """A pipeline of background threads: one encodes and scores batches, the next writes them (in
     order), while the main thread reads on; at most three batches are held at a time."""
 
-    def __init__(self, scorer: WindowScorer, writer: _Writer, stats: dict, source: str | Path):
+    def __init__(self, scorer: WindowScorer, writer: TrackWriter, stats: dict, source: str | Path):
         self.scorer, self.writer, self.stats, self.source = scorer, writer, stats, source
         self.scoring, self.writing = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
         self.job = None
