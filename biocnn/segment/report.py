@@ -32,7 +32,8 @@ def _scatter(path: Path, name: str, metrics: dict, flagged: set[str]) -> None:
             ax.scatter([r["score"] for r in sel], [1 - r["mean_dice"] for r in sel], s=18, c=colour, label=label)
     if flagged:
         ax.legend(fontsize=8)
-    ax.set_xlabel("review score (structure uncertainty; OOD raised to the threshold)")
+    # Two lines: one line of this length was cut off at the figure's width.
+    ax.set_xlabel("review score\n(structure uncertainty; OOD inputs raised to the threshold)", fontsize=8)
     ax.set_ylabel("1 - Dice")
     rho = metrics["spearman"]
     ax.set_title(f"{name}: Spearman {rho:.2f}" if rho is not None else f"{name}: Spearman n/a", fontsize=10)
