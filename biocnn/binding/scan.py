@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
 _NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
-_HEAD_BLOCK = 512  # windows pooled, then scored, at a time per thread (scratch: 64 KB a strand feature array)
 
 
 def _head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -119,7 +118,7 @@ class WindowScorer:
             if self.lib is None or max(widths) > native.MAX_CHANNELS:
                 backend = "lookup"  # no C compiler, or wider than the kernel's registers allow
         self.backend = backend
-        self.one_hot = torch.from_numpy(_ONE_HOT).to(self.device)  # (5 codes, 4 bases)
+        self._one_hot = torch.from_numpy(_ONE_HOT).to(self.device)  # (5 codes, 4 bases)
         if self.backend in ("native", "lookup"):
             from biocnn.binding.fastscan import lookup_tables, qmer_tables, quad_tables
 
@@ -140,6 +139,11 @@ class WindowScorer:
         self.num_motifs = model.num_motifs
         self._buffer: np.ndarray | None = None
         self.avg = model.head.pool == "maxavg"
+
+    def one_hot(self, codes: np.ndarray) -> torch.Tensor:
+        """One-hot ``(4, n)`` on the model's device from base codes: one byte per base crosses
+        to the GPU, the expansion happens there."""
+        return self._one_hot[torch.from_numpy(codes).to(self.device).long()].T.contiguous()
 
     def _track(self, x: torch.Tensor) -> torch.Tensor:
         """Rectified detector outputs at every fully-inside position: (channels, n - k + 1)."""
@@ -200,9 +204,7 @@ class WindowScorer:
         if self.backend != "native":
             codes = chunk_codes(raw, record, source, offset, self.lib)
             if self.backend == "torch":
-                # One byte per base crosses to the GPU; the one-hot expansion happens there.
-                x = self.one_hot[torch.from_numpy(codes).to(self.device).long()].T.contiguous()
-                return self.score(x).float().cpu().numpy()
+                return self.score(self.one_hot(codes)).float().cpu().numpy()
             return self.score(codes).numpy()
         n = len(raw)
         n_windows = (n - self.window) // self.stride + 1
@@ -368,8 +370,7 @@ class _Batches:
 
     def _end_record(self, short: bytes | None, name: str, offset: int) -> None:
         if short is not None:
-            codes = chunk_codes(short, name, self.source, offset)
-            x = torch.from_numpy(_ONE_HOT[codes].T.copy())[None].to(self.scorer.device)
+            x = self.scorer.one_hot(chunk_codes(short, name, self.source, offset, self.scorer.lib))[None]
             with torch.no_grad():
                 score = self.scorer.model(x).float().cpu().numpy()
             self.writer.windows(name, np.array([offset]), score, np.array([offset + len(short)]))
