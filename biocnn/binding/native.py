@@ -42,9 +42,28 @@ SOURCE = r"""
 #include <string.h>
 #include <math.h>
 
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+
+/* `lut` (256 entries) maps every byte >= 128 to an invalid code (with the top bit set). */
 long biocnn_encode(const uint8_t *ascii, long n, const uint8_t *lut, uint8_t *codes) {
     uint8_t seen = 0;  /* invalid characters map to 255: no branch per base in the common case */
-    for (long i = 0; i < n; i++) { uint8_t c = lut[ascii[i]]; codes[i] = c; seen |= c; }
+    long i = 0;
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+    /* 64 bases per step: one two-register byte permute looks up the table's ASCII half; a byte
+       with its top bit set stays invalid through the OR (about 10x the scalar loop). */
+    const __m512i lo = _mm512_loadu_si512(lut), hi = _mm512_loadu_si512(lut + 64), top = _mm512_set1_epi8((char)0x80);
+    __m512i any = _mm512_setzero_si512();
+    for (; i + 64 <= n; i += 64) {
+        const __m512i x = _mm512_loadu_si512(ascii + i);
+        const __m512i c = _mm512_or_si512(_mm512_permutex2var_epi8(lo, x, hi), _mm512_and_si512(x, top));
+        _mm512_storeu_si512(codes + i, c);
+        any = _mm512_or_si512(any, c);
+    }
+    if (_mm512_test_epi8_mask(any, top)) seen = 0x80;
+#endif
+    for (; i < n; i++) { uint8_t c = lut[ascii[i]]; codes[i] = c; seen |= c; }
     if (seen & 0x80)
         for (long i = 0; i < n; i++) if (lut[ascii[i]] > 4) return i;
     return -1;
@@ -58,9 +77,7 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned l
 #define ST(p, x) (*(v16u *)(p) = (x))
 typedef int32_t v16i __attribute__((vector_size(64)));
 #define MAXV 16  /* at most 256 channels */
-#ifndef PF
-#define PF 4
-#endif
+#define MAXQ 64  /* 4-mers per detector: motif_len <= 256 */
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -72,10 +89,30 @@ static inline v16 vmax(v16 a, v16 b) {  /* a > b ? a : b per lane (C has no vect
 }
 #endif
 
+#if defined(__AVX512F__)
+/* a + b as a fused multiply-add by 1 (bit-identical to the addition): additions then share the
+   FMA pipes with the add pipes */
+static inline v16 fadd(v16 a, v16 b) { return (v16)_mm512_fmadd_ps((__m512)a, _mm512_set1_ps(1.0f), (__m512)b); }
+#else
+static inline v16 fadd(v16 a, v16 b) { return a + b; }
+#endif
+
 /* pool the rectified v into mx (and sm when summing) */
 #define FOLD(NV) for (int c = 0; c < (NV); c++) { \
         mx[c] = vmax(mx[c], v[c]);  /* mx starts at 0, so max(mx, v) = max(mx, relu(v)) */ \
-        if (sum) sm[c] += vmax(v[c], zero); }
+        if (SUM) sm[c] += vmax(v[c], zero); }
+
+/* v = detector outputs at base g: bias + one table row per 4 columns; even and odd rows summed
+   apart (two short dependency chains, one of them on the FMA pipes) */
+#define TRACK(g) do { \
+        for (int c = 0; c < NV; c++) { v[c] = b[c]; u[c] = zero; } \
+        for (int t = 0; t < nq; t++) { \
+            const float *row = zt + q[(g) + 4 * t] + 4 * t * C; \
+            for (int c = 0; c < NV; c++) { \
+                if (t & 1) u[c] = fadd(u[c], LD(row + 16 * c)); else v[c] += LD(row + 16 * c); } \
+        } \
+        for (int c = 0; c < NV; c++) v[c] += u[c]; \
+    } while (0)
 
 /*
  * Windows i0 .. i1-1 of a chunk; window i covers bases [i*S, i*S + w). `codes` points at base 0;
@@ -89,49 +126,47 @@ static inline v16 vmax(v16 a, v16 b) {  /* a > b ? a : b per lane (C has no vect
  * those positions are pooled per stride-long segment (segment j = positions [j*S, j*S + S)):
  * window i = segments i .. i+m-1 whole plus the first r positions of segment i+m
  * (m = inner / S, r = inner % S). The k - 1 detectors at each end overlapping the padding are
- * summed from the window's own first / last bases plus the padding constant.
+ * summed from the window's own first / last bases plus the padding constant, so a window's score
+ * depends on its own bases only.
  * Cost (k = 24, stride 50, window 101): 50 track positions x 6 look-ups plus 2 x 78 edge look-ups
- * per window, each look-up a 128-byte row (32 channels) mostly from L2; measured ~4.7 cycles
- * per look-up. (Edges from the unpadded track minus the outside columns need 90 look-ups
- * instead of 156 but measured no faster, so the simpler direct sums stay.)
+ * per window, each look-up a 128-byte row (32 channels). Not bound by the cache: with 8 distinct
+ * 4-mers (every row in L1) it ran only 11 % faster; what paid was fewer instructions per look-up
+ * (row offsets precomputed, constant column displacements, no prefetch: +10 %) and the head
+ * without copies (+4 %). (Edges from the unpadded track minus the outside columns need 90
+ * look-ups instead of 156, but make a window's score depend on the bases beyond it.)
  */
 static inline __attribute__((always_inline)) void pool_impl(
         const uint8_t *codes, const float *ztab, const float *bias, const float *pad_left,
         const float *pad_right, int k_, int w, int S, long i0, long i1, float *out_max, float *out_sum,
-        const int NV, const int KC) {
+        const int NV, const int KC, const int SUM) {
     const int k = KC ? KC : k_;  /* KC: a compile-time detector width (constant trip counts), or 0 */
-    const int C = 16 * NV, inner = w - k + 1, nq = (k + 3) / 4, sum = out_sum != NULL;
+    const int C = 16 * NV, inner = w - k + 1, nq = (k + 3) / 4;
     const int m = inner / S, r = inner % S;
     const long j0 = i0, j1 = i1 - 1 + m + (r ? 1 : 0);   /* segments [j0, j1) */
     const long nseg = j1 - j0;
     const long lo = i0 * S - 3, hi = (i1 - 1) * S + w + 4 * nq + 4;   /* 4-mers for bases [lo, hi) */
-    int64_t *q = malloc(sizeof(int64_t) * (hi - lo));
+    const int32_t rows = (k + 3) * C;  /* floats per 4-mer (its k + 3 rows) */
+    int32_t *q = malloc(sizeof(int32_t) * (hi - lo));
     float *seg = calloc((size_t)(nseg + 1) * 4 * C, sizeof(float));  /* max whole | max prefix | sums */
     const uint8_t *cb = codes + lo;
     for (long p = 0; p < hi - lo; p++)
-        q[p] = (int64_t)(cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * (k + 3);  /* 5**4 codes */
-    q -= lo;  /* q[b] = first table row of the 4-mer starting at base b */
+        q[p] = (cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * rows;  /* 5**4 codes */
+    q -= lo;  /* q[b] = offset of the rows of the 4-mer starting at base b */
+    const float *zt = ztab + 3 * C;  /* zt + q[b] + j * C: the row of start column j (-3 .. k - 1) */
     const v16 zero = {0};
-    v16 v[MAXV], mx[MAXV], sm[MAXV], b[MAXV];
+    v16 v[MAXV], u[MAXV], mx[MAXV], sm[MAXV], b[MAXV];
     for (int c = 0; c < NV; c++) b[c] = LD(bias + 16 * c);
     /* Detectors fully inside windows, pooled per segment. */
     for (long j = j0; j < j1; j++) {
         const int len = (j < i1 - 1 + m) ? S : r;   /* the last segment is only needed as a prefix */
         float *out = seg + (j - j0) * 4 * C;
+        const long g0 = j * S;
         for (int c = 0; c < NV; c++) { mx[c] = zero; sm[c] = zero; }
-        for (int p = 0; p < len; p++) {
-            const long g = j * S + p;
-            for (int c = 0; c < NV; c++) v[c] = b[c];
-            for (int t = 0; t < nq; t++) {
-                const float *row = ztab + (q[g + 4 * t] + 3 + 4 * t) * C;
-                const float *ahead = ztab + (q[g + PF + 4 * t] + 3 + 4 * t) * C;
-                for (int c = 0; c < NV; c++) { __builtin_prefetch(ahead + 16 * c); v[c] += LD(row + 16 * c); }
-            }
-            FOLD(NV)
-            if (p + 1 == r)
-                for (int c = 0; c < NV; c++) { ST(out + C + 16 * c, mx[c]); ST(out + 3 * C + 16 * c, sm[c]); }
-        }
-        for (int c = 0; c < NV; c++) { ST(out + 16 * c, mx[c]); ST(out + 2 * C + 16 * c, sm[c]); }
+        int p = 0;
+        for (; p < r; p++) { TRACK(g0 + p); FOLD(NV) }
+        for (int c = 0; c < NV; c++) { ST(out + C + 16 * c, mx[c]); if (SUM) ST(out + 3 * C + 16 * c, sm[c]); }
+        for (; p < len; p++) { TRACK(g0 + p); FOLD(NV) }
+        for (int c = 0; c < NV; c++) { ST(out + 16 * c, mx[c]); if (SUM) ST(out + 2 * C + 16 * c, sm[c]); }
     }
     for (long i = i0; i < i1; i++) {
         const long s = i * S;
@@ -139,19 +174,23 @@ static inline __attribute__((always_inline)) void pool_impl(
         for (long j = i; j < i + m + (r ? 1 : 0); j++) {
             const float *in = seg + (j - j0) * 4 * C + (j < i + m ? 0 : C);  /* whole, or prefix */
             for (int c = 0; c < NV; c++) {
-                v16 x = LD(in + 16 * c);
-                mx[c] = vmax(mx[c], x);
-                if (sum) sm[c] += LD(in + 2 * C + 16 * c);
+                mx[c] = vmax(mx[c], LD(in + 16 * c));
+                if (SUM) sm[c] += LD(in + 2 * C + 16 * c);
             }
         }
-        /* Left edge: the detector starts o columns before the window (o columns of padding). */
+        /* Left edge: the detector starts o columns before the window (o columns of padding); its
+           columns o .. k-1 meet bases s .. s+k-1-o: the 4-mer at s + 4t gives start column o + 4t.
+           The nq 4-mers' row blocks are found once per window. */
+        const float *pl[MAXQ], *pr[MAXQ];
+        for (int t = 0; t < nq; t++) {
+            pl[t] = zt + q[s + 4 * t] + 4 * t * C;
+            pr[t] = zt + q[s + w - 4 - 4 * t] - (4 + 4 * t) * C;
+        }
         for (int o = 1; o < k; o++) {
             for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_left + o * C + 16 * c);
             const int nt = (k - o + 3) / 4;
-            for (int t = 0; t < nt; t++) {
-                const float *row = ztab + (q[s + 4 * t] + 3 + o + 4 * t) * C;
-                for (int c = 0; c < NV; c++) v[c] += LD(row + 16 * c);
-            }
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < NV; c++) v[c] += LD(pl[t] + o * C + 16 * c);
             FOLD(NV)
         }
         /* Right edge: the detector ends e columns after the window; its k - e real columns are
@@ -159,15 +198,13 @@ static inline __attribute__((always_inline)) void pool_impl(
         for (int e = 1; e < k; e++) {
             for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_right + e * C + 16 * c);
             const int cols = k - e, nt = (cols + 3) / 4;
-            for (int t = 0; t < nt; t++) {
-                const float *row = ztab + (q[s + w - 4 - 4 * t] + 3 + cols - 4 - 4 * t) * C;
-                for (int c = 0; c < NV; c++) v[c] += LD(row + 16 * c);
-            }
+            for (int t = 0; t < nt; t++)
+                for (int c = 0; c < NV; c++) v[c] += LD(pr[t] + cols * C + 16 * c);
             FOLD(NV)
         }
         for (int c = 0; c < NV; c++) {
             ST(out_max + (i - i0) * C + 16 * c, mx[c]);
-            if (sum) ST(out_sum + (i - i0) * C + 16 * c, sm[c]);
+            if (SUM) ST(out_sum + (i - i0) * C + 16 * c, sm[c]);
         }
     }
     free(q + lo);
@@ -182,9 +219,10 @@ void biocnn_pool(const uint8_t *codes, const float *ztab, const float *bias, con
     for (long b = i0; b < i1; b += block) {
         long e = b + block < i1 ? b + block : i1;
         float *om = out_max + (b - i0) * C, *os = out_sum ? out_sum + (b - i0) * C : NULL;
-        /* A constant vector count lets the compiler keep the accumulators in registers; DeepBind's
-           default (16 motifs x 24 bp, both strands) also gets a constant width (measured: +5 %). */
-#define POOL(NV, KC) pool_impl(codes, ztab, bias, pad_left, pad_right, k, w, S, b, e, om, os, NV, KC)
+        /* Constant vector counts (and for DeepBind's default, 16 motifs x 24 bp on both strands, a
+           constant width) let the compiler keep the accumulators in registers and unroll. */
+#define POOL(NV, KC) do { if (os) pool_impl(codes, ztab, bias, pad_left, pad_right, k, w, S, b, e, om, os, NV, KC, 1); \
+                          else pool_impl(codes, ztab, bias, pad_left, pad_right, k, w, S, b, e, om, os, NV, KC, 0); } while (0)
         switch (C / 16) {
             case 1: POOL(1, 0); break;
             case 2: if (k == 24) POOL(2, 24); else POOL(2, 0); break;
@@ -196,6 +234,12 @@ void biocnn_pool(const uint8_t *codes, const float *ztab, const float *bias, con
     }
 }
 
+/* a * b + c, fused where the CPU has FMA (the build disables contraction elsewhere) */
+#if defined(__AVX512F__)
+static inline v16 fma16(float a, v16 b, v16 c) { return (v16)_mm512_fmadd_ps(_mm512_set1_ps(a), (__m512)b, (__m512)c); }
+static inline float hsum16(v16 x) { return _mm512_reduce_add_ps((__m512)x); }
+#else
+static inline v16 fma16(float a, v16 b, v16 c) { return a * b + c; }
 static inline float hsum16(v16 x) {  /* balanced tree: short dependency chains */
     float t[16];
     ST(t, x);
@@ -203,6 +247,7 @@ static inline float hsum16(v16 x) {  /* balanced tree: short dependency chains *
         for (int i = 0; i < n; i++) t[i] += t[i + n];
     return t[0];
 }
+#endif
 
 #define ROWS 4  /* (window, strand) rows through the head together: 4 * NV independent accumulators */
 
@@ -230,16 +275,18 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
         biocnn_pool(codes, ztab, bias, pad_left, pad_right, C, k, w, S, b, e, block, om, os);
         for (long r0 = 0; r0 < rows; r0 += ROWS) {
             const int nr = rows - r0 < ROWS ? (int)(rows - r0) : ROWS;
-            for (int q = 0; q < ROWS; q++) {  /* features of row r0 + q (the last group may repeat a row) */
+            const float *fr[ROWS];  /* features of rows r0 .. r0 + ROWS - 1 (the last group may repeat a row) */
+            for (int q = 0; q < ROWS; q++) {
                 const long r = r0 + (q < nr ? q : 0), i = r / strands;
                 const int t = (int)(r % strands);
                 const float *mx = om + i * C + t * m;
-                float *fq = f + q * F;
-                if (avg) {
+                if (avg) {  /* [mean | max]: the mean from the sum */
                     const float *sm = os + i * C + t * m;
+                    float *fq = f + q * F;
                     for (int c = 0; c < m; c++) { fq[c] = sm[c] * inv; fq[m + c] = mx[c]; }
+                    fr[q] = fq;
                 } else {
-                    memcpy(fq, mx, sizeof(float) * m);
+                    fr[q] = mx;  /* the pooled maxima themselves, no copy */
                 }
             }
             for (int q = 0; q < nr; q++) y[r0 + q] = b2;
@@ -250,7 +297,7 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
                 for (int j = 0; j < F; j++)
                     for (int c = 0; c < NV; c++) {
                         const v16 wj = LD(w1t + (long)j * H + 16 * c);
-                        for (int q = 0; q < ROWS; q++) acc[q][c] += f[q * F + j] * wj;
+                        for (int q = 0; q < ROWS; q++) acc[q][c] = fma16(fr[q][j], wj, acc[q][c]);
                     }
                 for (int q = 0; q < nr; q++) {
                     v16 out = zero;
@@ -259,7 +306,7 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
                 }
             } else {
                 for (int q = 0; q < nr; q++)
-                    for (int j = 0; j < F; j++) y[r0 + q] += f[q * F + j] * w2[j];
+                    for (int j = 0; j < F; j++) y[r0 + q] += fr[q][j] * w2[j];
             }
         }
         for (long i = b; i < e; i++) {
@@ -310,6 +357,7 @@ long biocnn_bedgraph(const char *chrom, long chrom_len, const int64_t *lo, const
 """
 
 MAX_CHANNELS = 256  # detector channels (both strands) and hidden units: MAXV vectors of 16
+MAX_MOTIF_LEN = 253  # MAXQ 4-mers per detector
 
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off"]
 _LIB: ctypes.CDLL | None = None
