@@ -120,3 +120,22 @@ def test_models_wider_than_the_c_kernel_fall_back_to_numba_and_stay_exact():
     with torch.no_grad():
         expected = model(torch.stack([x[:, a:a + 30] for a in range(0, 200 - 30 + 1, 10)]))
     torch.testing.assert_close(scorer.score(codes(seq)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_c_encoder_matches_the_code_table_and_finds_the_first_invalid_byte():
+    """The encoder's vector path (64 bases per step) and its scalar tail give the table's codes,
+    and report the first invalid byte wherever it falls, non-ASCII bytes included."""
+    from biocnn.binding import native
+    from biocnn.io.fasta_stream import chunk_codes
+    from biocnn.io.sequences import _CODES
+
+    lib = native.load()
+    if lib is None:
+        pytest.skip("no C compiler")
+    raw = np.random.default_rng(3).choice(np.frombuffer(b"ACGTNacgtnRYKMSWBDHV", np.uint8), 1000).tobytes()
+    np.testing.assert_array_equal(chunk_codes(raw, "r", "f", 0, lib), _CODES[np.frombuffer(raw, np.uint8)])
+    for pos in (0, 63, 64, 700, 999):  # first / last byte of a vector step, the scalar tail
+        for char in (b"X", b"-", b"\xc3"):
+            bad = raw[:pos] + char + raw[pos + 1:] + b"!"  # a later invalid byte must not be reported
+            with pytest.raises(InputError, match=rf"invalid character .* at position {pos + 1}$"):
+                chunk_codes(bad, "r", "f", 0, lib)
