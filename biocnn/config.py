@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from biocnn.errors import ConfigError
 
@@ -46,6 +46,8 @@ class TrainConfig(StrictModel):
     scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
+    # Epochs of linear LR warm-up (from lr / 10) before the schedule; not with "plateau".
+    warmup_epochs: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     early_stopping: EarlyStopping = EarlyStopping()
     amp: bool = True
@@ -53,6 +55,14 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainConfig":
+        if self.warmup_epochs and self.scheduler == "plateau":
+            raise ValueError("warmup_epochs cannot be combined with scheduler: plateau")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        return self
 
 
 def format_validation_error(path: str | Path, err: ValidationError) -> str:

@@ -133,9 +133,21 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """The LR schedule named by ``cfg.scheduler`` (``None`` for a constant rate)."""
+    """The LR schedule named by ``cfg.scheduler`` (``None`` for a constant rate), after
+    ``cfg.warmup_epochs`` epochs of linear warm-up from a tenth of the rate when set."""
+    main = _main_scheduler(optimizer, cfg)
+    if not cfg.warmup_epochs:
+        return main
+    sched = torch.optim.lr_scheduler
+    warmup = sched.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
+    if main is None:
+        return warmup  # its factor stays 1 after the warm-up
+    return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs])
+
+
+def _main_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.scheduler == "plateau":

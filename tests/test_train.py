@@ -175,3 +175,34 @@ def test_resume_replays_monai_augmentation(tmp_path):
     resumed = run(tmp_path / "split", 3, resume=True)
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_warmup_ramps_the_rate_then_hands_over_and_survives_resume(tmp_path):
+    """Linear warm-up from lr / 10 over warmup_epochs, then the cosine schedule over the rest;
+    a run killed mid-way and resumed logs the same rates; plateau + warm-up is refused."""
+    from biocnn.train import make_scheduler
+
+    cfg = _config(epochs=6, warmup_epochs=2, lr=1e-2)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched, rates = make_scheduler(opt, cfg), []
+    for _ in range(cfg.epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:3] == pytest.approx([1e-3, 5.5e-3, 1e-2])  # warm-up, then the cosine's start
+    assert rates[3] < rates[2] and rates[-1] < rates[3]  # cosine over the remaining 4 epochs
+
+    def rows(out):
+        return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    _train(tmp_path / "full", _config(epochs=4, warmup_epochs=2))
+
+    def stop_after_epoch_1(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", _config(epochs=4, warmup_epochs=2), callbacks=[stop_after_epoch_1])
+    _train(tmp_path / "resumed", _config(epochs=4, warmup_epochs=2), resume=True)
+    assert rows(tmp_path / "resumed") == pytest.approx(rows(tmp_path / "full"))
+    with pytest.raises(ValueError, match="plateau"):
+        _config(warmup_epochs=2, scheduler="plateau")
