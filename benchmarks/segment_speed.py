@@ -162,8 +162,10 @@ def peak_memory_brats(model_dir: Path, work: Path, samples: int) -> float:
     for mod, vol in zip(MODALITIES, images):
         nib.save(nib.Nifti1Image(vol, tumor_affine(vol.shape)), str(case / f"brats_000_{mod}.nii.gz"))
     del images
-    code = ("import resource, sys; from biocnn.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    # VmHWM, not ru_maxrss: a child's ru_maxrss survives exec and so starts at this (larger) process's size.
+    code = ("import re, sys; from biocnn.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, "segment", "predict", "--model", str(model_dir),
                            "--input", str(case), "--out", str(work / "brats_pred"), "--mc-samples", str(samples)],
                           capture_output=True, text=True)
