@@ -33,6 +33,10 @@ def _genome(n, seed):
     (16, 24, 101, 50, "maxavg", 32),
     (5, 7, 30, 40, "maxavg", 0),  # stride > window: gaps between windows; 10 channels padded to 16
     (24, 11, 60, 7, "max", 8),  # 48 channels; windows overlap by many strides
+    # fused edges (stride >= motif_len - 1) where a base's left- and right-edge pieces overlap by 7
+    # columns, or leave a gap of 5 between them, at bases inside windows (the default: overlap of 1)
+    (6, 9, 15, 8, "maxavg", 16),
+    (6, 8, 19, 12, "maxavg", 0),
 ])
 def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window, stride, pool, hidden):
     torch.manual_seed(3)

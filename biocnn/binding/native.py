@@ -251,6 +251,28 @@ static inline float hsum16(v16 x) {  /* balanced tree: short dependency chains *
 
 #define ROWS 4  /* (window, strand) rows through the head together: 4 * NV independent accumulators */
 
+/* The hidden layer and output of ROWS feature rows fr[q] (F features each; rows q >= nr are
+   computed but not stored): y[q] += w2 . relu(b1 + fr[q] @ w1t), H = 16 * NV hidden units. */
+static inline __attribute__((always_inline)) void hidden_rows(
+        const float *const *fr, int nr, int F, const float *w1t, const float *b1, const float *w2, float *y,
+        const int NV) {
+    const int H = 16 * NV;
+    const v16 zero = {0};
+    v16 acc[ROWS][MAXV];
+    for (int q = 0; q < ROWS; q++)
+        for (int c = 0; c < NV; c++) acc[q][c] = LD(b1 + 16 * c);
+    for (int j = 0; j < F; j++)
+        for (int c = 0; c < NV; c++) {
+            const v16 wj = LD(w1t + (long)j * H + 16 * c);
+            for (int q = 0; q < ROWS; q++) acc[q][c] = fma16(fr[q][j], wj, acc[q][c]);
+        }
+    for (int q = 0; q < nr; q++) {
+        v16 out = zero;
+        for (int c = 0; c < NV; c++) out += vmax(acc[q][c], zero) * LD(w2 + 16 * c);
+        y[q] += hsum16(out);
+    }
+}
+
 /*
  * Scores of windows [i0, i1) (scores indexed from i0): pooled features from biocnn_pool, then
  * DeepBind's head per strand, the larger score kept. Strand t's features are channels
@@ -291,18 +313,12 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
             }
             for (int q = 0; q < nr; q++) y[r0 + q] = b2;
             if (H) {
-                v16 acc[ROWS][MAXV];
-                for (int q = 0; q < ROWS; q++)
-                    for (int c = 0; c < NV; c++) acc[q][c] = LD(b1 + 16 * c);
-                for (int j = 0; j < F; j++)
-                    for (int c = 0; c < NV; c++) {
-                        const v16 wj = LD(w1t + (long)j * H + 16 * c);
-                        for (int q = 0; q < ROWS; q++) acc[q][c] = fma16(fr[q][j], wj, acc[q][c]);
-                    }
-                for (int q = 0; q < nr; q++) {
-                    v16 out = zero;
-                    for (int c = 0; c < NV; c++) out += vmax(acc[q][c], zero) * LD(w2 + 16 * c);
-                    y[r0 + q] += hsum16(out);
+                switch (NV) {  /* a constant count keeps the ROWS x NV accumulators in registers */
+                    case 1: hidden_rows(fr, nr, F, w1t, b1, w2, y + r0, 1); break;
+                    case 2: hidden_rows(fr, nr, F, w1t, b1, w2, y + r0, 2); break;
+                    case 3: hidden_rows(fr, nr, F, w1t, b1, w2, y + r0, 3); break;
+                    case 4: hidden_rows(fr, nr, F, w1t, b1, w2, y + r0, 4); break;
+                    default: hidden_rows(fr, nr, F, w1t, b1, w2, y + r0, NV);
                 }
             } else {
                 for (int q = 0; q < nr; q++)
