@@ -168,3 +168,25 @@ def test_4d_file_and_save_like_keeps_geometry(tmp_path):
     assert int(out.header["qform_code"]) == int(ref.header["qform_code"])
     assert int(out.header["sform_code"]) == int(ref.header["sform_code"])
     assert out.header.get_xyzt_units() == ref.header.get_xyzt_units()
+
+
+def test_class_ratios_centre_patches_on_the_chosen_classes():
+    """data.class_ratios: patch centres drawn per class (MONAI RandCropByLabelClassesd); with all
+    weight on a class occupying 4 pixels of a 64x64 label every patch contains it, while the
+    foreground/background sampler misses it; a ratio list of the wrong length is refused."""
+    import torch
+
+    from biocnn.segment.data import augmentation
+
+    label = np.zeros((1, 64, 64), np.int64)
+    label[0, 5:40, 5:40] = 1
+    label[0, 50:52, 50:52] = 2  # the rare class
+    sample = {"image": torch.rand(3, 64, 64), "label": torch.from_numpy(label)}
+    base = dict(train="x", spatial_dims=2, in_channels=3, label_values=[0, 1, 2], patch_size=[16, 16],
+                samples_per_image=8)
+    rare = augmentation(DataConfig(**base, class_ratios=[0, 0, 1]), seed=0)(dict(sample))
+    assert all((p["label"] == 2).any() for p in rare)
+    posneg = augmentation(DataConfig(**base, pos_fraction=1.0), seed=0)(dict(sample))
+    assert not all((p["label"] == 2).any() for p in posneg)
+    with pytest.raises(ValueError, match="class_ratios"):
+        DataConfig(**base, class_ratios=[1, 1])

@@ -25,6 +25,10 @@ class DataConfig(StrictModel):
     patch_size: list[int]
     samples_per_image: int = Field(4, ge=1)
     pos_fraction: float = Field(0.5, ge=0, le=1)
+    # Patch centres drawn per class with these relative weights (one per label value, MONAI's
+    # RandCropByLabelClassesd, nnU-Net-style oversampling of small classes) instead of the
+    # foreground/background split of pos_fraction.
+    class_ratios: list[float] | None = None
     cache_rate: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -37,6 +41,9 @@ class DataConfig(StrictModel):
             raise ValueError("label_values must start with 0 (background) and be distinct")
         if self.pixdim is not None and len(self.pixdim) != self.spatial_dims:
             raise ValueError(f"pixdim needs {self.spatial_dims} entries")
+        if self.class_ratios is not None and (len(self.class_ratios) != len(self.label_values)
+                                              or min(self.class_ratios) < 0 or sum(self.class_ratios) <= 0):
+            raise ValueError("class_ratios needs one non-negative weight per label value, not all zero")
         return self
 
 

@@ -275,16 +275,22 @@ def preprocessing(cfg, train: bool = True, with_label: bool = True):
 
 
 def augmentation(cfg, seed: int):
-    """Random transforms for training: balanced patch sampling, flips, rotations, intensity."""
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
-                                  RandRotate90d, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
+    """Random transforms for training: balanced patch sampling (foreground/background or per
+    class), flips, rotations, intensity."""
+    from monai.transforms import (Compose, RandCropByLabelClassesd, RandCropByPosNegLabeld, RandFlipd,
+                                  RandGaussianNoised, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+                                  SpatialPadd)
 
     keys = ["image", "label"]
-    ts = [
-        SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
-        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
-                               pos=cfg.pos_fraction, neg=1 - cfg.pos_fraction, num_samples=cfg.samples_per_image),
-    ]
+    if cfg.class_ratios is not None:  # centres drawn per class (absent classes are skipped, with a warning)
+        crop = RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=cfg.patch_size,
+                                       ratios=cfg.class_ratios, num_classes=len(cfg.label_values),
+                                       num_samples=cfg.samples_per_image, warn=False)
+    else:
+        crop = RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
+                                      pos=cfg.pos_fraction, neg=1 - cfg.pos_fraction,
+                                      num_samples=cfg.samples_per_image)
+    ts = [SpatialPadd(keys=keys, spatial_size=cfg.patch_size), crop]
     ts += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
     if cfg.spatial_dims == 2:
         ts.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))
