@@ -147,7 +147,8 @@ static inline __attribute__((always_inline)) void pool_impl(
     const long lo = i0 * S - 3, hi = (i1 - 1) * S + w + 4 * nq + 4;   /* 4-mers for bases [lo, hi) */
     const int32_t rows = (k + 3) * C;  /* floats per 4-mer (its k + 3 rows) */
     int32_t *q = malloc(sizeof(int32_t) * (hi - lo));
-    float *seg = calloc((size_t)(nseg + 1) * 4 * C, sizeof(float));  /* max whole | max prefix | sums */
+    /* max whole | max prefix | sums per segment; every entry read is written first */
+    float *seg = malloc((size_t)(nseg + 1) * 4 * C * sizeof(float));
     const uint8_t *cb = codes + lo;
     for (long p = 0; p < hi - lo; p++)
         q[p] = (cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * rows;  /* 5**4 codes */
