@@ -1,6 +1,7 @@
 """Genome scan internals: the C kernels against the model, the block FASTA reader, bedGraph output."""
 
 import gzip
+import subprocess
 
 import numpy as np
 import pytest
@@ -143,3 +144,32 @@ def test_c_encoder_matches_the_code_table_and_finds_the_first_invalid_byte():
             bad = raw[:pos] + char + raw[pos + 1:] + b"!"  # a later invalid byte must not be reported
             with pytest.raises(InputError, match=rf"invalid character .* at position {pos + 1}$"):
                 chunk_codes(bad, "r", "f", 0, lib)
+
+
+def test_kernels_without_avx512_give_the_same_scores(tmp_path):
+    """Built without AVX-512 the kernels use 8-lane vectors (AVX2 registers) and, without AVX, the
+    generic vector code: both still equal the model on every window, max and max+avg pooling
+    (this machine otherwise only ever compiles the 16-lane path)."""
+    import platform
+
+    from biocnn.binding import native
+
+    if native.load() is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a C compiler on x86-64")
+    seq = _genome(8000, 6)
+    x = torch.from_numpy(one_hot(seq))
+    windows = torch.stack([x[:, a:a + 101] for a in range(0, len(seq) - 101 + 1, 50)])
+    for name, flags in (("avx2", ("-mno-avx512f",)), ("generic", ("-mno-avx", "-mno-avx2", "-mno-fma",
+                                                                  "-mno-avx512f"))):
+        try:
+            lib = native.build(tmp_path / f"{name}.so", flags)
+        except subprocess.CalledProcessError as err:
+            pytest.fail(f"{name} build failed: {err.stderr.decode()[-500:]}")
+        for pool in ("max", "maxavg"):
+            torch.manual_seed(5)
+            model = DeepBind(num_motifs=16, motif_len=24, pool=pool, hidden=32).eval()
+            with torch.no_grad():
+                expected = model(windows)
+            scorer = WindowScorer(model, 101, 50, backend="native")
+            scorer.lib = lib
+            torch.testing.assert_close(scorer.score(codes(seq)), expected, atol=1e-5, rtol=1e-5)

@@ -69,32 +69,56 @@ long biocnn_encode(const uint8_t *ascii, long n, const uint8_t *lut, uint8_t *co
     return -1;
 }
 
-/* Channels are handled 16 at a time in vector registers (GCC/Clang vector extensions; without
-   AVX-512 the compiler splits them); the caller pads the channel count to a multiple of 16. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned loads/stores */
-#define LD(p) (*(const v16u *)(p))
-#define ST(p, x) (*(v16u *)(p) = (x))
-typedef int32_t v16i __attribute__((vector_size(64)));
-#define MAXV 16  /* at most 256 channels */
-#define MAXQ 64  /* 4-mers per detector: motif_len <= 256 */
-
+/* Channels are handled VW at a time in vector registers (GCC/Clang vector extensions): 16 with
+   AVX-512, 8 otherwise (AVX2 registers; 16-wide vectors split in two spilled and ran 7x slower);
+   the caller pads the channel count to a multiple of 16. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-static inline v16 vmax(v16 a, v16 b) { return (v16)_mm512_max_ps((__m512)a, (__m512)b); }
+#define VW 16
 #else
-static inline v16 vmax(v16 a, v16 b) {  /* a > b ? a : b per lane (C has no vector ?:) */
-    v16i m = a > b;
-    return (v16)(((v16i)a & m) | ((v16i)b & ~m));
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(4 * VW)));
+typedef float vfu __attribute__((vector_size(4 * VW), aligned(4)));  /* unaligned loads/stores */
+#define LD(p) (*(const vfu *)(p))
+#define ST(p, x) (*(vfu *)(p) = (x))
+typedef int32_t vfi __attribute__((vector_size(4 * VW)));
+#define MAXV (256 / VW)  /* at most 256 channels */
+#define MAXQ 64  /* 4-mers per detector: motif_len <= 256 */
+
+/* max, a + b as a fused multiply-add by 1 (bit-identical to the addition: additions then share
+   the FMA pipes with the add pipes), a * b + c fused, horizontal sum */
+#if defined(__AVX512F__)
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf fadd(vf a, vf b) { return (vf)_mm512_fmadd_ps((__m512)a, _mm512_set1_ps(1.0f), (__m512)b); }
+static inline vf fmav(float a, vf b, vf c) { return (vf)_mm512_fmadd_ps(_mm512_set1_ps(a), (__m512)b, (__m512)c); }
+static inline float hsum(vf x) { return _mm512_reduce_add_ps((__m512)x); }
+#else
+#if defined(__AVX__)
+static inline vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+#else
+static inline vf vmax(vf a, vf b) {  /* a > b ? a : b per lane (C has no vector ?:) */
+    vfi m = a > b;
+    return (vf)(((vfi)a & m) | ((vfi)b & ~m));
 }
 #endif
-
-#if defined(__AVX512F__)
-/* a + b as a fused multiply-add by 1 (bit-identical to the addition): additions then share the
-   FMA pipes with the add pipes */
-static inline v16 fadd(v16 a, v16 b) { return (v16)_mm512_fmadd_ps((__m512)a, _mm512_set1_ps(1.0f), (__m512)b); }
+#if defined(__FMA__)
+static inline vf fadd(vf a, vf b) { return (vf)_mm256_fmadd_ps((__m256)a, _mm256_set1_ps(1.0f), (__m256)b); }
+static inline vf fmav(float a, vf b, vf c) { return (vf)_mm256_fmadd_ps(_mm256_set1_ps(a), (__m256)b, (__m256)c); }
 #else
-static inline v16 fadd(v16 a, v16 b) { return a + b; }
+static inline vf fadd(vf a, vf b) { return a + b; }
+static inline vf fmav(float a, vf b, vf c) { return a * b + c; }
+#endif
+static inline float hsum(vf x) {  /* balanced tree: short dependency chains */
+    float t[VW];
+    ST(t, x);
+    for (int n = VW / 2; n >= 1; n /= 2)
+        for (int i = 0; i < n; i++) t[i] += t[i + n];
+    return t[0];
+}
 #endif
 
 /* pool the rectified v into mx (and sm when summing) */
@@ -109,7 +133,7 @@ static inline v16 fadd(v16 a, v16 b) { return a + b; }
         for (int t = 0; t < nq; t++) { \
             const float *row = zt + q[(g) + 4 * t] + 4 * t * C; \
             for (int c = 0; c < NV; c++) { \
-                if (t & 1) u[c] = fadd(u[c], LD(row + 16 * c)); else v[c] += LD(row + 16 * c); } \
+                if (t & 1) u[c] = fadd(u[c], LD(row + VW * c)); else v[c] += LD(row + VW * c); } \
         } \
         for (int c = 0; c < NV; c++) v[c] += u[c]; \
     } while (0)
@@ -118,9 +142,9 @@ static inline v16 fadd(v16 a, v16 b) { return a + b; }
  * Windows i0 .. i1-1 of a chunk; window i covers bases [i*S, i*S + w). `codes` points at base 0;
  * codes[-3 .. -1] and the bases after the last window (4 * ceil(k / 4) + 4 of them) must be
  * readable (any code: they only meet zero table columns).
- * ztab (625, k + 3, 16 * NV): ztab[q][j + 3] = sum of detector columns j .. j+3 (zero outside
+ * ztab (625, k + 3, VW * NV): ztab[q][j + 3] = sum of detector columns j .. j+3 (zero outside
  * 0 .. k-1) for the 4-mer q; code-major, so the rows one 4-mer needs for the edge detectors (all
- * start columns) are adjacent. pad_left[o] / pad_right[e] (k, 16 * NV): contribution of o (e)
+ * start columns) are adjacent. pad_left[o] / pad_right[e] (k, VW * NV): contribution of o (e)
  * columns of 0.25 padding at the detector's start (end).
  * A detector fully inside window i starts at a position in [s, s + inner), inner = w - k + 1;
  * those positions are pooled per stride-long segment (segment j = positions [j*S, j*S + S)):
@@ -140,7 +164,7 @@ static inline __attribute__((always_inline)) void pool_impl(
         const float *pad_right, int k_, int w, int S, long i0, long i1, float *out_max, float *out_sum,
         const int NV, const int KC, const int SUM) {
     const int k = KC ? KC : k_;  /* KC: a compile-time detector width (constant trip counts), or 0 */
-    const int C = 16 * NV, inner = w - k + 1, nq = (k + 3) / 4;
+    const int C = VW * NV, inner = w - k + 1, nq = (k + 3) / 4;
     const int m = inner / S, r = inner % S;
     const long j0 = i0, j1 = i1 - 1 + m + (r ? 1 : 0);   /* segments [j0, j1) */
     const long nseg = j1 - j0;
@@ -154,9 +178,9 @@ static inline __attribute__((always_inline)) void pool_impl(
         q[p] = (cb[p] * 125 + cb[p + 1] * 25 + cb[p + 2] * 5 + cb[p + 3]) * rows;  /* 5**4 codes */
     q -= lo;  /* q[b] = offset of the rows of the 4-mer starting at base b */
     const float *zt = ztab + 3 * C;  /* zt + q[b] + j * C: the row of start column j (-3 .. k - 1) */
-    const v16 zero = {0};
-    v16 v[MAXV], u[MAXV], mx[MAXV], sm[MAXV], b[MAXV];
-    for (int c = 0; c < NV; c++) b[c] = LD(bias + 16 * c);
+    const vf zero = {0};
+    vf v[MAXV], u[MAXV], mx[MAXV], sm[MAXV], b[MAXV];
+    for (int c = 0; c < NV; c++) b[c] = LD(bias + VW * c);
     /* Detectors fully inside windows, pooled per segment. */
     for (long j = j0; j < j1; j++) {
         const int len = (j < i1 - 1 + m) ? S : r;   /* the last segment is only needed as a prefix */
@@ -165,9 +189,9 @@ static inline __attribute__((always_inline)) void pool_impl(
         for (int c = 0; c < NV; c++) { mx[c] = zero; sm[c] = zero; }
         int p = 0;
         for (; p < r; p++) { TRACK(g0 + p); FOLD(NV) }
-        for (int c = 0; c < NV; c++) { ST(out + C + 16 * c, mx[c]); if (SUM) ST(out + 3 * C + 16 * c, sm[c]); }
+        for (int c = 0; c < NV; c++) { ST(out + C + VW * c, mx[c]); if (SUM) ST(out + 3 * C + VW * c, sm[c]); }
         for (; p < len; p++) { TRACK(g0 + p); FOLD(NV) }
-        for (int c = 0; c < NV; c++) { ST(out + 16 * c, mx[c]); if (SUM) ST(out + 2 * C + 16 * c, sm[c]); }
+        for (int c = 0; c < NV; c++) { ST(out + VW * c, mx[c]); if (SUM) ST(out + 2 * C + VW * c, sm[c]); }
     }
     for (long i = i0; i < i1; i++) {
         const long s = i * S;
@@ -175,8 +199,8 @@ static inline __attribute__((always_inline)) void pool_impl(
         for (long j = i; j < i + m + (r ? 1 : 0); j++) {
             const float *in = seg + (j - j0) * 4 * C + (j < i + m ? 0 : C);  /* whole, or prefix */
             for (int c = 0; c < NV; c++) {
-                mx[c] = vmax(mx[c], LD(in + 16 * c));
-                if (SUM) sm[c] += LD(in + 2 * C + 16 * c);
+                mx[c] = vmax(mx[c], LD(in + VW * c));
+                if (SUM) sm[c] += LD(in + 2 * C + VW * c);
             }
         }
         /* Left edge: the detector starts o columns before the window (o columns of padding); its
@@ -188,24 +212,24 @@ static inline __attribute__((always_inline)) void pool_impl(
             pr[t] = zt + q[s + w - 4 - 4 * t] - (4 + 4 * t) * C;
         }
         for (int o = 1; o < k; o++) {
-            for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_left + o * C + 16 * c);
+            for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_left + o * C + VW * c);
             const int nt = (k - o + 3) / 4;
             for (int t = 0; t < nt; t++)
-                for (int c = 0; c < NV; c++) v[c] += LD(pl[t] + o * C + 16 * c);
+                for (int c = 0; c < NV; c++) v[c] += LD(pl[t] + o * C + VW * c);
             FOLD(NV)
         }
         /* Right edge: the detector ends e columns after the window; its k - e real columns are
            summed backwards from the window's last base (4-mers may start at column -3..-1: zero). */
         for (int e = 1; e < k; e++) {
-            for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_right + e * C + 16 * c);
+            for (int c = 0; c < NV; c++) v[c] = b[c] + LD(pad_right + e * C + VW * c);
             const int cols = k - e, nt = (cols + 3) / 4;
             for (int t = 0; t < nt; t++)
-                for (int c = 0; c < NV; c++) v[c] += LD(pr[t] + cols * C + 16 * c);
+                for (int c = 0; c < NV; c++) v[c] += LD(pr[t] + cols * C + VW * c);
             FOLD(NV)
         }
         for (int c = 0; c < NV; c++) {
-            ST(out_max + (i - i0) * C + 16 * c, mx[c]);
-            if (SUM) ST(out_sum + (i - i0) * C + 16 * c, sm[c]);
+            ST(out_max + (i - i0) * C + VW * c, mx[c]);
+            if (SUM) ST(out_sum + (i - i0) * C + VW * c, sm[c]);
         }
     }
     free(q + lo);
@@ -224,53 +248,39 @@ void biocnn_pool(const uint8_t *codes, const float *ztab, const float *bias, con
            constant width) let the compiler keep the accumulators in registers and unroll. */
 #define POOL(NV, KC) do { if (os) pool_impl(codes, ztab, bias, pad_left, pad_right, k, w, S, b, e, om, os, NV, KC, 1); \
                           else pool_impl(codes, ztab, bias, pad_left, pad_right, k, w, S, b, e, om, os, NV, KC, 0); } while (0)
-        switch (C / 16) {
+        switch (C / VW) {
             case 1: POOL(1, 0); break;
-            case 2: if (k == 24) POOL(2, 24); else POOL(2, 0); break;
+            case 2: if (k == 24 && VW == 16) POOL(2, 24); else POOL(2, 0); break;
             case 3: POOL(3, 0); break;
-            case 4: POOL(4, 0); break;
-            default: POOL(C / 16, 0);
+            case 4: if (k == 24 && VW == 8) POOL(4, 24); else POOL(4, 0); break;
+            default: POOL(C / VW, 0);
         }
 #undef POOL
     }
 }
 
-/* a * b + c, fused where the CPU has FMA (the build disables contraction elsewhere) */
-#if defined(__AVX512F__)
-static inline v16 fma16(float a, v16 b, v16 c) { return (v16)_mm512_fmadd_ps(_mm512_set1_ps(a), (__m512)b, (__m512)c); }
-static inline float hsum16(v16 x) { return _mm512_reduce_add_ps((__m512)x); }
-#else
-static inline v16 fma16(float a, v16 b, v16 c) { return a * b + c; }
-static inline float hsum16(v16 x) {  /* balanced tree: short dependency chains */
-    float t[16];
-    ST(t, x);
-    for (int n = 8; n >= 1; n /= 2)
-        for (int i = 0; i < n; i++) t[i] += t[i + n];
-    return t[0];
-}
-#endif
 
 #define ROWS 4  /* (window, strand) rows through the head together: 4 * NV independent accumulators */
 
 /* The hidden layer and output of ROWS feature rows fr[q] (F features each; rows q >= nr are
-   computed but not stored): y[q] += w2 . relu(b1 + fr[q] @ w1t), H = 16 * NV hidden units. */
+   computed but not stored): y[q] += w2 . relu(b1 + fr[q] @ w1t), H = VW * NV hidden units. */
 static inline __attribute__((always_inline)) void hidden_rows(
         const float *const *fr, int nr, int F, const float *w1t, const float *b1, const float *w2, float *y,
         const int NV) {
-    const int H = 16 * NV;
-    const v16 zero = {0};
-    v16 acc[ROWS][MAXV];
+    const int H = VW * NV;
+    const vf zero = {0};
+    vf acc[ROWS][MAXV];
     for (int q = 0; q < ROWS; q++)
-        for (int c = 0; c < NV; c++) acc[q][c] = LD(b1 + 16 * c);
+        for (int c = 0; c < NV; c++) acc[q][c] = LD(b1 + VW * c);
     for (int j = 0; j < F; j++)
         for (int c = 0; c < NV; c++) {
-            const v16 wj = LD(w1t + (long)j * H + 16 * c);
-            for (int q = 0; q < ROWS; q++) acc[q][c] = fma16(fr[q][j], wj, acc[q][c]);
+            const vf wj = LD(w1t + (long)j * H + VW * c);
+            for (int q = 0; q < ROWS; q++) acc[q][c] = fmav(fr[q][j], wj, acc[q][c]);
         }
     for (int q = 0; q < nr; q++) {
-        v16 out = zero;
-        for (int c = 0; c < NV; c++) out += vmax(acc[q][c], zero) * LD(w2 + 16 * c);
-        y[q] += hsum16(out);
+        vf out = zero;
+        for (int c = 0; c < NV; c++) out += vmax(acc[q][c], zero) * LD(w2 + VW * c);
+        y[q] += hsum(out);
     }
 }
 
@@ -288,10 +298,10 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
                   int m, int strands, int avg, const float *w1t, const float *b1, int H,
                   const float *w2, float b2, float *scores) {
     float *om = malloc(sizeof(float) * block * C), *os = avg ? malloc(sizeof(float) * block * C) : NULL;
-    const int F = avg ? 2 * m : m, NV = H / 16;
+    const int F = avg ? 2 * m : m, NV = H / VW;
     float *f = malloc(sizeof(float) * ROWS * F), *y = malloc(sizeof(float) * block * strands);
     const float inv = 1.0f / (float)(w + k - 1);
-    const v16 zero = {0};
+    const vf zero = {0};
     for (long b = i0; b < i1; b += block) {
         const long e = b + block < i1 ? b + block : i1;
         const long rows = (e - b) * strands;
@@ -373,7 +383,7 @@ long biocnn_bedgraph(const char *chrom, long chrom_len, const int64_t *lo, const
 }
 """
 
-MAX_CHANNELS = 256  # detector channels (both strands) and hidden units: MAXV vectors of 16
+MAX_CHANNELS = 256  # detector channels (both strands) and hidden units: MAXV vectors of VW
 MAX_MOTIF_LEN = 253  # MAXQ 4-mers per detector
 
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off"]
@@ -396,7 +406,7 @@ def _machine_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _compile(target: Path) -> None:
+def _compile(target: Path, extra_flags: tuple[str, ...] = ()) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler (cc/gcc) found")
@@ -405,26 +415,13 @@ def _compile(target: Path) -> None:
         src = Path(tmp) / "scan.c"
         src.write_text(SOURCE)
         lib = Path(tmp) / target.name
-        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], check=True, capture_output=True)
+        subprocess.run([compiler, *_FLAGS, *extra_flags, str(src), "-o", str(lib), "-lm"], check=True,
+                       capture_output=True)
         os.replace(lib, target)  # atomic: concurrent processes never load a half-written library
 
 
-def load() -> ctypes.CDLL | None:
-    """The compiled kernels (compiling them on first use), or ``None`` without a C compiler."""
-    global _LIB, _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    target = _cache_dir() / f"scan-{_machine_key()}.so"
-    try:
-        if not target.is_file():
-            _compile(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
-        log.warning("native scan kernels unavailable (%s %s); using the numba kernels", err,
-                    detail.decode(errors="replace")[:200])
-        return None
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The kernels' C signatures, for ctypes."""
     p, i64 = ctypes.c_void_p, ctypes.c_long
     lib.biocnn_encode.argtypes = [p, i64, p, p]
     lib.biocnn_encode.restype = i64
@@ -437,5 +434,31 @@ def load() -> ctypes.CDLL | None:
     lib.biocnn_score.restype = None
     lib.biocnn_bedgraph.argtypes = [p, i64, p, p, p, i64, p]
     lib.biocnn_bedgraph.restype = i64
+    return lib
+
+
+def build(target: str | Path, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile the kernels with extra compiler flags into ``target`` and load them (tests use it
+    to check the code paths this CPU does not pick, e.g. ``-mno-avx512f``)."""
+    _compile(Path(target), tuple(extra_flags))
+    return _declare(ctypes.CDLL(str(target)))
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels (compiling them on first use), or ``None`` without a C compiler."""
+    global _LIB, _TRIED
+    if _TRIED:
+        return _LIB
+    _TRIED = True
+    target = _cache_dir() / f"scan-{_machine_key()}.so"
+    try:
+        if not target.is_file():
+            _compile(target)
+        lib = _declare(ctypes.CDLL(str(target)))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        log.warning("native scan kernels unavailable (%s %s); using the numba kernels", err,
+                    detail.decode(errors="replace")[:200])
+        return None
     _LIB = lib
     return lib
