@@ -10,10 +10,11 @@ numba against 96 M with the same loop in C. The C source below is compiled once 
 when no compiler is available :func:`load` returns ``None`` and the scan falls back to the
 numba kernels in :mod:`biocnn.binding.fastscan` (same results, slower).
 
-Kernels (all single-threaded; the caller splits the windows over threads, ctypes releases the GIL):
+Kernels (all single-threaded; the caller runs one batch per thread or splits a batch's windows
+over threads; ctypes releases the GIL). Vectors are 16 floats wide with AVX-512, 8 otherwise.
 
-* ``biocnn_encode``: ASCII bases -> codes 0-4 through a 256-entry table; returns the index of
-  the first invalid character or -1.
+* ``biocnn_encode``: ASCII bases -> codes 0-4 through a 256-entry table (64 bytes per byte
+  permute with AVX-512 VBMI); returns the index of the first invalid character or -1.
 * ``biocnn_pool``: max (and sum) of the rectified detector outputs over every DeepBind-padded
   window, from 4-mer look-up tables (see :func:`biocnn.binding.fastscan.quad_tables`).
 * ``biocnn_score``: ``biocnn_pool`` then DeepBind's head (hidden layer, output) on each strand.
