@@ -282,7 +282,7 @@ def augmentation(cfg, seed: int):
                                   SpatialPadd)
 
     keys = ["image", "label"]
-    if cfg.class_ratios is not None:  # centres drawn per class (absent classes are skipped, with a warning)
+    if cfg.class_ratios is not None:  # centres drawn per class; a class absent from an image is skipped there
         crop = RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=cfg.patch_size,
                                        ratios=cfg.class_ratios, num_classes=len(cfg.label_values),
                                        num_samples=cfg.samples_per_image, warn=False)
