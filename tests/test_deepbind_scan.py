@@ -173,3 +173,26 @@ def test_kernels_without_avx512_give_the_same_scores(tmp_path):
             scorer = WindowScorer(model, 101, 50, backend="native")
             scorer.lib = lib
             torch.testing.assert_close(scorer.score(codes(seq)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scan_output_is_the_same_with_one_or_two_threads(tmp_path):
+    """Two threads score batches in parallel (one each); the files must not change by a byte:
+    records of all lengths (empty, shorter than the motif, shorter than a window), N runs,
+    IUPAC codes and lowercase, many batches per record."""
+    torch.manual_seed(1)
+    model = DeepBind(num_motifs=4, motif_len=9, hidden=8).eval()
+    records = [_genome(n, 7 + n) if n else "" for n in (9000, 5, 0, 40, 6100)]
+    fa = tmp_path / "multi.fa"
+    fa.write_text("".join(f">r{i}\n" + "\n".join(s[j:j + 70] for j in range(0, len(s), 70)) + "\n"
+                          for i, s in enumerate(records)))
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            stats = scan_fasta(model, fa, tmp_path / f"t{n}", window=50, stride=20, threshold=0.0, chunk=1000)
+            assert stats["short_records"] == ["r1", "r2"]
+    finally:
+        torch.set_num_threads(threads)
+    for ext in ("bedgraph", "bed"):
+        assert (tmp_path / f"t1.{ext}").read_bytes() == (tmp_path / f"t2.{ext}").read_bytes()
+    assert (tmp_path / "t1.bedgraph").read_text().count("\n") == stats["windows"] > 700
