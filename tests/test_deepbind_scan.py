@@ -83,7 +83,7 @@ def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
     # Halfway cases (rounded to even, as Python does), negative zero, small negatives, large values.
     values = np.array([0.0, -0.0, 0.00005, 0.00015, -0.00004, 1.23456, -7.77775, 123456.5, 2.5e-5, 1e-9, 0.99995,
                        *np.random.default_rng(0).normal(0, 3, 500)], np.float32)
-    starts = np.arange(len(values), dtype=np.int64) * 50
+    starts = np.arange(len(values), dtype=np.int64) * 7_777_777  # 1 to 10 digits
     out = {}
     for name, lib_ in (("c", lib), ("python", None)):
         with open(tmp_path / name, "wb") as fh:

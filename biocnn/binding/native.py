@@ -346,13 +346,20 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
     free(om); free(os); free(f); free(y);
 }
 
+static const char DIGITS2[201] =  /* "00" .. "99": two digits per division */
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static char *put_int(char *p, int64_t x) {
     char tmp[24];
-    int n = 0;
-    if (x < 0) { *p++ = '-'; x = -x; }
-    do { tmp[n++] = (char)('0' + x % 10); x /= 10; } while (x);
-    while (n) *p++ = tmp[--n];
-    return p;
+    int n = 24;
+    uint64_t u = x < 0 ? -(uint64_t)x : (uint64_t)x;
+    if (x < 0) *p++ = '-';
+    while (u >= 100) { const unsigned r = (unsigned)(u % 100); u /= 100; n -= 2; memcpy(tmp + n, DIGITS2 + 2 * r, 2); }
+    if (u >= 10) { n -= 2; memcpy(tmp + n, DIGITS2 + 2 * u, 2); } else tmp[--n] = (char)('0' + u);
+    memcpy(p, tmp + n, 24 - n);
+    return p + 24 - n;
 }
 
 /* "chrom\tlo\thi\tscore\n" per window; returns the bytes written (out: n * (len + 64) bytes). */
@@ -373,9 +380,8 @@ long biocnn_bedgraph(const char *chrom, long chrom_len, const int64_t *lo, const
                    value as Python's "%.4f" does. */
                 int64_t x = (int64_t)rint(v * 10000.0);
                 p = put_int(p, x / 10000); *p++ = '.';
-                int64_t f = x % 10000;
-                p[0] = (char)('0' + f / 1000); p[1] = (char)('0' + f / 100 % 10);
-                p[2] = (char)('0' + f / 10 % 10); p[3] = (char)('0' + f % 10); p += 4;
+                const int64_t f = x % 10000;
+                memcpy(p, DIGITS2 + 2 * (f / 100), 2); memcpy(p + 2, DIGITS2 + 2 * (f % 100), 2); p += 4;
             }
         }
         *p++ = '\n';

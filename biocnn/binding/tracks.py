@@ -49,8 +49,13 @@ class TrackWriter:
             return
         # Runs of windows above the threshold that overlap (or touch) one another, found with
         # array operations; only the runs, not the windows, are visited in Python.
-        a, e, v = starts[above], win_end[above], scores[above]
-        breaks = np.flatnonzero(a[1:] > np.maximum.accumulate(e)[:-1]) + 1
+        if above.size == len(scores):  # every window (common with a low threshold): no copies
+            a, e, v = starts, win_end, scores
+        else:
+            a, e, v = starts[above], win_end[above], scores[above]
+        # Equal-length windows end in order; a record's short last window may not.
+        reach = e if ends is None else np.maximum.accumulate(e)
+        breaks = np.flatnonzero(a[1:] > reach[:-1]) + 1
         first = np.r_[0, breaks]
         run_end = np.maximum.reduceat(e, first)
         run_best = np.maximum.reduceat(v, first)
