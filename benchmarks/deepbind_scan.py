@@ -16,7 +16,6 @@ process on 10 and 50 Mbp genomes (flat = memory independent of genome length).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from biocnn.checkpoint import load_model, load_weights, save_weights
+from biocnn.checkpoint import load_model, load_weights
 from biocnn.config import TrainConfig
 from biocnn.device import seed_everything
 from biocnn.models import build_model

@@ -31,7 +31,7 @@ def detector_sites(model: DeepBind, x: torch.Tensor, top_fraction: float = 0.5, 
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Counts (motifs, 4, motif_len) of the windows that activate each detector, and the
     number of sites per detector."""
-    k, m = model.motif_len, model.num_motifs
+    k = model.motif_len
     best_val, best_win = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]

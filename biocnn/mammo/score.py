@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 

@@ -6,8 +6,6 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from biocnn.checkpoint import read_json
 from biocnn.io.atomic import atomic_path, write_json
 
