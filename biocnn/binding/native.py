@@ -302,7 +302,6 @@ void biocnn_score(const uint8_t *codes, const float *ztab, const float *bias, co
     const int F = avg ? 2 * m : m, NV = H / VW;
     float *f = malloc(sizeof(float) * ROWS * F), *y = malloc(sizeof(float) * block * strands);
     const float inv = 1.0f / (float)(w + k - 1);
-    const vf zero = {0};
     for (long b = i0; b < i1; b += block) {
         const long e = b + block < i1 ? b + block : i1;
         const long rows = (e - b) * strands;

@@ -242,11 +242,11 @@ class WindowScorer:
                                   w1t.ctypes.data, b1.ctypes.data, w1t.shape[1], w2.ctypes.data, b2,
                                   scores[a:].ctypes.data)
 
-        parts = np.linspace(0, n_windows, self.threads + 1).astype(int)
         if self.pool is None or not split or n_windows < 2 * _NATIVE_BLOCK:
             run(0, n_windows)
         else:  # ctypes releases the GIL: the threads run the kernels in parallel
-            list(self.pool.map(run, parts[:-1].tolist(), parts[1:].tolist()))
+            parts = np.linspace(0, n_windows, self.threads + 1).astype(int).tolist()
+            list(self.pool.map(run, parts[:-1], parts[1:]))
         return scores
 
     @torch.no_grad()
@@ -296,7 +296,6 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
                backend: str = "auto") -> dict:
     """Scan every record of ``fasta``; returns counts and speed (also written to PREFIX.json)."""
     scorer = WindowScorer(model, window, stride, backend)
-    lib = getattr(scorer, "lib", None)
     per_chunk = max(1, chunk // stride)  # windows scored per batch
     take = (per_chunk - 1) * stride + window
     step = per_chunk * stride
@@ -304,7 +303,7 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
     stats = {"bp": 0, "windows": 0, "records": 0, "short_records": []}
     start = last_report = time.perf_counter()
     with atomic_open(out_prefix + ".bedgraph", "wb") as bg, atomic_open(out_prefix + ".bed") as bed:
-        writer = TrackWriter(bg, bed, window, stride, threshold, lib)
+        writer = TrackWriter(bg, bed, window, stride, threshold, scorer.lib)
         batches = _Batches(scorer, writer, stats, fasta)
         try:
             for name, pieces in stream_records(fasta):
