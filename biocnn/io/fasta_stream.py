@@ -10,14 +10,13 @@ Biopython on plain, gzip and CRLF files).
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from biocnn.errors import InputError
-from biocnn.io.sequences import _CODES
+from biocnn.io.sequences import _CODES, open_binary
 
 _READ_BLOCK = 1 << 20  # bytes per read of the FASTA file
 
@@ -48,12 +47,7 @@ def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[bytes]]]:
     line breaks removed. The file is read in blocks of a few MB (plain or gzip, detected from its
     first bytes), so a chromosome is never held in memory whole."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    fh = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    with fh:
+    with open_binary(path) as fh:
         reader = _BlockReader(fh)
         first = reader.header()
         if first is None:

@@ -125,16 +125,20 @@ def reverse_complement(seq: str) -> str:
 
 
 # ------------------------------------------------------------------------------- readers
-def open_text(path: str | Path):
-    """Open a plain or gzip'd text file (detected from its first bytes, not its name)."""
+def open_binary(path: str | Path):
+    """Open a plain or gzip'd file for reading bytes (gzip detected from its first bytes, not
+    its name)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def open_text(path: str | Path):
+    """Open a plain or gzip'd text file (UTF-8, universal newlines; see :func:`open_binary`)."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8")
 
 
 def _keep(out: SequenceSet, seen: set[str], record: SequenceRecord, min_len: int) -> None:
