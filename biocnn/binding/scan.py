@@ -345,28 +345,39 @@ class _Batches:
     """A pipeline: the main thread reads on while batches are scored in background threads (with
     the C kernels, one batch per thread, several at once: no thread waits for another to finish
     its share of a batch, which a reader or writer thread on the same cores would delay) and one
-    thread writes them in order. At most ``parallel + 1`` batches are held at a time."""
+    thread writes them in order. At most ``parallel + 1`` batches are held at a time: one per
+    scoring thread plus one read ahead, so a thread that finishes a batch starts the next at once
+    instead of waiting for the main thread to read it."""
 
     def __init__(self, scorer: WindowScorer, writer: TrackWriter, stats: dict, source: str | Path):
         self.scorer, self.writer, self.stats, self.source = scorer, writer, stats, source
         self.parallel = scorer.parallel_batches
         self.scoring, self.writing = ThreadPoolExecutor(self.parallel), ThreadPoolExecutor(1)
-        self.jobs: deque = deque()  # write jobs not yet known to be done, oldest first
+        self.jobs: deque = deque()  # (write job, holds a batch) not yet known to be done, oldest first
+        self.held = 0  # batches among them
 
     def submit(self, raw: bytes, name: str, offset: int) -> None:
         split = self.parallel == 1  # one batch at a time: its windows are spread over the threads
         scored = self.scoring.submit(self.scorer.score_bases, raw, name, self.source, offset, split)
-        self._queue(self.writing.submit(self._write, scored, name, offset))
+        self._queue(self.writing.submit(self._write, scored, name, offset), batch=True)
 
-    def _queue(self, job) -> None:
-        self.jobs.append(job)
-        while len(self.jobs) > self.parallel:  # bounded memory; raises a batch's error, if any
-            self.jobs.popleft().result()
+    def _queue(self, job, batch: bool) -> None:
+        self.jobs.append((job, batch))
+        self.held += batch
+        # Bounded memory (record ends hold no batch, so they do not count: the next record is read
+        # while the last one's batches are scored); raises a batch's error, if any.
+        while self.held > self.parallel + 1:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        job, batch = self.jobs.popleft()
+        self.held -= batch
+        job.result()
 
     def drain(self) -> None:
         """Wait until every submitted batch is written."""
         while self.jobs:
-            self.jobs.popleft().result()
+            self._wait_oldest()
 
     def close(self) -> None:
         for executor in (self.scoring, self.writing):
@@ -375,7 +386,7 @@ class _Batches:
     def end_record(self, short: bytes | None, name: str, offset: int) -> None:
         """After the record's batches: score ``short``, the bases left over that are shorter than
         a window (scored whole, as the model would score them), and close the record's last peak."""
-        self._queue(self.writing.submit(self._end_record, short, name, offset))
+        self._queue(self.writing.submit(self._end_record, short, name, offset), batch=False)
 
     def _end_record(self, short: bytes | None, name: str, offset: int) -> None:
         if short is not None:
