@@ -82,15 +82,17 @@ def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
     assert lib is not None
     # Halfway cases (rounded to even, as Python does), negative zero, small negatives, large values.
     values = np.array([0.0, -0.0, 0.00005, 0.00015, -0.00004, 1.23456, -7.77775, 123456.5, 2.5e-5, 1e-9, 0.99995,
+                       9.99999e13, -3e14, 1e20, -3.4e38, np.inf, -np.inf, np.nan,
                        *np.random.default_rng(0).normal(0, 3, 500)], np.float32)
     starts = np.arange(len(values), dtype=np.int64) * 7_777_777  # 1 to 10 digits
-    out = {}
-    for name, lib_ in (("c", lib), ("python", None)):
-        with open(tmp_path / name, "wb") as fh:
-            TrackWriter(fh, None, 101, 50, float("inf"), lib_).windows("chrUn_KI270302v1", starts, values)
-        out[name] = (tmp_path / name).read_bytes()
-    assert out["c"] == out["python"]
-    assert out["c"].count(b"\n") == len(values)
+    for chrom in ("chrUn_KI270302v1", "a_record_name_longer_than_32_characters"):  # both copy paths
+        out = {}
+        for name, lib_ in (("c", lib), ("python", None)):
+            with open(tmp_path / name, "wb") as fh:
+                TrackWriter(fh, None, 101, 50, float("inf"), lib_).windows(chrom, starts, values)
+            out[name] = (tmp_path / name).read_bytes()
+        assert out["c"] == out["python"]
+        assert out["c"].count(b"\n") == len(values)
 
 
 def test_scan_backends_agree_and_invalid_character_names_its_position(tmp_path):

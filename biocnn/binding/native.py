@@ -42,6 +42,7 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <stdio.h>
 
 #if defined(__AVX512VBMI__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -350,38 +351,48 @@ static const char DIGITS2[201] =  /* "00" .. "99": two digits per division */
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-static char *put_int(char *p, int64_t x) {
-    char tmp[24];
-    int n = 24;
-    uint64_t u = x < 0 ? -(uint64_t)x : (uint64_t)x;
-    if (x < 0) *p++ = '-';
-    while (u >= 100) { const unsigned r = (unsigned)(u % 100); u /= 100; n -= 2; memcpy(tmp + n, DIGITS2 + 2 * r, 2); }
-    if (u >= 10) { n -= 2; memcpy(tmp + n, DIGITS2 + 2 * u, 2); } else tmp[--n] = (char)('0' + u);
-    memcpy(p, tmp + n, 24 - n);
-    return p + 24 - n;
+/* Decimal digits of u, written straight to their place (no scratch copy: a variable-length
+   memcpy per number was most of the cost). */
+static inline char *put_uint(char *p, uint64_t u) {
+    int n = 1;
+    for (uint64_t t = u; t >= 10; t /= 10) n++;
+    char *q = p + n;
+    while (u >= 100) { q -= 2; memcpy(q, DIGITS2 + 2 * (u % 100), 2); u /= 100; }
+    if (u >= 10) memcpy(q - 2, DIGITS2 + 2 * u, 2); else q[-1] = (char)('0' + u);
+    return p + n;
 }
 
-/* "chrom\tlo\thi\tscore\n" per window; returns the bytes written (out: n * (len + 64) bytes). */
+static inline char *put_int(char *p, int64_t x) {
+    if (x < 0) { *p++ = '-'; return put_uint(p, -(uint64_t)x); }
+    return put_uint(p, (uint64_t)x);
+}
+
+/* "chrom\tlo\thi\tscore\n" per window; returns the bytes written (out: n * (chrom_len + 128)
+   bytes: a line takes at most chrom_len + 92, the rest is room for the fixed-size copies). */
 long biocnn_bedgraph(const char *chrom, long chrom_len, const int64_t *lo, const int64_t *hi,
                      const float *score, long n, char *out) {
     char *p = out;
+    char name[32];  /* short names are copied as one fixed-size block (the tab is written over) */
+    const int short_name = chrom_len < 32;
+    if (short_name) { memset(name, 0, 32); memcpy(name, chrom, chrom_len); }
     for (long i = 0; i < n; i++) {
-        memcpy(p, chrom, chrom_len); p += chrom_len; *p++ = '\t';
+        if (short_name) memcpy(p, name, 32); else memcpy(p, chrom, chrom_len);
+        p += chrom_len; *p++ = '\t';
         p = put_int(p, lo[i]); *p++ = '\t';
         p = put_int(p, hi[i]); *p++ = '\t';
-        double v = score[i];
+        const double v = score[i];
         if (isnan(v)) { memcpy(p, "nan", 3); p += 3; }
+        else if (isinf(v)) { if (v < 0) *p++ = '-'; memcpy(p, "inf", 3); p += 3; }
+        else if (fabs(v) >= 1e14) p += snprintf(p, 64, "%.4f", v);  /* past the fixed-point path */
         else {
-            if (signbit(v)) { *p++ = '-'; v = -v; }
-            if (isinf(v)) { memcpy(p, "inf", 3); p += 3; }
-            else {
-                /* float32 * 1e4 is exact in double, so rint (half to even) rounds the exact
-                   value as Python's "%.4f" does. */
-                int64_t x = (int64_t)rint(v * 10000.0);
-                p = put_int(p, x / 10000); *p++ = '.';
-                const int64_t f = x % 10000;
-                memcpy(p, DIGITS2 + 2 * (f / 100), 2); memcpy(p + 2, DIGITS2 + 2 * (f % 100), 2); p += 4;
-            }
+            /* float32 * 1e4 is exact in double, so rint (half to even) rounds the exact value as
+               Python's "%.4f" does. */
+            const double a = fabs(v);
+            if (signbit(v)) *p++ = '-';
+            const int64_t x = (int64_t)rint(a * 10000.0);
+            p = put_uint(p, (uint64_t)(x / 10000)); *p++ = '.';
+            const int64_t f = x % 10000;
+            memcpy(p, DIGITS2 + 2 * (f / 100), 2); memcpy(p + 2, DIGITS2 + 2 * (f % 100), 2); p += 4;
         }
         *p++ = '\n';
     }

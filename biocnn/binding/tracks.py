@@ -79,7 +79,7 @@ class TrackWriter:
         name = chrom.encode()
         lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
         scores = np.ascontiguousarray(scores, np.float32)
-        size = len(lo) * (len(name) + 64)
+        size = len(lo) * (len(name) + 128)  # the C formatter's bound per line
         if len(self._text) < size:  # reused: a fresh buffer per batch costs page faults
             self._text = np.empty(size, np.uint8)
         n = self.lib.biocnn_bedgraph(name, len(name), lo.ctypes.data, hi.ctypes.data, scores.ctypes.data, len(lo),
