@@ -198,3 +198,42 @@ def test_scan_output_is_the_same_with_one_or_two_threads(tmp_path):
     for ext in ("bedgraph", "bed"):
         assert (tmp_path / f"t1.{ext}").read_bytes() == (tmp_path / f"t2.{ext}").read_bytes()
     assert (tmp_path / "t1.bedgraph").read_text().count("\n") == stats["windows"] > 700
+
+
+def test_record_batches_match_slices_of_the_whole_record_for_any_piece_split():
+    """Batches assembled from pieces (views inside one piece, joins across pieces) equal slices
+    of the joined record, for overlapping (step < take) and gapped (step > take) batches."""
+    from biocnn.binding.scan import record_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(0, 300))
+        seq = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, n)].tobytes()
+        cuts = sorted(rng.integers(0, n + 1, int(rng.integers(0, 8))).tolist())
+        pieces = [seq[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+        take, step = (int(v) for v in rng.integers(1, 60, 2))
+        got = [(bytes(b), o, last) for b, o, last in record_batches(iter(pieces), take, step)]
+        expected, o = [], 0
+        while n - o >= take:
+            expected.append((seq[o:o + take], o, False))
+            o += step
+        assert got == [*expected, (seq[o:], o, True)]
+
+
+@pytest.mark.parametrize("read_block", [200, 417, 611])
+def test_windows_farther_apart_than_a_window_score_the_right_bases(tmp_path, monkeypatch, read_block):
+    """stride > window: the bases between windows are skipped across read blocks (a batch's last
+    step used to reach past the buffered bases and shift every later window)."""
+    monkeypatch.setattr(fasta_stream, "_READ_BLOCK", read_block)
+    torch.manual_seed(0)
+    model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
+    seq = _genome(3000, 1)
+    fa = tmp_path / "g.fa"
+    fa.write_text(">c\n" + "\n".join(seq[i:i + 60] for i in range(0, 3000, 60)) + "\n")
+    scan_fasta(model, fa, tmp_path / "o", window=30, stride=70, chunk=200)
+    rows = [line.split("\t") for line in (tmp_path / "o.bedgraph").read_text().splitlines()]
+    assert [int(r[1]) for r in rows] == list(range(0, 3000 - 30 + 1, 70))
+    x = torch.from_numpy(np.stack([one_hot(seq[int(r[1]):int(r[1]) + 30]) for r in rows])).float()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose([float(r[3]) for r in rows], expected, atol=1e-4)

@@ -308,16 +308,11 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
         try:
             for name, pieces in stream_records(fasta):
                 stats["records"] += 1
-                buf, offset = b"", 0  # buf: bases of the record from ``offset`` on not yet scored
-                for piece in pieces:
-                    stats["bp"] += len(piece)
-                    buf += piece
-                    done = 0
-                    view = memoryview(buf)  # batches are views of ``buf`` (immutable), not copies
-                    while len(buf) - done >= take:
-                        batches.submit(view[done:done + take], name, offset)
-                        done, offset = done + step, offset + step
-                    buf = buf[done:]  # at most one batch plus one read block is buffered
+                for bases, offset, rest in record_batches(_counted(pieces, stats), take, step):
+                    if rest:  # the record's last bases, fewer than a batch
+                        buf = bytes(bases)
+                        break
+                    batches.submit(bases, name, offset)
                     now = time.perf_counter()
                     if now - last_report > progress_every:
                         log.info("scanned %d bp, %.2f Mbp/s", stats["bp"], stats["bp"] / (now - start) / 1e6)
@@ -339,6 +334,62 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
                     len(stats["short_records"]), ", ".join(stats["short_records"][:5]))
     write_json(out_prefix + ".json", stats)
     return stats
+
+
+def record_batches(pieces, take: int, step: int):
+    """Split a record given as pieces of bases into batches: yields ``(bases, offset, False)`` for
+    bases ``[offset, offset + take)``, offset = 0, step, 2 * step, ..., then once
+    ``(bases, offset, True)`` with the bases from ``offset`` to the end (fewer than ``take``).
+
+    Each base is copied at most once: a batch inside one piece is a view of it, one spanning
+    pieces is joined (concatenating the pieces into one buffer copied every base two or three
+    times, a few % of a scan). ``step > take`` (windows farther apart than a window) skips the
+    bases in between."""
+    held: deque = deque()  # memoryviews of the bases from ``offset`` on, in order
+    size = offset = skip = 0  # skip: bases still to drop from the next pieces
+    for piece in pieces:
+        view = memoryview(piece)
+        if skip:
+            cut = min(skip, len(view))
+            view, skip = view[cut:], skip - cut
+        if len(view):
+            held.append(view)
+            size += len(view)
+        while size >= take:
+            first = held[0]
+            yield (first[:take] if len(first) >= take else _join(held, take)), offset, False
+            skip = _drop(held, step)
+            size, offset = max(size - step, 0), offset + step
+    yield _join(held, size), offset, True
+
+
+def _counted(pieces, stats: dict):
+    """The pieces, their bases added to ``stats["bp"]`` as they are read."""
+    for piece in pieces:
+        stats["bp"] += len(piece)
+        yield piece
+
+
+def _join(held: deque, n: int) -> bytes:
+    """The first ``n`` bases of ``held`` as one bytes object."""
+    parts = []
+    for view in held:
+        if n <= 0:
+            break
+        parts.append(view[:n])
+        n -= len(parts[-1])
+    return b"".join(parts)
+
+
+def _drop(held: deque, n: int) -> int:
+    """Drop the first ``n`` bases of ``held``; returns how many more there were to drop."""
+    while n and held:
+        if len(held[0]) <= n:
+            n -= len(held.popleft())
+        else:
+            held[0] = held[0][n:]
+            n = 0
+    return n
 
 
 class _Batches:
