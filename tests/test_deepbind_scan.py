@@ -237,3 +237,34 @@ def test_windows_farther_apart_than_a_window_score_the_right_bases(tmp_path, mon
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose([float(r[3]) for r in rows], expected, atol=1e-4)
+
+
+def test_many_short_records_keep_the_pending_writes_bounded(tmp_path, monkeypatch):
+    """Record ends do not count as held batches, but a cap bounds them: a FASTA of many records
+    shorter than a window cannot queue one job per record while the writer lags."""
+    import time
+
+    monkeypatch.setattr(scan_module, "_MAX_PENDING", 8)
+    slow_end = scan_module._Batches._end_record
+
+    def end_record(self, *args):
+        time.sleep(0.002)  # a writer slower than the reader
+        slow_end(self, *args)
+
+    pending = []
+    queue = scan_module._Batches._queue
+
+    def recording_queue(self, job, batch):
+        queue(self, job, batch)
+        pending.append(len(self.jobs))
+
+    monkeypatch.setattr(scan_module._Batches, "_end_record", end_record)
+    monkeypatch.setattr(scan_module._Batches, "_queue", recording_queue)
+    torch.manual_seed(0)
+    model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
+    seq = _genome(6000, 3).replace("N", "A")
+    fa = tmp_path / "short.fa"
+    fa.write_text("".join(f">r{i}\n{seq[60 * i:60 * i + 60]}\n" for i in range(100)))
+    stats = scan_fasta(model, fa, tmp_path / "o", window=101, stride=50)
+    assert stats["windows"] == 100 == len((tmp_path / "o.bedgraph").read_text().splitlines())
+    assert max(pending) <= 8 + 1

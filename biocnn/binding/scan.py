@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 ROW = 8192  # positions per row of the batched chunk convolution (rows parallelise over cores)
 _NATIVE_BLOCK = 128  # windows per block of the C kernel (its scratch memory is a few per-window vectors)
+_MAX_PENDING = 256  # write jobs (batches and record ends) waiting at most
 
 
 def _head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -342,9 +343,8 @@ def record_batches(pieces, take: int, step: int):
     ``(bases, offset, True)`` with the bases from ``offset`` to the end (fewer than ``take``).
 
     Each base is copied at most once: a batch inside one piece is a view of it, one spanning
-    pieces is joined (concatenating the pieces into one buffer copied every base two or three
-    times, a few % of a scan). ``step > take`` (windows farther apart than a window) skips the
-    bases in between."""
+    pieces is joined. ``step > take`` (windows farther apart than a window) skips the bases in
+    between, also when they lie in pieces not read yet."""
     held: deque = deque()  # memoryviews of the bases from ``offset`` on, in order
     size = offset = skip = 0  # skip: bases still to drop from the next pieces
     for piece in pieces:
@@ -415,9 +415,10 @@ class _Batches:
     def _queue(self, job, batch: bool) -> None:
         self.jobs.append((job, batch))
         self.held += batch
-        # Bounded memory (record ends hold no batch, so they do not count: the next record is read
-        # while the last one's batches are scored); raises a batch's error, if any.
-        while self.held > self.parallel + 1:
+        # Bounded memory; raises a batch's error, if any. Record ends hold no batch, so they do not
+        # count against the batches (the next record is read while the last one's batches are
+        # scored), only against a cap on pending jobs (a FASTA of many short records).
+        while self.held > self.parallel + 1 or len(self.jobs) > _MAX_PENDING:
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
