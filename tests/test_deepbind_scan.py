@@ -267,4 +267,4 @@ def test_many_short_records_keep_the_pending_writes_bounded(tmp_path, monkeypatc
     fa.write_text("".join(f">r{i}\n{seq[60 * i:60 * i + 60]}\n" for i in range(100)))
     stats = scan_fasta(model, fa, tmp_path / "o", window=101, stride=50)
     assert stats["windows"] == 100 == len((tmp_path / "o.bedgraph").read_text().splitlines())
-    assert max(pending) <= 8 + 1
+    assert max(pending) <= 8  # _queue waits until at most the cap is pending

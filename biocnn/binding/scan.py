@@ -17,7 +17,8 @@ positions), stacked as extra output channels.
 
 Backends: ``native`` (CPU default): C kernels (:mod:`biocnn.binding.native`) that sum 4-mer
 table rows instead of multiplying one-hot columns, pool per stride-long segment and run the
-dense head, windows split over ``torch.get_num_threads()`` threads; ``lookup``: the numba
+dense head (a scan scores one batch per thread; :meth:`WindowScorer.score` on one chunk splits
+its windows over ``torch.get_num_threads()`` threads); ``lookup``: the numba
 kernels of :mod:`biocnn.binding.fastscan` (used when no C compiler is found); ``torch``
 (CUDA default): dense convolutions.
 
@@ -310,8 +311,8 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
             for name, pieces in stream_records(fasta):
                 stats["records"] += 1
                 for bases, offset, rest in record_batches(_counted(pieces, stats), take, step):
-                    if rest:  # the record's last bases, fewer than a batch
-                        buf = bytes(bases)
+                    if rest:  # the record's last bases (bytes), fewer than a batch
+                        buf = bases
                         break
                     batches.submit(bases, name, offset)
                     now = time.perf_counter()
