@@ -239,27 +239,21 @@ def test_windows_farther_apart_than_a_window_score_the_right_bases(tmp_path, mon
     np.testing.assert_allclose([float(r[3]) for r in rows], expected, atol=1e-4)
 
 
-def test_many_short_records_keep_the_pending_writes_bounded(tmp_path, monkeypatch):
-    """Record ends do not count as held batches, but a cap bounds them: a FASTA of many records
-    shorter than a window cannot queue one job per record while the writer lags."""
+def test_jobs_read_ahead_of_the_writing_stay_bounded(tmp_path, monkeypatch):
+    """Workers read on while the writing lags, but never more than the pipeline's limit of jobs
+    ahead of it: a FASTA of many records shorter than a window (a batch and a record end each)
+    with a slow writer cannot pile up jobs."""
     import time
 
-    monkeypatch.setattr(scan_module, "_MAX_PENDING", 8)
-    slow_end = scan_module._Batches._end_record
+    ahead = []
+    write = scan_module._Pipeline._write
 
-    def end_record(self, *args):
-        time.sleep(0.002)  # a writer slower than the reader
-        slow_end(self, *args)
+    def slow_write(self, *args):
+        time.sleep(0.002)  # a writer slower than the readers
+        ahead.append(self.next_read - self.next_write)
+        write(self, *args)
 
-    pending = []
-    queue = scan_module._Batches._queue
-
-    def recording_queue(self, job, batch):
-        queue(self, job, batch)
-        pending.append(len(self.jobs))
-
-    monkeypatch.setattr(scan_module._Batches, "_end_record", end_record)
-    monkeypatch.setattr(scan_module._Batches, "_queue", recording_queue)
+    monkeypatch.setattr(scan_module._Pipeline, "_write", slow_write)
     torch.manual_seed(0)
     model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
     seq = _genome(6000, 3).replace("N", "A")
@@ -267,4 +261,35 @@ def test_many_short_records_keep_the_pending_writes_bounded(tmp_path, monkeypatc
     fa.write_text("".join(f">r{i}\n{seq[60 * i:60 * i + 60]}\n" for i in range(100)))
     stats = scan_fasta(model, fa, tmp_path / "o", window=101, stride=50)
     assert stats["windows"] == 100 == len((tmp_path / "o.bedgraph").read_text().splitlines())
-    assert max(pending) <= 8  # _queue waits until at most the cap is pending
+    limit = 2 * max(2, torch.get_num_threads())
+    assert len(ahead) == 100 and max(ahead) <= limit
+    assert max(ahead) == limit  # the readers did run ahead (up to the limit) while the writer slept
+
+
+def test_the_first_invalid_base_in_the_file_is_reported_whichever_batch_fails_first(tmp_path, monkeypatch):
+    """Batches are scored in parallel; when two contain invalid characters, the error names the
+    one earlier in the file even if the later batch fails first."""
+    import time
+
+    score_bases = WindowScorer.score_bases
+
+    def slow_first(self, raw, record, source, offset=0, split=True):
+        if offset == 0:
+            time.sleep(0.2)  # the later batch fails first
+        return score_bases(self, raw, record, source, offset, split)
+
+    monkeypatch.setattr(WindowScorer, "score_bases", slow_first)
+    seq = list(_genome(3000, 2).replace("N", "A"))
+    seq[100], seq[2500] = "!", "?"
+    fa = tmp_path / "bad.fa"
+    fa.write_text(">c\n" + "".join(seq) + "\n")
+    torch.manual_seed(0)
+    model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(InputError, match="invalid character '!' at position 101"):
+            scan_fasta(model, fa, tmp_path / "o", window=50, stride=25, chunk=1000)
+    finally:
+        torch.set_num_threads(threads)
+    assert not (tmp_path / "o.bedgraph").exists()  # nothing half-written
