@@ -190,3 +190,17 @@ def test_class_ratios_centre_patches_on_the_chosen_classes():
     assert not all((p["label"] == 2).any() for p in posneg)
     with pytest.raises(ValueError, match="class_ratios"):
         DataConfig(**base, class_ratios=[1, 1])
+
+
+@pytest.mark.parametrize("shift", ["noise", "blur", "intensity"])
+def test_shifted_sets_from_one_seed_are_the_same_cases(tmp_path, shift):
+    """The uncertainty benchmark pairs its OOD sets with the in-distribution one (same seed):
+    a shift must change the images, never the cells, tumors or labels drawn."""
+    from biocnn.synthetic.malaria import malaria_field
+    from biocnn.synthetic.tumor import tumor_volume
+
+    for make, shape in ((malaria_field, 48), (tumor_volume, (16, 16, 16))):
+        image, label = make(np.random.default_rng(3), shape)
+        shifted, shifted_label = make(np.random.default_rng(3), shape, shift=shift)
+        np.testing.assert_array_equal(shifted_label, label)
+        assert np.abs(shifted.astype(np.float64) - image).mean() > 1e-3 * np.abs(image).mean()
