@@ -437,12 +437,13 @@ class _Pipeline:
 
     def _work(self) -> None:
         while True:
-            with self.changed:  # bounded memory: wait while the writing lags
-                while self.next_read - self.next_write >= self.limit and not self.stop:
-                    self.changed.wait()
             with self.reading:
-                if self.stop:
-                    return
+                with self.changed:  # bounded memory: wait while the writing lags (holding the
+                    # reading lock, so no other worker reads past the limit meanwhile)
+                    while self.next_read - self.next_write >= self.limit and not self.stop:
+                        self.changed.wait()
+                    if self.stop:
+                        return
                 number = self.next_read
                 try:
                     job = next(self.jobs, None)
