@@ -13,6 +13,7 @@ import tifffile
 from PIL import Image
 
 from biocnn.cli import main
+from biocnn.segment.ood import FeatureDensity
 
 MALARIA_CFG = """
 data: {{train: {train}, spatial_dims: 2, in_channels: 3, label_values: [0, 1], patch_size: [32, 32],
@@ -150,6 +151,14 @@ def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
     cfg.write_text(TUMOR_CFG.format(train=data))
     model = tmp_path / "model"
     assert main(["segment", "train", "--config", str(cfg), "--out", str(model)]) == 0
+    # Review references for both ways of sampling, so a --tta prediction is judged against TTA's.
+    info = FeatureDensity.load(model).info
+    assert len(info["training_structure_uncertainty"]) == len(info["training_structure_uncertainty_tta"]) == 3
+    pred_tta = tmp_path / "pred_tta"
+    assert main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred_tta),
+                 "--tta"]) == 0
+    threshold = json.loads((pred_tta / "predict.json").read_text())["review_threshold"]
+    assert threshold == pytest.approx(np.quantile(info["training_structure_uncertainty_tta"], 0.9))
     pred = tmp_path / "pred"
     assert main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred)]) == 0
     src = nib.load(str(test / "case_000" / "case_000_t1.nii.gz"))

@@ -119,7 +119,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     * the density of their encoder features (every flip) with cross-fitted reference
       distances (:class:`biocnn.segment.ood.FeatureDensity`);
     * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
-      dropout with the configured samples, and in 2D flip TTA with dropout off), from which
+      dropout with the configured samples, and flip TTA with dropout off), from which
       ``predict`` takes the review threshold
       (:func:`~biocnn.segment.uncertainty.review_threshold`). The validation split alone was too small for that (two
       tumor cases).
@@ -136,13 +136,14 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     inf, dims = cfg.inference, cfg.data.spatial_dims
     pre = preprocessing(cfg.data, train=False, with_label=False)
     views = flip_sets(dims, True)
-    # The structure uncertainty's scale depends on how it is sampled, so the reference is kept
-    # for Monte Carlo dropout and, in 2D, for flip TTA with dropout off (predict picks the
-    # matching one; in 3D the 8 flips of every training case cost more than the training).
+    # The structure uncertainty's scale depends on how it is sampled (flip TTA's runs lower), so
+    # the reference is kept for Monte Carlo dropout and for flip TTA with dropout off; predict
+    # picks the matching one. (In 3D the 8 flips cost about 40% of the demo's tumor training;
+    # without them a --tta prediction was judged against the Monte Carlo threshold, which
+    # flagged mostly the unfamiliar inputs, whatever their doubt.)
     # Built right before use: each one sets the model's dropout on or off.
-    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp)}
-    if dims == 2:
-        samplers["tta"] = lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp)
+    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp),
+                "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp)}
     feats, unc = [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
@@ -155,7 +156,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     model.eval()
     density = FeatureDensity.fit(np.stack(feats))
     density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc["mc"],
-                    "training_structure_uncertainty_tta": unc.get("tta"), "mc_samples": inf.mc_samples}
+                    "training_structure_uncertainty_tta": unc["tta"], "mc_samples": inf.mc_samples}
     threshold = review_threshold(inf, density.info)
     density.info["review_threshold"] = threshold
     density.save(out_dir)
