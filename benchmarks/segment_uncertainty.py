@@ -158,7 +158,9 @@ def main() -> None:
                                        "(a later run with the same directory reuses its data and models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sizes = {"malaria": (24, 12), "tumor": (12, 6)}
+    # Held-out cases per set: 12 malaria fields gave error AUROC 0.80 on one draw and 0.86 on 48
+    # fields (the same models), so the cheap 2D sets are large; 3D cases cost more.
+    sizes = {"malaria": (24, 48), "tumor": (12, 12)}
     result = {}
     for kind in args.kinds:
         n_train, n_test = sizes[kind]
