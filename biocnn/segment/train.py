@@ -138,9 +138,10 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     views = flip_sets(dims, True)
     # The structure uncertainty's scale depends on how it is sampled (flip TTA's runs lower), so
     # the reference is kept for Monte Carlo dropout and for flip TTA with dropout off; predict
-    # picks the matching one. (In 3D the 8 flips cost about 40% of the demo's tumor training;
-    # without them a --tta prediction was judged against the Monte Carlo threshold, which
-    # flagged mostly the unfamiliar inputs, whatever their doubt.)
+    # picks the matching one. (In 3D the 8 flips cost about as much as the training itself, a
+    # tumor model of the demo config took 213-216 s with them, 104-113 s without; but without
+    # them a --tta prediction was judged against the Monte Carlo threshold, which TTA's values
+    # rarely reach, so mostly the unfamiliar inputs were flagged, whatever their doubt.)
     # Built right before use: each one sets the model's dropout on or off.
     samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp),
                 "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp)}
