@@ -15,7 +15,8 @@ def _snakemake(*args, cwd=REPO):
 
 
 def test_demo_dag_dry_run():
-    run = _snakemake("-n", "--cores", "2")
+    # --forceall: the whole DAG, also in a checkout where the demo has already run.
+    run = _snakemake("-n", "--forceall", "--cores", "2")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "environment" in run.stdout and "all" in run.stdout
 
@@ -42,7 +43,7 @@ def test_bad_workflow_config_is_rejected(tmp_path):
 
 
 def test_slurm_profile_dry_run():
-    run = _snakemake("-n", "--profile", "configs/profiles/slurm")
+    run = _snakemake("-n", "--forceall", "--profile", "configs/profiles/slurm")
     assert run.returncode == 0, run.stderr + run.stdout
     assert "report" in run.stdout
 
