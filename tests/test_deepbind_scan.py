@@ -241,8 +241,8 @@ def test_windows_farther_apart_than_a_window_score_the_right_bases(tmp_path, mon
 
 def test_jobs_read_ahead_of_the_writing_stay_bounded(tmp_path, monkeypatch):
     """Workers read on while the writing lags, but never more than the pipeline's limit of jobs
-    ahead of it: a FASTA of many records shorter than a window (a batch and a record end each)
-    with a slow writer cannot pile up jobs."""
+    ahead of it: a FASTA of many records shorter than a window (one record-end job each, the
+    record scored whole) with a slow writer cannot pile up jobs."""
     import time
 
     ahead = []

@@ -448,7 +448,8 @@ class _Pipeline:
                 try:
                     job = next(self.jobs, None)
                 except Exception as exc:  # a read error (I/O, gzip): fails at its place in the file
-                    job = exc
+                    self._fail(number, exc)
+                    return
                 with self.lock:
                     if job is None:
                         self.stop = True
@@ -456,8 +457,6 @@ class _Pipeline:
                         return
                     self.next_read += 1
             try:
-                if isinstance(job, Exception):
-                    raise job
                 with self.scoring:
                     scores = self._score(*job)
             except Exception as exc:
