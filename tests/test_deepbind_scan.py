@@ -293,3 +293,16 @@ def test_the_first_invalid_base_in_the_file_is_reported_whichever_batch_fails_fi
     finally:
         torch.set_num_threads(threads)
     assert not (tmp_path / "o.bedgraph").exists()  # nothing half-written
+
+
+def test_a_truncated_gzip_fasta_is_an_error_naming_the_file_and_writes_nothing(tmp_path):
+    """A gzip stream cut short fails where the reader meets it, with the file named (was a bare
+    EOFError from the gzip module), and no output is left half-written."""
+    data = gzip.compress((">c\n" + _genome(200_000, 4) + "\n").encode())
+    fa = tmp_path / "cut.fa.gz"
+    fa.write_bytes(data[: len(data) // 2])
+    torch.manual_seed(0)
+    model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
+    with pytest.raises(InputError, match=r"cut\.fa\.gz: cannot read: Compressed file ended"):
+        scan_fasta(model, fa, tmp_path / "o", window=50, stride=25, chunk=1000)
+    assert not list(tmp_path.glob("o.*"))
