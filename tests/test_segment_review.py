@@ -108,6 +108,28 @@ def test_feature_stats_round_trip_and_errors(tmp_path):
         FeatureDensity.fit(np.zeros((2, 1, 4)))
 
 
+def test_encoder_features_see_the_scale_that_instance_norm_removes():
+    # Doubling the input doubles the first (bias-free) convolution's response: its log spread
+    # rises by log 2; the norm layer then removes the scale, so every later convolution sees
+    # the same input. Statistics taken after the norm would not change at all.
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=3, in_channels=2, out_channels=3, channels=(4, 8), norm="instance").eval()
+    x = torch.randn(1, 2, 12, 12, 12)
+    shift = (encoder_features(model, 2 * x) - encoder_features(model, x))[0]
+    torch.testing.assert_close(shift[:4], torch.full((4,), float(np.log(2))), rtol=0, atol=1e-4)
+    torch.testing.assert_close(shift[4:], torch.zeros(4 + 8 + 8), rtol=0, atol=1e-3)
+
+
+def test_older_feature_statistics_are_ignored_with_a_warning(tmp_path, caplog):
+    from safetensors.numpy import save_file
+
+    save_file({"mean": np.zeros(2)}, str(tmp_path / FEATURE_STATS),
+              metadata={"format": "biocnn-segment-feature-density/1", "info": "{}"})
+    with caplog.at_level("WARNING"):
+        assert FeatureDensity.load(tmp_path) is None
+    assert "older format" in caplog.text and str(tmp_path) in caplog.text
+
+
 def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows():
     from biocnn.backbone import enable_mc_dropout
 
@@ -115,7 +137,7 @@ def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows()
     model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), dropout=(0.0, 0.5)).eval()
     x = torch.randn(2, 1, 16, 16)
     plain = encoder_features(model, x)
-    assert plain.shape == (2, 2 * (4 + 8))
+    assert plain.shape == (2, 4 + 4 + 8 + 8)  # one value per channel of each of the 4 convolutions
     enable_mc_dropout(model)
     torch.testing.assert_close(encoder_features(model, x), plain)
     # Image features: (models, views, D); one window covering the image equals a direct pass.

@@ -3,22 +3,24 @@
 As in Lee et al. 2018 and Gonzalez et al. 2021 ("distance-based detection of out-of-distribution
 silent failures"): a U-Net that is confidently wrong on an unfamiliar input still shows it in
 its encoder features. At the end of training each training image (and its flips) is described
-by :func:`encoder_features` (per encoder stage and channel: the spatial mean and standard
-deviation of the activations, averaged over the sliding windows); a Gaussian with a
-Ledoit-Wolf shrinkage covariance is fitted to them (:class:`FeatureDensity`), and an input's
-Mahalanobis distance to it says how unlike the training images it looks.
+by :func:`encoder_features` (per encoder convolution and channel: the log of the spatial
+standard deviation of its response *before* the norm layer, averaged over the sliding windows);
+a Gaussian with a Ledoit-Wolf shrinkage covariance is fitted to them (:class:`FeatureDensity`),
+and an input's Mahalanobis distance to it says how unlike the training images it looks.
 
 To say what distance is large, the training images' own distances are kept as a reference, each
 computed *cross-fitted* (with a density fitted without that image, K folds), since an image's
 distance to a fit that includes it is optimistically small. ``percentile(d)`` estimates the
 share of training-like images nearer than ``d`` from a log-normal fitted robustly to those
 reference distances. Everything lives in ``feature_stats.safetensors`` in the
-model directory (no pickle); models trained before this existed simply have no file.
+model directory (no pickle); models trained before this existed simply have no file, and files
+of the first format (post-norm features) are ignored with a warning (retrain to get them back).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,23 +29,36 @@ import numpy as np
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 FEATURE_STATS = "feature_stats.safetensors"
-FORMAT = "biocnn-segment-feature-density/1"
+FORMAT = "biocnn-segment-feature-density/2"
+OLD_FORMATS = ("biocnn-segment-feature-density/1",)  # post-norm mean and std per stage
 
 
 @torch.no_grad()
 def encoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2 * sum(channels))``: per encoder stage and channel, spatial mean and std.
+    """``(B, D)``: per encoder convolution and output channel, ``log`` of the spatial standard
+    deviation of the convolution's response before its norm layer (``D`` = the summed output
+    channels of every convolution in the backbone's stages).
 
+    Why before the norm: instance norm (the 3D configs) divides each window's channels by
+    their own spread, so what comes out of it barely changes when an image gets noisier,
+    blurrier or differently contrasted; the response's scale, which the norm removes, is what
+    moves. Measured on the benchmark's tumor models: noisy volumes vs in-distribution AUROC
+    0.76 with the post-norm mean and std of each stage, 0.94 with these (all shifts: 0.92 ->
+    0.98; malaria 0.89 -> 0.95). The log makes a scale change a shift, which suits a Gaussian.
     The stages run without their dropout (as in eval mode), so the features are deterministic
     even while Monte Carlo dropout is switched on.
     """
     out = []
     h = x.float()
     for stage in model.backbone.stages:
-        h = stage.convs(h)
-        dims = tuple(range(2, h.dim()))
-        out += [h.mean(dims), h.std(dims, correction=0)]
+        for block in stage.convs:  # MONAI Convolution: .conv, then .adn (norm, activation)
+            response = block.conv(h)
+            dims = tuple(range(2, response.dim()))
+            out.append(torch.log(response.std(dims, correction=0) + 1e-6))
+            h = block.adn(response) if hasattr(block, "adn") else response
     return torch.cat(out, 1)
 
 
@@ -178,7 +193,8 @@ class FeatureDensity:
 
     @classmethod
     def load(cls, directory: str | Path) -> "FeatureDensity | None":
-        """The density stored in a model directory, or ``None`` for models trained without one."""
+        """The density stored in a model directory, or ``None`` for models trained without one
+        (or with the first format, whose features were taken after the norm layers)."""
         from safetensors import SafetensorError, safe_open
 
         from biocnn.errors import CheckpointError
@@ -189,6 +205,12 @@ class FeatureDensity:
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
+                if meta.get("format") in OLD_FORMATS:
+                    # Distances to features of another kind would be meaningless; the model
+                    # still predicts, without the OOD columns.
+                    log.warning("%s: feature statistics of an older format (%s); out-of-distribution "
+                                "columns stay empty until the model is retrained", path, meta["format"])
+                    return None
                 if meta.get("format") != FORMAT:
                     raise CheckpointError(f"{path}: not a {FORMAT} file")
                 arrays = {k: fh.get_tensor(k) for k in ("mean", "scale", "precision", "reference")}
