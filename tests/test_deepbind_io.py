@@ -10,8 +10,8 @@ import pytest
 from biocnn.binding.data import labelled
 from biocnn.binding.shuffle import dinucleotide_counts, dinucleotide_shuffle, shuffled_negatives
 from biocnn.errors import InputError
-from biocnn.io.sequences import (one_hot, one_hot_batch, read_bed_sequences, read_deepbind_table, read_fasta,
-                                 read_sequences, reverse_complement)
+from biocnn.io.sequences import (iter_fasta, one_hot, one_hot_batch, read_bed_sequences, read_deepbind_table,
+                                 read_fasta, read_sequences, reverse_complement)
 
 ENCODE = Path(__file__).resolve().parents[2] / "shared" / "data" / "encode"
 
@@ -87,6 +87,23 @@ def test_deepbind_table_header_checked(tmp_path):
     bad.write_text("id\tsequence\nx\tACGT\n")
     with pytest.raises(InputError, match="header lacks column"):
         read_deepbind_table(bad)
+
+
+@pytest.mark.parametrize("reader", [read_fasta, read_deepbind_table, lambda p: list(iter_fasta(p))],
+                         ids=["read_fasta", "read_deepbind_table", "iter_fasta"])
+def test_truncated_gzip_and_non_utf8_input_are_errors_naming_the_file(tmp_path, reader):
+    table = "FoldID\tEventID\tseq\tBound\n" + "".join(f"A\tseq{i}\tACGTACGTACGTACGTACGT\t1\n" for i in range(3000))
+    fasta = "".join(f">seq{i}\nACGTACGTACGTACGTACGT\n" for i in range(3000))
+    whole = gzip.compress((table if reader is read_deepbind_table else fasta).encode())
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # the gzip module raises a bare EOFError here
+    with pytest.raises(InputError, match=r"cut\.gz: cannot read: Compressed file ended"):
+        reader(cut)
+    latin = tmp_path / "latin1.txt"
+    first = table.splitlines()[0] + "\n" if reader is read_deepbind_table else ""
+    latin.write_bytes(first.encode() + ">seq\u00e9\nACGT\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.txt: not UTF-8 text"):
+        reader(latin)
 
 
 @pytest.mark.skipif(not ENCODE.is_dir(), reason="shared ENCODE data not present")

@@ -136,9 +136,46 @@ def open_binary(path: str | Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def open_text(path: str | Path):
-    """Open a plain or gzip'd text file (UTF-8, universal newlines; see :func:`open_binary`)."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8")
+class _Text(io.TextIOWrapper):
+    """A text file whose read errors name it: a truncated or corrupt gzip stream, bytes that
+    are not UTF-8 or a failing disk surface as an :class:`InputError`, not as a bare
+    ``EOFError`` / ``UnicodeDecodeError`` from deep inside a parser."""
+
+    source: str
+
+    def _failed(self, exc: Exception) -> InputError:
+        if isinstance(exc, UnicodeDecodeError):
+            return InputError(self.source, f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}): "
+                                           "is it a FASTA/TSV/VCF file?")
+        return InputError(self.source, f"cannot read: {exc}")
+
+    def read(self, size: int | None = -1) -> str:
+        try:
+            return super().read(size)
+        except (EOFError, OSError, UnicodeDecodeError) as exc:
+            raise self._failed(exc) from None
+
+    def readline(self, size: int = -1) -> str:
+        try:
+            return super().readline(size)
+        except (EOFError, OSError, UnicodeDecodeError) as exc:
+            raise self._failed(exc) from None
+
+    def __next__(self) -> str:
+        try:
+            return super().__next__()
+        except (EOFError, OSError, UnicodeDecodeError) as exc:
+            raise self._failed(exc) from None
+
+
+def open_text(path: str | Path) -> io.TextIOWrapper:
+    """Open a plain or gzip'd text file (UTF-8, universal newlines; see :func:`open_binary`).
+
+    Read errors (a truncated gzip, invalid UTF-8, I/O) are :class:`InputError` naming ``path``.
+    """
+    fh = _Text(open_binary(path), encoding="utf-8")
+    fh.source = str(path)
+    return fh
 
 
 def _keep(out: SequenceSet, seen: set[str], record: SequenceRecord, min_len: int) -> None:
