@@ -47,8 +47,12 @@ def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
     assert image_score(0.3, ood=False, review_threshold=0.5) == 0.3
     assert image_score(0.3, ood=True) == 0.3  # no threshold known
     # The review threshold: a quantile of the training images' values, or the configured one.
-    info = {"training_structure_uncertainty": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    info = {"training_structure_uncertainty": [0.5, 0.1, 0.3, 0.2, 0.4]}
     assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+    # The finite-sample quantile: the ceil((n + 1) q)-th smallest value, capped at the largest
+    # (the interpolated quantile would give 0.46 and 0.34 here).
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.9), info) == pytest.approx(0.5)
+    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.6), info) == pytest.approx(0.4)
     assert review_threshold(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
     assert review_threshold(InferenceConfig(roi_size=[8, 8]), {}) is None
     info["training_structure_uncertainty_tta"] = [0.01, 0.02, 0.03]

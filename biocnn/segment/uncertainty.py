@@ -110,8 +110,8 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     ``structure_unc`` (:func:`structure_uncertainty`) ranks inputs by how much of their
     segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
     outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
-    least ``review_threshold`` (by default the 0.9 quantile of the training images' structure
-    uncertainty): it rises above most ordinary inputs even when the model is confidently
+    least ``review_threshold`` (by default a 0.9 quantile of the training images' structure
+    uncertainty, see :func:`review_threshold`): it rises above most ordinary inputs even when the model is confidently
     wrong about it, yet inputs with still more doubt about their outlines stay ahead of it,
     because being unfamiliar does not mean being wrong. So ``score >= review_threshold``
     exactly for the inputs flagged for review.
@@ -130,11 +130,22 @@ def review_threshold(inf, info: dict[str, Any], tta: bool = False) -> float | No
     """``inference.review_threshold`` if set, else the ``inference.review_quantile`` of the
     training images' structure uncertainty stored with the feature statistics (or ``None``):
     the values measured with flip TTA when ``tta`` (and stored; older files have only the
-    Monte Carlo ones), else those measured with Monte Carlo dropout."""
+    Monte Carlo ones), else those measured with Monte Carlo dropout.
+
+    The quantile is the finite-sample (split-conformal) one: the ``ceil((n + 1) q)``-th smallest
+    of the ``n`` values (the largest when that exceeds ``n``). For a new input exchangeable
+    with them, that bounds the chance of exceeding it by ``1 - q``; the interpolated sample
+    quantile does not, and with the dozen cases a 3D training set has it sat below two of
+    them (measured: a third of the in-distribution held-out tumor cases flagged, not 10 %).
+    """
     if inf.review_threshold is not None:
         return float(inf.review_threshold)
     values = (tta and info.get("training_structure_uncertainty_tta")) or info.get("training_structure_uncertainty")
-    return float(np.quantile(values, inf.review_quantile)) if values else None
+    if not values:
+        return None
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    rank = min(len(values), math.ceil((len(values) + 1) * inf.review_quantile))
+    return float(values[rank - 1])
 
 
 def max_entropy(num_classes: int) -> float:
