@@ -111,10 +111,10 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
     outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
     least ``review_threshold`` (by default a 0.9 quantile of the training images' structure
-    uncertainty, see :func:`review_threshold`): it rises above most ordinary inputs even when the model is confidently
-    wrong about it, yet inputs with still more doubt about their outlines stay ahead of it,
-    because being unfamiliar does not mean being wrong. So ``score >= review_threshold``
-    exactly for the inputs flagged for review.
+    uncertainty, see :func:`review_threshold`): it rises above most ordinary inputs even when
+    the model is confidently wrong about it, yet inputs with still more doubt about their
+    outlines stay ahead of it, because being unfamiliar does not mean being wrong. So
+    ``score >= review_threshold`` exactly for the inputs flagged for review.
 
     Without feature statistics (models trained before they existed) or without a threshold,
     the score is the structure uncertainty. Earlier versions used the mean predictive entropy
