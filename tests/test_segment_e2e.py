@@ -13,7 +13,9 @@ import tifffile
 from PIL import Image
 
 from biocnn.cli import main
+from biocnn.segment.data import find_cases
 from biocnn.segment.ood import FeatureDensity
+from biocnn.segment.predict import Segmenter
 
 MALARIA_CFG = """
 data: {{train: {train}, spatial_dims: 2, in_channels: 3, label_values: [0, 1], patch_size: [32, 32],
@@ -97,6 +99,15 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
         assert float(r["feature_distance"]) > 0 and 0 <= float(r["ood_percentile"]) <= 1
         assert float(r["score"]) >= float(r["structure_uncertainty"]) >= 0
         assert 0 <= float(r["expected_dice_error"]) <= 1
+        assert (r["flag"] == "yes") == (float(r["score"]) >= info["review_threshold"])
+    # An input whose structure uncertainty equals the threshold (a training image's value can)
+    # is flagged: score >= threshold holds exactly for the flagged inputs.
+    seg = Segmenter([models[0]], mc_samples=4)
+    case = next(c for c in find_cases(test, 2, seg.data.modalities) if c.id == "field_000")
+    first = seg.predict_case(case, tmp_path)
+    seg.review_threshold = first["structure_uncertainty"]
+    again = seg.predict_case(case, tmp_path)
+    assert again["structure_uncertainty"] == first["structure_uncertainty"] and again["flag"] == "yes"
 
     (test / "images" / "broken.png").unlink()
     metrics_path = tmp_path / "metrics.json"

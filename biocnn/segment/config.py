@@ -74,7 +74,7 @@ class InferenceConfig(StrictModel):
     mc_samples: int = Field(20, ge=1)
     mc_batch: int = Field(5, ge=1)
     # Review score (uncertainty.csv): entropy is summed over the predicted structure dilated
-    # by this many voxels; an input is flagged when its structure uncertainty exceeds
+    # by this many voxels; an input is flagged when its structure uncertainty reaches
     # review_threshold (default: the review_quantile of the training images' values, the
     # review budget: about 1 - review_quantile of in-distribution inputs get flagged) or its
     # encoder features lie beyond ood_quantile of the training images' distances.

@@ -15,7 +15,7 @@ seen = rows written + failures.
 structure uncertainty, raised to at least the review threshold for out-of-distribution inputs
 (:func:`biocnn.segment.uncertainty.image_score`); ``flag`` is ``yes`` when the input's
 ``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
-exceeds the review threshold (``inference.review_threshold``, default: the
+reaches the review threshold (``inference.review_threshold``, default: the
 ``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
 training); then the components ``structure_uncertainty``,
 ``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
@@ -159,7 +159,9 @@ class Segmenter:
         if ood is not None:
             flags.append(ood)
         if self.review_threshold is not None:
-            flags.append(unc > self.review_threshold)
+            # At or above: the threshold is one of the training values (finite-sample quantile),
+            # and score >= threshold then holds exactly for the flagged inputs.
+            flags.append(unc >= self.review_threshold)
         return {"score": image_score(unc, bool(ood), self.review_threshold),
                 "flag": ("yes" if any(flags) else "no") if flags else "", **row}
 
