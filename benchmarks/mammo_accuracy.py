@@ -106,8 +106,8 @@ def main() -> int:
     goals = {"auc": ">= 0.90", "pointing_game": ">= 0.80"}
     print(f"\nmammography accuracy: {args.train_exams} training exams, {args.test_exams} held-out exams "
           f"({result['image']['n']} images, {result['image']['positives']} malignant)\n")
-    print(f"| metric | CNN | baseline (intensity) | CNN / baseline | goal |")
-    print(f"|---|---|---|---|---|")
+    print("| metric | CNN | baseline (intensity) | CNN / baseline | goal |")
+    print("|---|---|---|---|---|")
     for k in keys:
         cnn, b = result[k], base[k]
         ratio = f"{cnn / b:.2f}" if (cnn is not None and b) else "-"

@@ -211,7 +211,7 @@ def main() -> None:
                           "device": str(device), "sw_batch_size": args.sw_batch_size, "torch": torch.__version__}
     print(f"\nT = {args.samples} Monte Carlo samples, ratios = time / one deterministic pass "
           f"({device}, {args.threads} CPU thread(s))\n")
-    print(f"| input | deterministic (s) | naive ratio | ours ratio | naive error AUROC | ours error AUROC |")
+    print("| input | deterministic (s) | naive ratio | ours ratio | naive error AUROC | ours error AUROC |")
     print("|---|---|---|---|---|---|")
     for key in ("2d", "3d"):
         r = result[key]

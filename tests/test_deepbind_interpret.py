@@ -106,7 +106,7 @@ def test_variants_scores_both_strands_and_reports_ref_mismatch(tmp_path, model_d
     ref.write_text(">chr1\n" + genome + "\n")
     vcf = tmp_path / "v.vcf"
     lines = ["##fileformat=VCFv4.2", "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO",
-             f"chr1\t101\tsite\tG\tC\t.\t.\t.",  # breaks the motif
+             "chr1\t101\tsite\tG\tC\t.\t.\t.",  # breaks the motif
              f"chr1\t150\tmm\t{'A' if genome[149] != 'A' else 'C'}\tT\t.\t.\t.",  # wrong REF
              f"chr1\t60\tins\t{genome[59]}\t{genome[59]}TT,{genome[59]}G\t.\t.\t.",  # multi-ALT insertion
              "chr9\t10\tnochrom\tA\tC\t.\t.\t."]
