@@ -48,7 +48,7 @@ def stream_records(path: str | Path) -> Iterator[tuple[str, Iterator[bytes]]]:
     first bytes), so a chromosome is never held in memory whole."""
     path = Path(path)
     with open_binary(path) as fh:
-        reader = _BlockReader(fh, path)
+        reader = _BlockReader(fh)
         first = reader.header()
         if first is None:
             raise InputError(path, "file is empty")
@@ -77,15 +77,13 @@ def _bases(piece: bytes) -> bytes:
 class _BlockReader:
     """Splits a binary FASTA stream, read in large blocks, into header lines and sequence pieces."""
 
-    def __init__(self, fh, path: Path):
-        self.fh, self.path, self.buf, self.eof = fh, path, b"", False
+    def __init__(self, fh):
+        self.fh, self.buf, self.eof = fh, b"", False
         self.line_start = True  # the byte before ``buf`` ended a line
 
     def _fill(self) -> bool:
-        try:
-            block = b"" if self.eof else self.fh.read(_READ_BLOCK)
-        except (EOFError, OSError) as exc:  # a truncated or corrupt gzip stream, a failing disk
-            raise InputError(self.path, f"cannot read: {exc}") from None
+        # Read errors (a truncated gzip, a failing disk) come as InputError from open_binary.
+        block = b"" if self.eof else self.fh.read(_READ_BLOCK)
         self.eof = not block
         self.buf = self.buf + block if self.buf else block
         return bool(block)

@@ -125,46 +125,85 @@ def reverse_complement(seq: str) -> str:
 
 
 # ------------------------------------------------------------------------------- readers
-def open_binary(path: str | Path):
+def open_binary(path: str | Path) -> io.BufferedIOBase:
     """Open a plain or gzip'd file for reading bytes (gzip detected from its first bytes, not
-    its name)."""
+    its name). Read errors (a truncated or corrupt gzip stream, a failing disk) are
+    :class:`InputError` naming ``path``, not a bare ``EOFError`` from the gzip module."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    return _Binary(gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb"), path)
+
+
+class _Binary(io.BufferedIOBase):
+    """The reads of :func:`open_binary`, with their errors naming the file (the one place where
+    both the block reader of genome scans and :func:`open_text` get that)."""
+
+    def __init__(self, fh, path: Path):
+        super().__init__()
+        self._fh, self._path = fh, path
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except (EOFError, OSError) as exc:
+            raise InputError(self._path, f"cannot read: {exc}") from None
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._call(self._fh.read, size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._call(self._fh.read1, size)
+
+    def readinto(self, buffer) -> int:
+        return self._call(self._fh.readinto, buffer)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._fh.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._call(self._fh.seek, offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 class _Text(io.TextIOWrapper):
-    """A text file whose read errors name it: a truncated or corrupt gzip stream, bytes that
-    are not UTF-8 or a failing disk surface as an :class:`InputError`, not as a bare
-    ``EOFError`` / ``UnicodeDecodeError`` from deep inside a parser."""
+    """A text file whose bytes that are not UTF-8 surface as an :class:`InputError` naming it,
+    not as a bare ``UnicodeDecodeError`` from deep inside a parser (read errors already do, from
+    :func:`open_binary`)."""
 
     source: str
 
-    def _failed(self, exc: Exception) -> InputError:
-        if isinstance(exc, UnicodeDecodeError):
-            return InputError(self.source, f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}): "
-                                           "is it a FASTA/TSV/VCF file?")
-        return InputError(self.source, f"cannot read: {exc}")
+    def _failed(self, exc: UnicodeDecodeError) -> InputError:
+        return InputError(self.source, f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}): "
+                                       "is it a FASTA/TSV/VCF file?")
 
     def read(self, size: int | None = -1) -> str:
         try:
             return super().read(size)
-        except (EOFError, OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise self._failed(exc) from None
 
     def readline(self, size: int = -1) -> str:
         try:
             return super().readline(size)
-        except (EOFError, OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise self._failed(exc) from None
 
     def __next__(self) -> str:
         try:
             return super().__next__()
-        except (EOFError, OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise self._failed(exc) from None
 
 
