@@ -64,6 +64,10 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     config = json.loads((models[0] / "config.json").read_text())
     assert config["provenance"]["seed"] == 0 and config["model"]["name"] == "unet"
     assert "val_dice" in json.loads((models[0] / "metrics.json").read_text())
+    # Calibrated on the validation split: the temperature in config.json, what it did in metrics.json.
+    calib = json.loads((models[0] / "metrics.json").read_text())["calibration"]
+    assert config["inference"]["temperature"] == calib["temperature"] > 0
+    assert calib["val_nll_after"] <= calib["val_nll_before"]
     # Same config and seed: the same weights.
     again = tmp_path / "again"
     assert main(["segment", "train", "--config", str(tmp_path / "cfg0.yaml"), "--out", str(again)]) == 0
@@ -80,6 +84,8 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert "3 of 4 inputs predicted" in out and "broken.png" in out
     info = json.loads((pred / "predict.json").read_text())
     assert info["inputs_seen"] == info["outputs_written"] + len(info["failures"]) == 4
+    assert info["temperatures"] == [json.loads((m / "config.json").read_text())["inference"]["temperature"]
+                                    for m in models]
     rows = _rows(pred / "uncertainty.csv")
     assert [r["case"] for r in rows] == ["field_000", "field_001", "field_002"]
     assert all(float(r["score"]) >= 0 for r in rows)

@@ -110,6 +110,12 @@ def test_sliding_window_predictor_tta_and_ensemble():
     stats = sliding_stats(image, det, roi_size=(40, 29), sw_batch_size=1, overlap=0.0)
     torch.testing.assert_close(stats[:3], torch.softmax(models[0].eval()(image[None]), 1)[0], atol=1e-5, rtol=0)
     assert maps_from_stats(stats[None])["mutual_info"].max() < 1e-5
+    # A calibration temperature divides the logits before the softmax, per model.
+    cooled = UncertaintyPredictor(models[:1], 2, mc_samples=1, temperatures=[0.5])
+    stats = sliding_stats(image, cooled, roi_size=(40, 29), sw_batch_size=1, overlap=0.0)
+    torch.testing.assert_close(stats[:3], torch.softmax(models[0].eval()(image[None]) / 0.5, 1)[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="temperatures"):
+        UncertaintyPredictor(models, 2, mc_samples=1, temperatures=[0.5])
 
 
 def test_tta_undoes_flips():

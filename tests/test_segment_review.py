@@ -28,18 +28,72 @@ def test_expected_dice_error_known_cases():
     assert expected_dice_error(np.stack([np.ones((6, 6)), np.zeros((6, 6))]), empty) == 0.0
 
 
+def _binary_entropy(p):
+    return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+
+
 def test_structure_uncertainty_counts_the_structure_and_its_rim_only():
-    ent = np.ones((9, 9))
     label = np.zeros((9, 9), int)
     label[4, 4] = 1
-    # Margin 1 dilates the pixel to a cross of 5 pixels: 5 nats over (1 + 1) structure voxels.
-    assert structure_uncertainty(ent, label, margin=1) == pytest.approx(5 / 2)
-    assert structure_uncertainty(ent, label, margin=0) == pytest.approx(1 / 2)
-    # Entropy far from the structure does not count.
-    far = np.zeros((9, 9))
-    far[0, :] = 1.0
-    assert structure_uncertainty(far, label, margin=2) == 0.0
-    assert structure_uncertainty(ent, np.zeros((9, 9), int)) == 0.0
+    p1 = np.full((9, 9), 0.5)  # maximal doubt everywhere
+    prob = np.stack([1 - p1, p1])
+    h = _binary_entropy(0.5)
+    # Margin 1 dilates the pixel to a cross of 5 pixels: 5 h over (1 + 1) structure voxels.
+    assert structure_uncertainty(prob, label, margin=1) == pytest.approx(5 * h / 2)
+    assert structure_uncertainty(prob, label, margin=0) == pytest.approx(h / 2)
+    # Doubt far from the structure does not count.
+    far = np.full((9, 9), 1e-9)
+    far[0, :] = 0.5
+    assert structure_uncertainty(np.stack([1 - far, far]), label, margin=2) == pytest.approx(0, abs=1e-5)
+    assert structure_uncertainty(prob, np.zeros((9, 9), int)) == 0.0
+
+
+def test_structure_uncertainty_is_per_class_and_weighs_small_classes_like_large_ones():
+    # Class 1: a 2 x 2 core; class 2: a 6 x 6 ring around it (32 pixels); 12 x 12 image.
+    label = np.zeros((12, 12), int)
+    label[3:9, 3:9] = 2
+    label[5:7, 5:7] = 1
+    prob = np.zeros((3, 12, 12))
+    prob[0] = 1.0
+    for c in (1, 2):
+        prob[:, label == c] = 0.0
+        prob[c, label == c] = 1.0
+    # The core is doubted (p = 0.7 of being core, 0.3 of ring), nothing else is.
+    prob[1, label == 1], prob[2, label == 1] = 0.7, 0.3
+    eps = 1e-8
+    h = _binary_entropy(0.7)
+    # Class 1: 4 doubted pixels over 4 + 1; class 2: its p_2 = 0.3 on the core, which lies in
+    # its dilated region: 4 h over 32 + 1. The mean of the two, not 8 h over (36 + 1) pooled.
+    expected = (4 * h / 5 + 4 * h / 33) / 2
+    assert structure_uncertainty(prob, label, margin=1) == pytest.approx(expected, rel=1e-4)
+    # Doubt between two classes does not count against a third: a background pixel torn
+    # between classes 1 and 2 in a three-class problem with a fourth, untouched class 3.
+    prob4 = np.zeros((4, 12, 12))
+    prob4[:3] = prob
+    lab4 = label.copy()
+    lab4[0:2, 8:10] = 3
+    prob4[:, 0:2, 8:10] = 0.0
+    prob4[3, 0:2, 8:10] = 1.0
+    before = structure_uncertainty(prob4, lab4, margin=1)
+    prob4[:, 11, 0] = [0.0, 0.5, 0.5, 0.0]  # far from every structure, in no dilated region
+    assert structure_uncertainty(prob4, lab4, margin=1) == pytest.approx(before, abs=eps)
+    prob4[:, 2, 8] = [0.0, 0.5, 0.5, 0.0]  # next to class 2 and class 3, doubt only 1 vs 2
+    third = structure_uncertainty(prob4, lab4, margin=1)
+    # Class 3 is unchanged (p_3 = 0 there); only class 2's term (and 1's, not in reach) moves.
+    assert third - before == pytest.approx(_binary_entropy(0.5) / (32 + 1) / 3, rel=1e-4)
+    # One foreground class: the predictive entropy over the dilated structure per structure
+    # voxel (with two classes, binary entropy is the full entropy).
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.01, 0.99, (12, 12))
+    two = np.stack([1 - p1, p1])
+    fg = p1 > 0.6
+    from scipy import ndimage
+
+    region = ndimage.binary_dilation(fg, iterations=2)
+    ent = -(two * np.log(two)).sum(0)
+    assert structure_uncertainty(two, fg.astype(int), margin=2) == pytest.approx(ent[region].sum() / (fg.sum() + 1))
+
+
     # The review score: an OOD input scores at least the review threshold, more if more doubtful.
     assert image_score(0.3) == 0.3
     assert image_score(0.3, ood=True, review_threshold=0.5) == 0.5
@@ -124,11 +178,12 @@ def test_encoder_features_see_the_scale_that_instance_norm_removes():
     torch.testing.assert_close(shift[4:], torch.zeros(4 + 8 + 8), rtol=0, atol=1e-3)
 
 
-def test_older_feature_statistics_are_ignored_with_a_warning(tmp_path, caplog):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_feature_statistics_are_ignored_with_a_warning(tmp_path, caplog, version):
     from safetensors.numpy import save_file
 
     save_file({"mean": np.zeros(2)}, str(tmp_path / FEATURE_STATS),
-              metadata={"format": "biocnn-segment-feature-density/1", "info": "{}"})
+              metadata={"format": f"biocnn-segment-feature-density/{version}", "info": "{}"})
     with caplog.at_level("WARNING"):
         assert FeatureDensity.load(tmp_path) is None
     assert "older format" in caplog.text and str(tmp_path) in caplog.text
@@ -154,3 +209,22 @@ def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows()
     again = image_features([model], x[0], [()], roi_size=(16, 16), overlap=0.0)
     assert model.training and model.backbone.stages[0].convs.training
     np.testing.assert_allclose(again[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_labels():
+    from biocnn.segment.calibration import calibrate, fit_temperature, negative_log_likelihood
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 4, generator=gen) * 3
+    # Labels drawn from softmax(logits / 0.4): the network is under-confident by a factor 2.5.
+    labels = torch.multinomial(torch.softmax(logits / 0.4, 1), 1, generator=gen)[:, 0]
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(0.4, rel=0.05)
+    assert negative_log_likelihood(logits, labels, t) < negative_log_likelihood(logits, labels)
+    report = calibrate(logits, labels)
+    assert report["temperature"] == pytest.approx(t)
+    assert report["val_ece_after"] < report["val_ece_before"] and report["voxels"] == 20000
+    # Over-confident logits give T > 1; the label map (argmax) never changes.
+    labels_hot = torch.multinomial(torch.softmax(logits / 2.0, 1), 1, generator=gen)[:, 0]
+    assert fit_temperature(logits, labels_hot) == pytest.approx(2.0, rel=0.05)
+    assert torch.equal((logits / t).argmax(1), logits.argmax(1))

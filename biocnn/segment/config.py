@@ -79,6 +79,10 @@ class InferenceConfig(StrictModel):
     # review budget: about 1 - review_quantile of in-distribution inputs get flagged) or its
     # encoder features lie beyond ood_quantile of the training images' distances.
     structure_margin: int = Field(2, ge=0)
+    # Calibration: logits are divided by this before the softmax. None: fitted on the
+    # validation split at the end of training (temperature scaling) and written into the
+    # model's config.json; 1 turns calibration off.
+    temperature: float | None = Field(None, gt=0)
     review_threshold: float | None = Field(None, ge=0)
     review_quantile: float = Field(0.9, gt=0, le=1)
     ood_quantile: float = Field(0.99, gt=0, le=1)

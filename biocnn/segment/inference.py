@@ -54,11 +54,17 @@ class UncertaintyPredictor:
         tta: also average over flipped views; the MC samples are spread over the views.
         fast: share the deterministic prefix (``True``) or run full passes (naive baseline).
         amp: float16 autocast on CUDA.
+        temperatures: per model, the calibration temperature its logits are divided by
+            before the softmax (:mod:`biocnn.segment.calibration`; default 1: none).
     """
 
     def __init__(self, models: Sequence[nn.Module], spatial_dims: int, mc_samples: int = 20,
-                 mc_batch: int = 5, tta: bool = False, fast: bool = True, amp: bool = True):
+                 mc_batch: int = 5, tta: bool = False, fast: bool = True, amp: bool = True,
+                 temperatures: Sequence[float] | None = None):
         self.models = list(models)
+        self.temperatures = list(temperatures) if temperatures is not None else [1.0] * len(self.models)
+        if len(self.temperatures) != len(self.models):
+            raise ValueError(f"{len(self.temperatures)} temperatures for {len(self.models)} models")
         self.flips = flip_sets(spatial_dims, tta)
         self.samples = prepare_models(self.models, mc_samples)
         self.mc_batch = mc_batch
@@ -69,7 +75,7 @@ class UncertaintyPredictor:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         acc = SampleAccumulator()
         draw = unet_samples if self.fast else naive_samples
-        for model, n in zip(self.models, self.samples):
+        for model, n, temperature in zip(self.models, self.samples, self.temperatures):
             # Spread the samples over the flipped views (at least one each).
             per_view = [len(part) for part in _split(n, len(self.flips))]
             for axes, n_view in zip(self.flips, per_view):
@@ -80,7 +86,7 @@ class UncertaintyPredictor:
                         logits = draw(model, xv, k)
                     if dims:
                         logits = logits.flip([d + 1 for d in dims])
-                    acc.add(logits)
+                    acc.add(logits.float() / temperature if temperature != 1.0 else logits)
         return acc.stats()
 
 

@@ -14,7 +14,8 @@ distance to a fit that includes it is optimistically small. ``percentile(d)`` es
 share of training-like images nearer than ``d`` from a log-normal fitted robustly to those
 reference distances. Everything lives in ``feature_stats.safetensors`` in the
 model directory (no pickle); models trained before this existed simply have no file, and files
-of the first format (post-norm features) are ignored with a warning (retrain to get them back).
+of an older format (post-norm features, or training structure uncertainty of the pooled
+definition) are ignored with a warning (retrain to get them back).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 FEATURE_STATS = "feature_stats.safetensors"
-FORMAT = "biocnn-segment-feature-density/2"
-OLD_FORMATS = ("biocnn-segment-feature-density/1",)  # post-norm mean and std per stage
+FORMAT = "biocnn-segment-feature-density/3"
+# Formats still recognised, and why their contents cannot be used with this code.
+OLD_FORMATS = {
+    "biocnn-segment-feature-density/1": "features taken after the norm layers",
+    "biocnn-segment-feature-density/2": "training structure uncertainty pooled over the classes",
+}
 
 
 @torch.no_grad()
@@ -194,7 +199,7 @@ class FeatureDensity:
     @classmethod
     def load(cls, directory: str | Path) -> "FeatureDensity | None":
         """The density stored in a model directory, or ``None`` for models trained without one
-        (or with the first format, whose features were taken after the norm layers)."""
+        (or with an older format, see :data:`OLD_FORMATS`)."""
         from safetensors import SafetensorError, safe_open
 
         from biocnn.errors import CheckpointError
@@ -206,10 +211,11 @@ class FeatureDensity:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("format") in OLD_FORMATS:
-                    # Distances to features of another kind would be meaningless; the model
-                    # still predicts, without the OOD columns.
-                    log.warning("%s: feature statistics of an older format (%s); out-of-distribution "
-                                "columns stay empty until the model is retrained", path, meta["format"])
+                    # Distances to features of another kind, or a threshold on values of another
+                    # definition, would be meaningless; the model still predicts without them.
+                    log.warning("%s: feature statistics of an older format (%s: %s); the out-of-distribution "
+                                "columns and the review flag stay empty until the model is retrained",
+                                path, meta["format"], OLD_FORMATS[meta["format"]])
                     return None
                 if meta.get("format") != FORMAT:
                     raise CheckpointError(f"{path}: not a {FORMAT} file")

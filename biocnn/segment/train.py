@@ -107,8 +107,41 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
                  model_config=model_config, validate=make_validate(cfg), resume=resume,
                  collate_fn=list_data_collate)
     if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+        # Calibrate first: the review statistics are measured with the calibrated softmax,
+        # as predict will measure inputs.
+        cfg = calibrate_model(model, cfg, val_ds, out_dir)
         write_review_stats(model, cfg, train_cases + val_cases, out_dir)
     return {"best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> SegmentConfig:
+    """Fit the temperature on the validation cases (unless ``inference.temperature`` is set),
+    write it into the model's ``config.json`` and what it did into ``metrics.json``
+    (``calibration``: temperature, validation NLL and ECE before and after); returns ``cfg``
+    with the temperature filled in."""
+    from biocnn.checkpoint import CONFIG, read_model_config, update_metrics
+    from biocnn.io.atomic import write_json
+    from biocnn.segment.calibration import T_RANGE, calibrate, validation_logits
+
+    inf = cfg.inference
+    if inf.temperature is not None:
+        return cfg
+    device = next(model.parameters()).device
+    items = [val_ds[i] for i in range(len(val_ds))]
+    logits, labels = validation_logits(model, [torch.as_tensor(it["image"]).to(device) for it in items],
+                                       [torch.as_tensor(it["label"]) for it in items], inf.roi_size,
+                                       inf.sw_batch_size, inf.overlap, seed=cfg.train.seed, device=device)
+    report = calibrate(logits, labels)
+    if not T_RANGE[0] * 1.01 < report["temperature"] < T_RANGE[1] / 1.01:
+        log.warning("%s: calibration temperature %.3g at the end of its range: the validation predictions are "
+                    "mostly wrong or the validation labels trivial; check val_dice", out_dir, report["temperature"])
+    log.info("temperature %.3f: validation NLL %.4f -> %.4f, ECE %.4f -> %.4f", report["temperature"],
+             report["val_nll_before"], report["val_nll_after"], report["val_ece_before"], report["val_ece_after"])
+    config = read_model_config(out_dir)
+    config["inference"]["temperature"] = report["temperature"]
+    write_json(Path(out_dir) / CONFIG, config)
+    update_metrics(out_dir, {"calibration": report})
+    return cfg.model_copy(update={"inference": inf.model_copy(update={"temperature": report["temperature"]})})
 
 
 def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) -> dict[str, Any] | None:
@@ -143,8 +176,10 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     # them a --tta prediction was judged against the Monte Carlo threshold, which TTA's values
     # rarely reach, so mostly the unfamiliar inputs were flagged, whatever their doubt.)
     # Built right before use: each one sets the model's dropout on or off.
-    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp),
-                "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp)}
+    t = [inf.temperature if inf.temperature is not None else 1.0]
+    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp,
+                                                   temperatures=t),
+                "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
     feats, unc = [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
@@ -152,7 +187,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
         for name, make in samplers.items():
             stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
             maps = maps_from_stats(stats[None])
-            unc[name].append(structure_uncertainty(maps["entropy"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
+            unc[name].append(structure_uncertainty(maps["prob"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
                                                    inf.structure_margin))
     model.eval()
     density = FeatureDensity.fit(np.stack(feats))

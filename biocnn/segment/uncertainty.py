@@ -65,24 +65,41 @@ def maps_from_stats(stats: torch.Tensor) -> dict[str, torch.Tensor]:
             "mutual_info": (pred_h - expected_h).clamp_min(0)}
 
 
-def structure_uncertainty(entropy_map: np.ndarray, label: np.ndarray, margin: int = 2) -> float:
-    """Predictive entropy summed over the predicted structure and its border, per structure voxel.
+def structure_uncertainty(prob: np.ndarray, label: np.ndarray, margin: int = 2) -> float:
+    """Doubt about each predicted structure's outline, per structure voxel, averaged over classes.
 
-    The region is every foreground voxel of ``label`` (class indices, 0 = background) dilated
-    by ``margin`` voxels, so the uncertain rim around each object counts but the (often large)
-    background far from any object does not: mean entropy over the whole image is dominated by
-    how much background there is, not by how well the objects were delineated. Dividing by
-    the structure size (+ 1) turns the sum into "nats of doubt per segmented voxel", which
-    grows with the share of the structure whose outline the samples disagree on. An empty
-    prediction scores 0 (a confident "nothing here"; the feature distance covers that case).
+    For each foreground class ``c`` (``prob`` is ``(C, *spatial)``, ``label`` the class indices,
+    0 = background): the binary entropy of ``p_c`` ("class ``c`` or not") summed over the
+    voxels predicted ``c`` dilated by ``margin`` voxels, divided by their count + 1; then the
+    mean over the foreground classes. This mirrors the error it is meant to rank, 1 - the mean
+    of the per-class Dice: each class's Dice error is its misplaced outline over its size, so a
+    small class (a necrotic core) weighs as much as a large one (the edema around it), and
+    doubt between two *other* classes does not count against class ``c``. The dilation lets the
+    uncertain rim count but not the background far from any object (mean entropy over the image
+    measures how much background there is). A class not predicted anywhere scores 0 (a
+    confident "not here"; the feature distance covers confident failures).
+
+    With one foreground class this is the predictive entropy over the dilated structure per
+    structure voxel, the definition before multi-class inputs were scored per class, when the
+    large edema could drown the small classes' doubt (Spearman with 1 - Dice over the
+    benchmark's 96 held-out tumor cases, MC dropout, pooled vs per class: 0.61 vs 0.81 on one
+    draw of cases, 0.63 vs 0.61 on another; see the README).
     """
     from scipy import ndimage
 
-    fg = np.asarray(label) > 0
-    if not fg.any():
-        return 0.0
-    region = ndimage.binary_dilation(fg, iterations=margin) if margin > 0 else fg
-    return float(entropy_map[region].astype(np.float64).sum() / (fg.sum() + 1.0))
+    prob = np.asarray(prob)
+    label = np.asarray(label)
+    per_class = []
+    for c in range(1, prob.shape[0]):
+        hit = label == c
+        if not hit.any():
+            per_class.append(0.0)
+            continue
+        region = ndimage.binary_dilation(hit, iterations=margin) if margin > 0 else hit
+        p = np.clip(prob[c][region].astype(np.float64), EPS, 1 - EPS)
+        doubt = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+        per_class.append(float(doubt.sum() / (hit.sum() + 1.0)))
+    return float(np.mean(per_class)) if per_class else 0.0
 
 
 def expected_dice_error(prob: np.ndarray, label: np.ndarray) -> float:
