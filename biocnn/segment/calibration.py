@@ -1,8 +1,8 @@
 """Temperature scaling of a trained U-Net's logits (Guo et al. 2017), fitted on validation cases.
 
 A network trained with Dice + cross-entropy and stopped early on validation Dice ranks its
-voxels well but its softmax can be far from the observed frequencies: the demo U-Nets put a
-foreground probability of 0.13 on every background voxel outside the tumor brain, so the
+voxels well but its softmax can be far from the observed frequencies: tumor U-Nets of the demo
+config put a foreground probability of about 0.13 on every voxel outside the brain, so the
 entropy maps showed a haze everywhere and the expected calibration error was 0.15. One scalar
 ``T`` dividing every logit fixes most of that without touching the label map (the argmax of
 ``z / T`` is the argmax of ``z``). ``T`` is chosen to minimise the negative log-likelihood of

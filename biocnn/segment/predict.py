@@ -223,8 +223,8 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
     writer.writerows(rows)
     write_text(out_dir / "uncertainty.csv", buf.getvalue())
     summary = {"models": [str(m) for m in model_dirs], "input": str(input_path), "mc_samples": seg.mc_samples,
-               "tta": tta, "temperatures": seg.temperatures, "sw_batch_size": seg.inference.sw_batch_size, "spatial_dims": seg.data.spatial_dims,
-               "label_values": seg.data.label_values,
+               "tta": tta, "temperatures": seg.temperatures, "sw_batch_size": seg.inference.sw_batch_size,
+               "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
                "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
                "failures": failures, "review_threshold": seg.review_threshold,
                "ood_quantile": seg.inference.ood_quantile,
