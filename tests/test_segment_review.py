@@ -94,6 +94,7 @@ def test_structure_uncertainty_is_per_class_and_weighs_small_classes_like_large_
     assert structure_uncertainty(two, fg.astype(int), margin=2) == pytest.approx(ent[region].sum() / (fg.sum() + 1))
 
 
+def test_review_score_and_threshold():
     # The review score: an OOD input scores at least the review threshold, more if more doubtful.
     assert image_score(0.3) == 0.3
     assert image_score(0.3, ood=True, review_threshold=0.5) == 0.5
