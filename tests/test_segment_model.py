@@ -114,6 +114,8 @@ def test_sliding_window_predictor_tta_and_ensemble():
     cooled = UncertaintyPredictor(models[:1], 2, mc_samples=1, temperatures=[0.5])
     stats = sliding_stats(image, cooled, roi_size=(40, 29), sw_batch_size=1, overlap=0.0)
     torch.testing.assert_close(stats[:3], torch.softmax(models[0].eval()(image[None]) / 0.5, 1)[0], atol=1e-5, rtol=0)
+    # A model trained before calibration existed (no temperature) is taken as it is.
+    assert UncertaintyPredictor(models[:1], 2, mc_samples=1, temperatures=[None]).temperatures == [1.0]
     with pytest.raises(ValueError, match="temperatures"):
         UncertaintyPredictor(models, 2, mc_samples=1, temperatures=[0.5])
 

@@ -84,12 +84,3 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
             "val_nll_after": negative_log_likelihood(logits, labels, t),
             "val_ece_before": ece(1.0), "val_ece_after": ece(t)}
 
-
-def temperatures(configs: Sequence[dict[str, Any]]) -> list[float]:
-    """Per model config: its ``inference.temperature`` (1 for models trained before it existed)."""
-    out = []
-    for config in configs:
-        t = (config.get("inference") or {}).get("temperature")
-        out.append(float(t) if t is not None else 1.0)
-    return out
-

@@ -55,14 +55,16 @@ class UncertaintyPredictor:
         fast: share the deterministic prefix (``True``) or run full passes (naive baseline).
         amp: float16 autocast on CUDA.
         temperatures: per model, the calibration temperature its logits are divided by
-            before the softmax (:mod:`biocnn.segment.calibration`; default 1: none).
+            before the softmax (:mod:`biocnn.segment.calibration`); ``None`` (a model trained
+            before calibration existed) or no list at all: 1, uncalibrated.
     """
 
     def __init__(self, models: Sequence[nn.Module], spatial_dims: int, mc_samples: int = 20,
                  mc_batch: int = 5, tta: bool = False, fast: bool = True, amp: bool = True,
-                 temperatures: Sequence[float] | None = None):
+                 temperatures: Sequence[float | None] | None = None):
         self.models = list(models)
-        self.temperatures = list(temperatures) if temperatures is not None else [1.0] * len(self.models)
+        given = list(temperatures) if temperatures is not None else [None] * len(self.models)
+        self.temperatures = [1.0 if t is None else float(t) for t in given]
         if len(self.temperatures) != len(self.models):
             raise ValueError(f"{len(self.temperatures)} temperatures for {len(self.models)} models")
         self.flips = flip_sets(spatial_dims, tta)

@@ -41,7 +41,6 @@ from biocnn.checkpoint import load_model
 from biocnn.device import select_device
 from biocnn.errors import BiocnnError, CheckpointError
 from biocnn.io.atomic import write_json, write_text
-from biocnn.segment.calibration import temperatures
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
@@ -60,7 +59,7 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
     """Load one or more model directories; they must agree on their data settings.
 
     Returns the models, the shared data settings, the first model's inference settings and
-    each model's calibration temperature (:func:`biocnn.segment.calibration.temperatures`).
+    each model's ``inference.temperature`` (``None`` for models trained before calibration).
     """
     models, configs = [], []
     for d in model_dirs:
@@ -74,7 +73,8 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
         diff = [k for k in _SHARED if c["data"].get(k) != first.get(k)]
         if diff:
             raise CheckpointError(f"{d}: cannot ensemble with {model_dirs[0]}: data settings differ ({', '.join(diff)})")
-    return models, DataConfig(**first), InferenceConfig(**configs[0]["inference"]), temperatures(configs)
+    temperatures = [c["inference"].get("temperature") for c in configs]
+    return models, DataConfig(**first), InferenceConfig(**configs[0]["inference"]), temperatures
 
 
 class Segmenter:
@@ -83,7 +83,7 @@ class Segmenter:
     def __init__(self, model_dirs: Sequence[str | Path], mc_samples: int | None = None, tta: bool = False,
                  device: str = "auto", fast: bool = True, amp: bool = True, sw_batch_size: int | None = None):
         self.device = select_device(device)
-        self.models, self.data, self.inference, self.temperatures = load_models(model_dirs, self.device)
+        self.models, self.data, self.inference, temperatures = load_models(model_dirs, self.device)
         if sw_batch_size is not None:
             # Windows per forward pass: the config's value suits a CPU; a GPU wants more (on an
             # H100, 32 windows made a deterministic 128^3 pass 10x faster than 1).
@@ -93,7 +93,7 @@ class Segmenter:
         self.mc_samples = mc_samples if mc_samples is not None else self.inference.mc_samples
         self.tta = tta
         self.predictor = UncertaintyPredictor(self.models, self.data.spatial_dims, self.mc_samples,
-                                              self.inference.mc_batch, tta, fast, amp, self.temperatures)
+                                              self.inference.mc_batch, tta, fast, amp, temperatures)
         self.pre = preprocessing(self.data, train=False, with_label=False)
         # Feature statistics per model (None for models trained before they existed).
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
@@ -223,7 +223,7 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
     writer.writerows(rows)
     write_text(out_dir / "uncertainty.csv", buf.getvalue())
     summary = {"models": [str(m) for m in model_dirs], "input": str(input_path), "mc_samples": seg.mc_samples,
-               "tta": tta, "temperatures": seg.temperatures, "sw_batch_size": seg.inference.sw_batch_size,
+               "tta": tta, "temperatures": seg.predictor.temperatures, "sw_batch_size": seg.inference.sw_batch_size,
                "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
                "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
                "failures": failures, "review_threshold": seg.review_threshold,

@@ -176,7 +176,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     # them a --tta prediction was judged against the Monte Carlo threshold, which TTA's values
     # rarely reach, so mostly the unfamiliar inputs were flagged, whatever their doubt.)
     # Built right before use: each one sets the model's dropout on or off.
-    t = [inf.temperature if inf.temperature is not None else 1.0]
+    t = [inf.temperature]
     samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp,
                                                    temperatures=t),
                 "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
