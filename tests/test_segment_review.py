@@ -97,8 +97,12 @@ def test_structure_uncertainty_is_per_class_and_weighs_small_classes_like_large_
 def test_review_score_and_threshold():
     # The review score: an OOD input scores at least the review threshold, more if more doubtful.
     assert image_score(0.3) == 0.3
-    assert image_score(0.3, ood=True, review_threshold=0.5) == 0.5
+    assert image_score(0.3, ood=True, review_threshold=0.5) == pytest.approx(0.503)
     assert image_score(0.7, ood=True, review_threshold=0.5) == 0.7
+    # OOD inputs lifted to the floor keep their order (no tie), and stay below an ordinary
+    # input that is more doubtful than the threshold by more than the tie-break.
+    lifted = [image_score(u, ood=True, review_threshold=0.5) for u in (0.1, 0.2, 0.4)]
+    assert 0.5 < lifted[0] < lifted[1] < lifted[2] < image_score(0.51, review_threshold=0.5)
     assert image_score(0.3, ood=False, review_threshold=0.5) == 0.3
     assert image_score(0.3, ood=True) == 0.3  # no threshold known
     # The review threshold: a quantile of the training images' values, or the configured one.

@@ -121,6 +121,10 @@ def expected_dice_error(prob: np.ndarray, label: np.ndarray) -> float:
     return float(1.0 - np.mean(dice)) if dice else 0.0
 
 
+# Weight of the structure uncertainty in the score floor of unfamiliar inputs (see image_score).
+FLOOR_TIE_BREAK = 0.01
+
+
 def image_score(structure_unc: float, ood: bool = False, review_threshold: float | None = None) -> float:
     """The review score in ``uncertainty.csv`` (sort by it, largest first).
 
@@ -133,13 +137,22 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     outlines stay ahead of it, because being unfamiliar does not mean being wrong. So
     ``score >= review_threshold`` exactly for the inputs flagged for review.
 
+    The floor is ``review_threshold + FLOOR_TIE_BREAK * structure_unc``, not the threshold
+    itself: the unfamiliar inputs lifted to it keep their structure-uncertainty order among
+    themselves instead of tying (a hundredth of it barely moves them against other inputs).
+    The tie threw away the order within the largest group of flagged inputs, which spans the
+    widest range of errors (the blurred held-out cases): tumor review-score Spearman with
+    1 - Dice 0.531 -> 0.600 (MC dropout) and 0.562 -> 0.685 (ensemble) on the benchmark's
+    held-out set, recomputed from the same predictions; malaria unchanged within 0.01.
+
     Without feature statistics (models trained before they existed) or without a threshold,
     the score is the structure uncertainty. Earlier versions used the mean predictive entropy
     over the image: dominated by the amount of background, blind to confident failures (see
     the README's benchmark tables).
     """
     if ood and review_threshold is not None:
-        return max(float(structure_unc), float(review_threshold))
+        floor = float(review_threshold) + FLOOR_TIE_BREAK * float(structure_unc)
+        return max(float(structure_unc), floor)
     return float(structure_unc)
 
 
