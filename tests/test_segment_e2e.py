@@ -103,6 +103,7 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     for r in rows:
         assert r["flag"] in ("yes", "no")
         assert float(r["feature_distance"]) > 0 and 0 <= float(r["ood_percentile"]) <= 1
+        assert 0 <= float(r["noise_percentile"]) <= 1
         assert float(r["score"]) >= float(r["structure_uncertainty"]) >= 0
         assert 0 <= float(r["expected_dice_error"]) <= 1
         assert (r["flag"] == "yes") == (float(r["score"]) >= info["review_threshold"])
@@ -131,19 +132,26 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert main(["segment", "predict", "--model", str(old), "--input", str(test), "--out", str(tmp_path / "p_old"),
                  "--mc-samples", "2"]) == 0
     for r in _rows(tmp_path / "p_old" / "uncertainty.csv"):
-        assert r["feature_distance"] == r["ood_percentile"] == r["flag"] == ""
+        assert r["feature_distance"] == r["noise_percentile"] == r["ood_percentile"] == r["flag"] == ""
         assert float(r["score"]) == float(r["structure_uncertainty"])
 
     # An intensity-shifted input lies farther from the training images' features than they do.
     shifted = tmp_path / "shifted"
     assert main(["segment", "synth", "--kind", "malaria", "--out", str(shifted), "--n", "2", "--size", "48",
                  "--seed", "8", "--shift", "intensity", "--severity", "2"]) == 0
-    dist = {}
-    for name, inputs in (("train", data), ("shifted", shifted)):
+    # A noisier one has noise levels beyond the training images' (the same fields, seed 8).
+    noisy = tmp_path / "noisy"
+    assert main(["segment", "synth", "--kind", "malaria", "--out", str(noisy), "--n", "2", "--size", "48",
+                 "--seed", "8", "--shift", "noise", "--severity", "2"]) == 0
+    dist, noise = {}, {}
+    for name, inputs in (("train", data), ("shifted", shifted), ("noisy", noisy)):
         assert main(["segment", "predict", "--model", str(models[0]), "--input", str(inputs),
                      "--out", str(tmp_path / f"p_{name}"), "--mc-samples", "2"]) == 0
-        dist[name] = [float(r["feature_distance"]) for r in _rows(tmp_path / f"p_{name}" / "uncertainty.csv")]
+        rows_ = _rows(tmp_path / f"p_{name}" / "uncertainty.csv")
+        dist[name] = [float(r["feature_distance"]) for r in rows_]
+        noise[name] = [float(r["noise_percentile"]) for r in rows_]
     assert min(dist["shifted"]) > max(dist["train"])
+    assert min(noise["noisy"]) > 0.9 > max(noise["train"]), noise
     # Monte Carlo samples are seeded per case: predicting again gives the same numbers.
     assert main(["segment", "predict", "--model", str(models[0]), "--input", str(data),
                  "--out", str(tmp_path / "p_again"), "--mc-samples", "2"]) == 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 
 from biocnn.errors import CheckpointError
 from biocnn.models import UNet
-from biocnn.segment.ood import FEATURE_STATS, FeatureDensity, encoder_features, image_features
+from biocnn.segment.ood import (FEATURE_STATS, FeatureDensity, combined_zscore, encoder_features, image_features,
+                                noise_levels)
 from biocnn.segment.config import InferenceConfig
 from biocnn.segment.uncertainty import expected_dice_error, image_score, review_threshold, structure_uncertainty
 
@@ -169,6 +171,51 @@ def test_feature_stats_round_trip_and_errors(tmp_path):
         FeatureDensity.load(tmp_path)
     with pytest.raises(ValueError, match="images >= 3"):
         FeatureDensity.fit(np.zeros((2, 1, 4)))
+
+
+def test_noise_density_round_trip(tmp_path):
+    # The noise levels' density travels in the same file; files without one load as before.
+    rng = np.random.default_rng(2)
+    density = FeatureDensity.fit(_features(rng))
+    density.save(tmp_path)
+    assert FeatureDensity.load(tmp_path).noise is None
+    density.noise = FeatureDensity.fit(_features(rng, d=5)[:, :1])
+    density.save(tmp_path)
+    back = FeatureDensity.load(tmp_path)
+    for key in ("mean", "scale", "precision", "reference"):
+        np.testing.assert_array_equal(getattr(back.noise, key), getattr(density.noise, key))
+        np.testing.assert_array_equal(getattr(back, key), getattr(density, key))
+
+
+def test_noise_levels_estimate_the_added_noise():
+    # A smooth two-channel image plus white noise of known sigma per channel: the estimate
+    # recovers log sigma (the smooth anatomy barely reaches the finest wavelet scale).
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128] / 128.0
+    smooth = np.stack([np.sin(3 * xx) + yy, np.cos(2 * yy) * xx])
+    sigma = np.array([0.05, 0.2])
+    levels = noise_levels(torch.as_tensor(smooth + rng.normal(0, 1, smooth.shape) * sigma[:, None, None]))
+    assert levels.shape == (2,)
+    np.testing.assert_allclose(levels, np.log(sigma), atol=0.1)
+    # 3D works the same way.
+    vol = rng.normal(0, 0.1, (1, 24, 24, 24))
+    assert noise_levels(vol)[0] == pytest.approx(np.log(0.1), abs=0.1)
+
+
+def test_combined_zscore_keeps_the_false_flag_rate():
+    # One check: unchanged. Several: the largest, corrected so that Phi(z) = Phi(max)^k.
+    assert combined_zscore([1.7]) == 1.7
+    z = combined_zscore([0.3, 2.0, -1.0])
+    assert norm.cdf(z) == pytest.approx(norm.cdf(2.0) ** 3)
+    assert 1.0 < z < 2.0
+    # Far-off inputs keep a large, finite z-score (Phi(40)^2 rounds to 1 in floating point).
+    assert 39 < combined_zscore([40.0, 0.0]) < 41
+    # In-distribution inputs with two independent checks: about 1 % pass the 0.99 cut, where
+    # taking the larger z-score uncorrected would flag about 2 %.
+    draws = np.random.default_rng(4).normal(size=(200_000, 2))
+    joined = np.array([combined_zscore(pair) for pair in draws[:20_000]])
+    assert np.mean(joined > norm.ppf(0.99)) == pytest.approx(0.01, abs=0.003)
+    assert np.mean(draws.max(1) > norm.ppf(0.99)) == pytest.approx(0.02, abs=0.002)
 
 
 def test_encoder_features_see_the_scale_that_instance_norm_removes():

@@ -12,10 +12,19 @@ To say what distance is large, the training images' own distances are kept as a 
 computed *cross-fitted* (with a density fitted without that image, K folds), since an image's
 distance to a fit that includes it is optimistically small. ``percentile(d)`` estimates the
 share of training-like images nearer than ``d`` from a log-normal fitted robustly to those
-reference distances. Everything lives in ``feature_stats.safetensors`` in the
+reference distances.
+
+A second, separate check looks at the input itself: :func:`noise_levels` (the noise each channel
+carries, estimated from its finest wavelet details), with its own density and reference fitted
+on the same training images (``FeatureDensity.noise``). The encoder's window-averaged features
+barely move when a 3D volume gets noisier (4-12 % of the benchmark's noisy tumor cases passed
+the 0.99 cut, for each of three models), while the noise estimate separates them at once. :func:`combined_zscore` joins the two checks into one out-of-distribution z-score.
+
+Everything lives in ``feature_stats.safetensors`` in the
 model directory (no pickle); models trained before this existed simply have no file, and files
 of an older format (post-norm features, or training structure uncertainty of the pooled
-definition) are ignored with a warning (retrain to get them back).
+definition) are ignored with a warning (retrain to get them back); files written before the
+noise check existed have no noise density, and only the encoder check runs.
 """
 
 from __future__ import annotations
@@ -105,6 +114,47 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
     return np.stack(result)
 
 
+def noise_levels(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``(C,)``: per channel of a preprocessed image ``(C, *spatial)``, the log of its noise
+    standard deviation, estimated robustly from the finest wavelet detail coefficients
+    (median absolute deviation / 0.6745, Donoho & Johnstone 1994; scikit-image's
+    ``estimate_sigma``).
+
+    Noisier, blurred (less fine detail) or differently contrasted inputs move it; the anatomy
+    barely does, since the finest details of smooth structures are near zero. Measured on the
+    benchmark's held-out tumor cases (a density fitted on the 12 training cases): AUROC 1.00
+    for every shift against the in-distribution cases (encoder features 0.97); on the malaria
+    fields, whose cell edges reach the finest scale, 0.70 (the encoder features catch those).
+    """
+    from skimage.restoration import estimate_sigma
+
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    return np.log(np.array([estimate_sigma(channel.astype(np.float64)) for channel in x]) + 1e-8)
+
+
+def combined_zscore(zscores: Sequence[float]) -> float:
+    """One z-score from several out-of-distribution checks: the largest, Sidak-corrected for
+    taking the largest of ``k``: ``Phi^-1(Phi(max z)^k)``.
+
+    For independent checks of in-distribution inputs this is again standard normal, so a cut
+    at ``inference.ood_quantile`` (0.99) still flags about 1 % of them however many checks
+    run; one check alone is returned unchanged. Computed from the log of the upper tail
+    ``1 - Phi(z)^k``, as ``Phi(z)^k`` rounds to 1 for the large z-scores of clearly unfamiliar
+    inputs.
+    """
+    from scipy.special import log_ndtr, ndtri_exp
+
+    k = len(zscores)
+    if k == 1:
+        return float(zscores[0])
+    log_tail = float(log_ndtr(-max(float(z) for z in zscores)))  # log(1 - Phi(max z)), exact far out
+    if log_tail > -30:
+        log_tail = float(np.log(-np.expm1(k * np.log1p(-np.exp(log_tail)))))
+    else:  # 1 - (1 - s)^k = k s to double precision for s < 1e-13
+        log_tail += float(np.log(k))
+    return float(-ndtri_exp(log_tail))
+
+
 @dataclass
 class FeatureDensity:
     """Gaussian density of (standardised) training-image features and reference distances.
@@ -115,6 +165,8 @@ class FeatureDensity:
         precision: inverse Ledoit-Wolf covariance of the standardised features.
         reference: cross-fitted distances of the training images (their unflipped view).
         info: JSON-able notes stored with them (image count, the review threshold, ...).
+        noise: the same for the training images' :func:`noise_levels` (``None`` in files
+            written before that check existed).
     """
 
     mean: np.ndarray
@@ -122,6 +174,7 @@ class FeatureDensity:
     precision: np.ndarray
     reference: np.ndarray
     info: dict = field(default_factory=dict)
+    noise: "FeatureDensity | None" = None
 
     @staticmethod
     def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,8 +242,9 @@ class FeatureDensity:
         from biocnn.io.atomic import atomic_path
 
         path = Path(directory) / FEATURE_STATS
-        tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float64)
-                   for k in ("mean", "scale", "precision", "reference")}
+        parts = {"": self, **({"noise_": self.noise} if self.noise is not None else {})}
+        tensors = {prefix + k: np.ascontiguousarray(getattr(part, k), dtype=np.float64)
+                   for prefix, part in parts.items() for k in _ARRAYS}
         meta = {"format": FORMAT, "info": json.dumps(self.info, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -219,11 +273,16 @@ class FeatureDensity:
                     return None
                 if meta.get("format") != FORMAT:
                     raise CheckpointError(f"{path}: not a {FORMAT} file")
-                arrays = {k: fh.get_tensor(k) for k in ("mean", "scale", "precision", "reference")}
+                arrays = {k: fh.get_tensor(k) for k in _ARRAYS}
+                noise = ({k: fh.get_tensor("noise_" + k) for k in _ARRAYS}
+                         if "noise_mean" in fh.keys() else None)
             info = json.loads(meta.get("info", "{}"))
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read feature statistics: {exc}") from None
-        return cls(**arrays, info=info)
+        return cls(**arrays, info=info, noise=cls(**noise) if noise is not None else None)
+
+
+_ARRAYS = ("mean", "scale", "precision", "reference")
 
 
 def _mahalanobis(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, precision: np.ndarray) -> np.ndarray:

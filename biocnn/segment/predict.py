@@ -19,7 +19,9 @@ reaches the review threshold (``inference.review_threshold``, default: the
 ``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
 training); then the components ``structure_uncertainty``,
 ``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
-TTA flips), ``ood_percentile`` (estimated share of training-like images nearer), and
+TTA flips), ``noise_percentile`` (the same estimate for the input's noise levels, where the
+model stores them), ``ood_percentile`` (estimated share of training-like images nearer, both
+checks joined, see :func:`biocnn.segment.ood.combined_zscore`), and
 ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
 For models trained without feature statistics the OOD columns are empty and the score is the
 structure uncertainty alone.
@@ -45,7 +47,7 @@ from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
-from biocnn.segment.ood import FeatureDensity, image_features
+from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
 from biocnn.segment.uncertainty import (expected_dice_error, image_score, maps_from_stats, review_threshold,
                                         structure_uncertainty)
 
@@ -145,7 +147,7 @@ class Segmenter:
         """The review score, flag and their components for one input (see the module doc)."""
         unc = structure_uncertainty(prob, label_idx, self.inference.structure_margin)
         row = {"structure_uncertainty": unc, "expected_dice_error": expected_dice_error(prob, label_idx),
-               "feature_distance": "", "ood_percentile": ""}
+               "feature_distance": "", "noise_percentile": "", "ood_percentile": ""}
         pairs = [(m, d) for m, d in zip(self.models, self.densities) if d is not None]
         ood = None
         if pairs:
@@ -158,7 +160,16 @@ class Segmenter:
             # members' standardised log distances are averaged into one percentile.
             dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
             row["feature_distance"] = float(np.mean(dists))
-            row["ood_percentile"] = float(norm.cdf(np.mean([d.zscore(x) for (_, d), x in zip(pairs, dists)])))
+            levels = noise_levels(image)
+            noise_z = [d.noise.zscore(float(d.noise.distance(levels))) if d.noise is not None else None
+                       for _, d in pairs]
+            known = [n for n in noise_z if n is not None]
+            if known:
+                row["noise_percentile"] = float(norm.cdf(np.mean(known)))
+            # Per model, its checks joined (encoder features, and the noise levels where stored).
+            z = [combined_zscore([d.zscore(x)] + ([n] if n is not None else []))
+                 for (_, d), x, n in zip(pairs, dists, noise_z)]
+            row["ood_percentile"] = float(norm.cdf(np.mean(z)))
             ood = row["ood_percentile"] > inf.ood_quantile
         flags = []
         if ood is not None:
@@ -198,7 +209,7 @@ class Segmenter:
 
 
 CSV_FIELDS = ("case", "score", "flag", "structure_uncertainty", "expected_dice_error", "feature_distance",
-              "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
+              "noise_percentile", "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
 
 
 def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,

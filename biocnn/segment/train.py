@@ -150,7 +150,8 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     Over all training images (train and validation split):
 
     * the density of their encoder features (every flip) with cross-fitted reference
-      distances (:class:`biocnn.segment.ood.FeatureDensity`);
+      distances (:class:`biocnn.segment.ood.FeatureDensity`), and of their noise levels
+      (:func:`biocnn.segment.ood.noise_levels`);
     * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
       dropout with the configured samples, and flip TTA with dropout off), from which
       ``predict`` takes the review threshold
@@ -158,7 +159,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
       tumor cases).
     """
     from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
-    from biocnn.segment.ood import FeatureDensity, image_features
+    from biocnn.segment.ood import FeatureDensity, image_features, noise_levels
     from biocnn.segment.uncertainty import maps_from_stats, review_threshold, structure_uncertainty
 
     if len(cases) < 3:
@@ -180,10 +181,11 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp,
                                                    temperatures=t),
                 "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
-    feats, unc = [], {name: [] for name in samplers}
+    feats, noise, unc = [], [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
         feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
+        noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
         for name, make in samplers.items():
             stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
             maps = maps_from_stats(stats[None])
@@ -191,6 +193,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
                                                    inf.structure_margin))
     model.eval()
     density = FeatureDensity.fit(np.stack(feats))
+    density.noise = FeatureDensity.fit(np.stack(noise))
     density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc["mc"],
                     "training_structure_uncertainty_tta": unc["tta"], "mc_samples": inf.mc_samples}
     threshold = review_threshold(inf, density.info)
