@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,9 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
         image = load_case(pre, case)["image"].as_tensor().to(device)
         feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
         noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
+        # Seeded from the case id as in predict, so that these values do not depend on what
+        # ran before (training, calibration) and equal what predict gives for the image.
+        torch.manual_seed(zlib.crc32(case.id.encode()))
         for name, make in samplers.items():
             stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
             maps = maps_from_stats(stats[None])
