@@ -154,6 +154,15 @@ def test_mahalanobis_distance_matches_a_hand_computation():
     odd = FeatureDensity(density.mean, density.scale, density.precision,
                          np.sort(np.append(density.reference, 100 * density.reference.max())))
     assert odd.percentile(density.reference.max() * 1.5) > 0.9
+    # A far group of training images (3 of 24) is not called unfamiliar: the spread widens so
+    # that only the farthest lies beyond the cut (the robust spread alone puts all 3 there).
+    logs = np.concatenate([np.random.default_rng(5).normal(0, 0.3, 21), [2.0, 2.1, 2.2]])
+    tail = FeatureDensity(density.mean, density.scale, density.precision, np.sort(np.exp(logs)))
+    median = np.median(logs)
+    assert np.sum((logs - median) / (1.4826 * np.median(np.abs(logs - median))) > norm.ppf(0.99)) == 3
+    assert tail.percentile(np.exp(2.1)) == pytest.approx(0.99)  # the second-farthest sits on the cut
+    assert tail.percentile(np.exp(2.0)) < 0.99 < tail.percentile(np.exp(2.2))
+    assert tail.percentile(np.exp(2.1), quantile=0.9) == pytest.approx(0.9)
 
 
 def test_feature_stats_round_trip_and_errors(tmp_path):

@@ -161,13 +161,13 @@ class Segmenter:
             dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
             row["feature_distance"] = float(np.mean(dists))
             levels = noise_levels(image)
-            noise_z = [d.noise.zscore(float(d.noise.distance(levels))) if d.noise is not None else None
-                       for _, d in pairs]
+            noise_z = [d.noise.zscore(float(d.noise.distance(levels)), inf.ood_quantile)
+                       if d.noise is not None else None for _, d in pairs]
             known = [n for n in noise_z if n is not None]
             if known:
                 row["noise_percentile"] = float(norm.cdf(np.mean(known)))
             # Per model, its checks joined (encoder features, and the noise levels where stored).
-            z = [combined_zscore([d.zscore(x)] + ([n] if n is not None else []))
+            z = [combined_zscore([d.zscore(x, inf.ood_quantile)] + ([n] if n is not None else []))
                  for (_, d), x, n in zip(pairs, dists, noise_z)]
             row["ood_percentile"] = float(norm.cdf(np.mean(z)))
             ood = row["ood_percentile"] > inf.ood_quantile
