@@ -18,7 +18,8 @@ A second, separate check looks at the input itself: :func:`noise_levels` (the no
 carries, estimated from its finest wavelet details), with its own density and reference fitted
 on the same training images (``FeatureDensity.noise``). The encoder's window-averaged features
 barely move when a 3D volume gets noisier (4-12 % of the benchmark's noisy tumor cases passed
-the 0.99 cut, for each of three models), while the noise estimate separates them at once. :func:`combined_zscore` joins the two checks into one out-of-distribution z-score.
+the 0.99 cut, for each of three models), while the noise estimate separates them at once.
+:func:`combined_zscore` joins the two checks into one out-of-distribution z-score.
 
 Everything lives in ``feature_stats.safetensors`` in the
 model directory (no pickle); models trained before this existed simply have no file, and files

@@ -209,7 +209,8 @@ class Segmenter:
 
 
 CSV_FIELDS = ("case", "score", "flag", "structure_uncertainty", "expected_dice_error", "feature_distance",
-              "noise_percentile", "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction", "label_file")
+              "noise_percentile", "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction",
+              "label_file")
 
 
 def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,
