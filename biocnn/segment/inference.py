@@ -13,6 +13,7 @@ Predictive entropy and mutual information are formed afterwards
 from __future__ import annotations
 
 import itertools
+import zlib
 from typing import Sequence
 
 import torch
@@ -30,6 +31,13 @@ def flip_sets(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
         return [()]
     axes = range(spatial_dims)
     return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def seed_case(case_id: str) -> None:
+    """Seed the Monte Carlo dropout masks from a case id: the same input gets the same samples
+    whatever was sampled before it, in ``predict`` and in the training images' review
+    statistics alike (so those equal what ``predict`` gives for the training images)."""
+    torch.manual_seed(zlib.crc32(case_id.encode()))
 
 
 def prepare_models(models: Sequence[nn.Module], mc_samples: int) -> list[int]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,7 +45,7 @@ from biocnn.io.atomic import write_json, write_text
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
-from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
+from biocnn.segment.inference import UncertaintyPredictor, flip_sets, seed_case, sliding_stats
 from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
 from biocnn.segment.uncertainty import (expected_dice_error, image_score, maps_from_stats, review_threshold,
                                         structure_uncertainty)
@@ -125,9 +124,7 @@ class Segmenter:
 
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
         """Predict one case, write its files, return its ``uncertainty.csv`` row."""
-        # Dropout masks from a seed of the case id: the same input gives the same samples,
-        # whatever else is predicted in the same run.
-        torch.manual_seed(zlib.crc32(case.id.encode()))
+        seed_case(case.id)  # the same input gives the same samples, whatever else is predicted
         stats, item = self.stats(case)
         maps = maps_from_stats(stats[None].float())
         prob = maps["prob"][0].numpy()

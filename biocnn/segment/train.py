@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
       (:func:`~biocnn.segment.uncertainty.review_threshold`). The validation split alone was too small for that (two
       tumor cases).
     """
-    from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
+    from biocnn.segment.inference import UncertaintyPredictor, flip_sets, seed_case, sliding_stats
     from biocnn.segment.ood import FeatureDensity, image_features, noise_levels
     from biocnn.segment.uncertainty import maps_from_stats, review_threshold, structure_uncertainty
 
@@ -187,9 +186,7 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
         image = load_case(pre, case)["image"].as_tensor().to(device)
         feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
         noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
-        # Seeded from the case id as in predict, so that these values do not depend on what
-        # ran before (training, calibration) and equal what predict gives for the image.
-        torch.manual_seed(zlib.crc32(case.id.encode()))
+        seed_case(case.id)  # as in predict: not what training and calibration left behind
         for name, make in samplers.items():
             stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
             maps = maps_from_stats(stats[None])
