@@ -17,7 +17,8 @@ the image-level score for telling OOD from in-distribution images. The image sco
 review ``score`` of ``uncertainty.csv``; a second table gives Spearman and OOD AUROC of each
 of its components (and of the old score, the mean entropy) measured on the same predictions.
 Nothing is fitted on the held-out or OOD sets: the feature statistics and the review
-threshold come from the training images (and their validation split) at training time.
+threshold come from the training images (and their validation split): at training time, and
+for the ensemble at prediction time (``predict --reference``: its own sampling).
 
     python benchmarks/segment_uncertainty.py --out segment_uncertainty.json [--quick]
 """
@@ -105,13 +106,16 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
         start = time.perf_counter()
         train(REPO / "configs" / f"segment_{kind}.yaml", out, overrides=overrides)
         print(f"{kind}: trained model {seed} in {time.perf_counter() - start:.0f} s", flush=True)
-    settings = {"mc_dropout": (models[:1], samples, False), "tta": (models[:1], 1, True),
-                "ensemble": (models, 1, False)}
+    # The ensemble's review threshold is measured on the training images with its own sampling
+    # (its members' stored values are Monte Carlo ones, on another scale); the other two use
+    # what model 0 stored at training.
+    settings = {"mc_dropout": (models[:1], samples, False, None), "tta": (models[:1], 1, True, None),
+                "ensemble": (models, 1, False, work / "train")}
     result = {}
-    for method, (dirs, mc, tta) in settings.items():
+    for method, (dirs, mc, tta, reference) in settings.items():
         pred = work / f"pred_{method}"
         start = time.perf_counter()
-        predict(dirs, heldout, pred, mc_samples=mc, tta=tta)
+        predict(dirs, heldout, pred, mc_samples=mc, tta=tta, reference=reference)
         seconds = time.perf_counter() - start
         m = evaluate(pred, heldout)
         with open(pred / "uncertainty.csv", newline="") as fh:

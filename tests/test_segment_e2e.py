@@ -50,7 +50,7 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
+def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, caplog):
     data, test = tmp_path / "train", tmp_path / "test"
     assert main(["segment", "synth", "--kind", "malaria", "--out", str(data), "--n", "4", "--size", "48"]) == 0
     assert main(["segment", "synth", "--kind", "malaria", "--out", str(test), "--n", "3", "--size", "40",
@@ -76,7 +76,8 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     # A corrupt image among the inputs: reported, the others still predicted.
     (test / "images" / "broken.png").write_bytes(b"\x89PNG broken")
     pred = tmp_path / "pred"
-    args = ["segment", "predict", "--input", str(test), "--out", str(pred), "--mc-samples", "4", "--tta"]
+    args = ["segment", "predict", "--input", str(test), "--out", str(pred), "--mc-samples", "4", "--tta",
+            "--reference", str(data)]
     for m in models:
         args += ["--model", str(m)]
     assert main(args) == 1
@@ -84,6 +85,13 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert "3 of 4 inputs predicted" in out and "broken.png" in out
     info = json.loads((pred / "predict.json").read_text())
     assert info["inputs_seen"] == info["outputs_written"] + len(info["failures"]) == 4
+    # The ensemble's review threshold is measured on the training images with its own sampling:
+    # the largest of the 4 values (conformal 0.9 quantile) that predict gives for them.
+    assert info["review_reference"] == {"source": str(data), "images": 4, "failures": []}
+    ref = tmp_path / "p_ref"
+    assert main(["segment", "predict", "--input", str(data), "--out", str(ref), "--mc-samples", "4", "--tta",
+                 "--model", str(models[0]), "--model", str(models[1])]) == 0
+    assert info["review_threshold"] == max(float(r["structure_uncertainty"]) for r in _rows(ref / "uncertainty.csv"))
     assert info["temperatures"] == [json.loads((m / "config.json").read_text())["inference"]["temperature"]
                                     for m in models]
     rows = _rows(pred / "uncertainty.csv")
@@ -162,10 +170,16 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys):
     assert main(["segment", "predict", "--model", str(models[0]), "--input", str(data),
                  "--out", str(tmp_path / "p_again")]) == 0
     assert (tmp_path / "p_again" / "uncertainty.csv").read_text() == (tmp_path / "p_train" / "uncertainty.csv").read_text()
+    assert json.loads((tmp_path / "p_train" / "predict.json").read_text())["review_reference"] == {
+        "source": "training statistics", "matched": True}
     # More windows per forward pass (what a GPU wants) changes the speed, not the result.
+    caplog.clear()
     for name, extra in (("p_sw_default", []), ("p_sw_7", ["--sw-batch-size", "7"])):
         assert main(["segment", "predict", "--model", str(models[0]), "--input", str(test), "--out", str(tmp_path / name),
                      "--mc-samples", "1", *extra]) == 0
+    # One sample where the stored values were measured with 3: said, not silently compared.
+    assert "pass --reference" in caplog.text
+    assert json.loads((tmp_path / "p_sw_7" / "predict.json").read_text())["review_reference"]["matched"] is False
     assert json.loads((tmp_path / "p_sw_7" / "predict.json").read_text())["sw_batch_size"] == 7
     for a, b in zip(_rows(tmp_path / "p_sw_default" / "uncertainty.csv"), _rows(tmp_path / "p_sw_7" / "uncertainty.csv")):
         assert a["case"] == b["case"] and float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-6)

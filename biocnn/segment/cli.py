@@ -41,7 +41,7 @@ def _predict(args) -> int:
     from biocnn.segment.predict import predict
 
     summary = predict(args.model, args.input, args.out, args.mc_samples, args.tta, args.device,
-                      sw_batch_size=args.sw_batch_size)
+                      sw_batch_size=args.sw_batch_size, reference=args.reference)
     print(f"{summary['outputs_written']} of {summary['inputs_seen']} inputs predicted -> {args.out}")
     for f in summary["failures"]:
         print(f"failed: {f['error']}")
@@ -100,6 +100,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--sw-batch-size", dest="sw_batch_size", type=int,
                    help="sliding windows per forward pass (default: model config; raise it on a GPU)")
+    p.add_argument("--reference", type=existing_path,
+                   help="the models' training images (labels not needed): measure the review threshold with this "
+                        "sampling; needed for an ensemble or a --mc-samples other than the model config's")
 
     p = add_verb(verbs, "evaluate", _evaluate, "Dice, HD95, error-detection AUROC, Spearman, ECE")
     p.add_argument("--pred", type=existing_path, required=True, help="directory written by predict")

@@ -47,8 +47,8 @@ from biocnn.segment.data import Case, find_cases, index_to_label, load_case, pre
 from biocnn.segment.figures import overlay_png, pick_slice
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, seed_case, sliding_stats
 from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
-from biocnn.segment.uncertainty import (expected_dice_error, image_score, maps_from_stats, review_threshold,
-                                        structure_uncertainty)
+from biocnn.segment.uncertainty import (conformal_quantile, expected_dice_error, image_score, maps_from_stats,
+                                        review_threshold, stored_sampling_matches, structure_uncertainty)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class Segmenter:
     """Everything needed to predict one case after another with the same settings."""
 
     def __init__(self, model_dirs: Sequence[str | Path], mc_samples: int | None = None, tta: bool = False,
-                 device: str = "auto", fast: bool = True, amp: bool = True, sw_batch_size: int | None = None):
+                 device: str = "auto", fast: bool = True, amp: bool = True, sw_batch_size: int | None = None,
+                 reference: str | Path | None = None):
         self.device = select_device(device)
         self.models, self.data, self.inference, temperatures = load_models(model_dirs, self.device)
         if sw_batch_size is not None:
@@ -99,10 +100,58 @@ class Segmenter:
         # Feature statistics per model (None for models trained before they existed).
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
         self.views = flip_sets(self.data.spatial_dims, tta)
-        # Ensembles: the members' thresholds averaged.
-        found = [review_threshold(self.inference, d.info if d is not None else {}, tta) for d in self.densities]
-        found = [t for t in found if t is not None]
-        self.review_threshold = float(np.mean(found)) if found else None
+        self.review_threshold, self.review_reference = self._review_threshold(reference)
+
+    def _review_threshold(self, reference: str | Path | None) -> tuple[float | None, dict[str, Any]]:
+        """The review threshold and where it came from (``review_reference`` in predict.json).
+
+        ``inference.review_threshold`` if set; else the ``review_quantile`` of the structure
+        uncertainty of the ``reference`` images (the models' training images, labels not
+        needed) measured with this very sampling; else of the values the model stored at the
+        end of training, which apply only to the sampling they were measured with (see
+        :func:`~biocnn.segment.uncertainty.stored_sampling_matches`). Otherwise (an ensemble,
+        another number of samples) the members' thresholds are averaged, with a warning: an
+        ensemble of the benchmark tumor models, dropout off, flagged no in-distribution input
+        by its doubt that way (its values ran at half its members' Monte Carlo ones).
+        """
+        inf = self.inference
+        if inf.review_threshold is not None:
+            return float(inf.review_threshold), {"source": "inference.review_threshold"}
+        if reference is not None:
+            values, failures = self.reference_values(reference)
+            return conformal_quantile(values, inf.review_quantile), {
+                "source": str(reference), "images": len(values), "failures": failures}
+        infos = [d.info for d in self.densities if d is not None]
+        found = [t for t in (review_threshold(inf, info, self.tta) for info in infos) if t is not None]
+        if not found:
+            return None, {"source": None}
+        matched = len(found) == len(self.models) and all(
+            stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
+        if not matched:
+            log.warning("the review threshold comes from the values stored at training, measured with one model "
+                        "and %s Monte Carlo samples (or flip TTA with dropout off), not with this prediction's "
+                        "%d model(s) x %d sample(s)%s, so the flag by structure uncertainty is approximate: pass "
+                        "--reference with the training images to measure it with this sampling",
+                        infos[0].get("mc_samples"), len(self.models), self.mc_samples, " x flips" if self.tta else "")
+        return float(np.mean(found)), {"source": "training statistics", "matched": matched}
+
+    def reference_values(self, reference: str | Path) -> tuple[list[float], list[dict[str, str]]]:
+        """Structure uncertainty of every case under ``reference`` with this sampling (the value
+        ``predict`` would write for it) and the cases that failed to load."""
+        values, failures = [], []
+        for case in find_cases(reference, self.data.spatial_dims, self.data.modalities):
+            try:
+                maps, _ = self.maps(case)
+            except BiocnnError as exc:
+                failures.append({"case": case.id, "error": str(exc)})
+                log.error("reference %s: %s", case.id, exc)
+                continue
+            values.append(structure_uncertainty(maps["prob"], maps["label"], self.inference.structure_margin))
+        if len(values) < 3:
+            raise BiocnnError(f"{reference}: {len(values)} readable reference images; the review threshold "
+                              "needs at least 3")
+        log.info("review reference: %d images from %s", len(values), reference)
+        return values, failures
 
     def stats(self, case: Case):
         """``(stats (C + 1, *spatial) in the input's grid, preprocessed item)``."""
@@ -122,15 +171,17 @@ class Segmenter:
             stats = torch.as_tensor(inv(item)["pred"])
         return stats, item
 
-    def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
-        """Predict one case, write its files, return its ``uncertainty.csv`` row."""
+    def maps(self, case: Case) -> tuple[dict[str, np.ndarray], dict]:
+        """``(maps, preprocessed item)``: the case's probability, label, entropy and mutual
+        information maps (:func:`~biocnn.segment.uncertainty.maps_from_stats`) in its grid."""
         seed_case(case.id)  # the same input gives the same samples, whatever else is predicted
         stats, item = self.stats(case)
-        maps = maps_from_stats(stats[None].float())
-        prob = maps["prob"][0].numpy()
-        label_idx = maps["label"][0].numpy()
-        ent = maps["entropy"][0].numpy()
-        mi = maps["mutual_info"][0].numpy()
+        return {k: v[0].numpy() for k, v in maps_from_stats(stats[None].float()).items()}, item
+
+    def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
+        """Predict one case, write its files, return its ``uncertainty.csv`` row."""
+        maps, item = self.maps(case)
+        prob, label_idx, ent, mi = maps["prob"], maps["label"], maps["entropy"], maps["mutual_info"]
         labels = index_to_label(label_idx, self.data.label_values)
         if self.data.spatial_dims == 2:
             written = self._write_2d(case, out_dir, labels, prob, ent, mi)
@@ -212,10 +263,14 @@ CSV_FIELDS = ("case", "score", "flag", "structure_uncertainty", "expected_dice_e
 
 def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,
             mc_samples: int | None = None, tta: bool = False, device: str = "auto",
-            sw_batch_size: int | None = None) -> dict[str, Any]:
-    """Predict every case under ``input_path``; returns the summary written to predict.json."""
+            sw_batch_size: int | None = None, reference: str | Path | None = None) -> dict[str, Any]:
+    """Predict every case under ``input_path``; returns the summary written to predict.json.
+
+    ``reference``: the models' training images, to measure the review threshold with this
+    prediction's sampling (see :meth:`Segmenter._review_threshold`; needed for ensembles).
+    """
     out_dir = Path(out_dir)
-    seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size)
+    seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size, reference=reference)
     cases = find_cases(input_path, seg.data.spatial_dims, seg.data.modalities)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], []
@@ -236,6 +291,7 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
                "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
                "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
                "failures": failures, "review_threshold": seg.review_threshold,
+               "review_reference": seg.review_reference,
                "ood_quantile": seg.inference.ood_quantile,
                "feature_statistics": [d is not None for d in seg.densities],
                "flagged": [r["case"] for r in rows if r["flag"] == "yes"]}

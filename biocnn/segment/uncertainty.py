@@ -14,7 +14,7 @@ mutual information are formed only at the end. Entropies are in nats.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -160,22 +160,45 @@ def review_threshold(inf, info: dict[str, Any], tta: bool = False) -> float | No
     """``inference.review_threshold`` if set, else the ``inference.review_quantile`` of the
     training images' structure uncertainty stored with the feature statistics (or ``None``):
     the values measured with flip TTA when ``tta`` (and stored; older files have only the
-    Monte Carlo ones), else those measured with Monte Carlo dropout.
-
-    The quantile is the finite-sample (split-conformal) one: the ``ceil((n + 1) q)``-th smallest
-    of the ``n`` values (the largest when that exceeds ``n``). For a new input exchangeable
-    with them, that bounds the chance of exceeding it by ``1 - q``; the interpolated sample
-    quantile does not, and with the dozen cases a 3D training set has it sat below two of
-    them (measured: a third of the in-distribution held-out tumor cases flagged, not 10 %).
+    Monte Carlo ones), else those measured with Monte Carlo dropout (see
+    :func:`conformal_quantile`; :func:`stored_sampling_matches` says when they apply).
     """
     if inf.review_threshold is not None:
         return float(inf.review_threshold)
     values = (tta and info.get("training_structure_uncertainty_tta")) or info.get("training_structure_uncertainty")
     if not values:
         return None
+    return conformal_quantile(values, inf.review_quantile)
+
+
+def conformal_quantile(values: Sequence[float], q: float) -> float:
+    """The finite-sample (split-conformal) ``q`` quantile: the ``ceil((n + 1) q)``-th smallest
+    of the ``n`` values (the largest when that exceeds ``n``).
+
+    For a new input exchangeable with them, that bounds the chance of exceeding it by
+    ``1 - q``; the interpolated sample quantile does not, and with the dozen cases a 3D
+    training set has it sat below two of them (measured: a third of the in-distribution
+    held-out tumor cases flagged, not 10 %).
+    """
     values = np.sort(np.asarray(values, dtype=np.float64))
-    rank = min(len(values), math.ceil((len(values) + 1) * inf.review_quantile))
+    rank = min(len(values), math.ceil((len(values) + 1) * q))
     return float(values[rank - 1])
+
+
+def stored_sampling_matches(info: dict[str, Any], models: int, mc_samples: int, tta: bool) -> bool:
+    """Whether the training values a model stores were sampled the way ``predict`` samples.
+
+    The structure uncertainty's scale depends on the sampling: a model stores its training
+    images' values under Monte Carlo dropout with ``info["mc_samples"]`` samples and under flip
+    TTA with dropout off (one sample). An ensemble's averaged members, or another number of
+    samples, give values on another scale (the three benchmark tumor models, dropout off, gave
+    0.28-0.48 on their training images, where their Monte Carlo thresholds average 0.86).
+    """
+    if models != 1:
+        return False
+    if tta:
+        return mc_samples == 1 and bool(info.get("training_structure_uncertainty_tta"))
+    return mc_samples == info.get("mc_samples")
 
 
 def max_entropy(num_classes: int) -> float:
