@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from biocnn.binding.model import DeepBind
+from child_memory import peak_rss_gb
 from biocnn.binding.scan import scan_fasta
 from biocnn.io.atomic import write_json
 
@@ -79,20 +79,11 @@ def model(seed: int = 0) -> DeepBind:
 
 
 def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
-    """Peak RSS (MB) of a fresh process that scans ``fasta``.
-
-    Read from the child's own ``VmHWM`` (the high-water mark of its address space), not from
-    ``getrusage``: on Linux ``ru_maxrss`` survives ``exec``, so a child spawned by this (large)
-    process would report at least this process's size at the time of the spawn, which grows as
-    the benchmark generates bigger genomes.
-    """
-    code = ("from benchmarks.deepbind_scan import model; "
+    """Peak RSS (MB) of a fresh process that scans ``fasta`` (see :func:`child_memory.peak_rss_gb`)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); from deepbind_scan import model; "
             "from biocnn.binding.scan import scan_fasta; "
-            f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r}); "
-            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
-    return float(run.stdout.strip().splitlines()[-1]) / 1024
+            f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r})")
+    return peak_rss_gb(code) * 1024
 
 
 def main(argv=None) -> int:

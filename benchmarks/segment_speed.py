@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ from biocnn.segment.evaluate import auroc
 from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
 from biocnn.segment.uncertainty import maps_from_stats
 from biocnn.io.atomic import write_json
+from child_memory import peak_rss_gb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,17 +161,9 @@ def peak_memory_brats(model_dir: Path, work: Path, samples: int) -> float:
     for mod, vol in zip(MODALITIES, images):
         nib.save(nib.Nifti1Image(vol, tumor_affine(vol.shape)), str(case / f"brats_000_{mod}.nii.gz"))
     del images
-    # VmHWM, not ru_maxrss: a child's ru_maxrss survives exec and so starts at this (larger) process's size.
-    code = ("import re, sys; from biocnn.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
-            "sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, "segment", "predict", "--model", str(model_dir),
-                           "--input", str(case), "--out", str(work / "brats_pred"), "--mc-samples", str(samples)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    kb = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KB")))
-    return kb / 1024 / 1024
+    code = "import sys\nfrom biocnn.cli import main\nif main(sys.argv[1:]):\n    sys.exit('predict failed')"
+    return peak_rss_gb(code, ["segment", "predict", "--model", str(model_dir), "--input", str(case),
+                              "--out", str(work / "brats_pred"), "--mc-samples", str(samples)])
 
 
 def main() -> None:
