@@ -17,9 +17,9 @@ structure uncertainty, raised to at least the review threshold for out-of-distri
 ``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
 reaches the review threshold (``inference.review_threshold``, default: the
 ``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
-training); then the components ``structure_uncertainty``,
-``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
-TTA flips), ``noise_percentile`` (the same estimate for the input's noise levels, where the
+training, or with this prediction's own sampling on the ``--reference`` images); then the
+components ``structure_uncertainty``, ``expected_dice_error``, ``feature_distance``
+(Mahalanobis, averaged over ensemble members and TTA flips), ``noise_percentile`` (the same estimate for the input's noise levels, where the
 model stores them), ``ood_percentile`` (estimated share of training-like images nearer, both
 checks joined, see :func:`biocnn.segment.ood.combined_zscore`), and
 ``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
