@@ -116,6 +116,8 @@ class Segmenter:
         """
         inf = self.inference
         if inf.review_threshold is not None:
+            if reference is not None:
+                log.warning("inference.review_threshold is set in the model config: --reference is not used")
             return float(inf.review_threshold), {"source": "inference.review_threshold"}
         if reference is not None:
             values, failures = self.reference_values(reference)
