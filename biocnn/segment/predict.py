@@ -19,10 +19,11 @@ reaches the review threshold (``inference.review_threshold``, default: the
 ``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
 training, or with this prediction's own sampling on the ``--reference`` images); then the
 components ``structure_uncertainty``, ``expected_dice_error``, ``feature_distance``
-(Mahalanobis, averaged over ensemble members and TTA flips), ``noise_percentile`` (the same estimate for the input's noise levels, where the
-model stores them), ``ood_percentile`` (estimated share of training-like images nearer, both
-checks joined, see :func:`biocnn.segment.ood.combined_zscore`), and
-``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
+(Mahalanobis, averaged over ensemble members and TTA flips), ``noise_percentile`` (the same
+estimate for the input's noise levels, where the model stores them), ``ood_percentile``
+(estimated share of training-like images nearer, both checks joined, see
+:func:`biocnn.segment.ood.combined_zscore`), and ``mean_entropy``, ``mean_mutual_info``,
+``foreground_fraction``, ``label_file``.
 For models trained without feature statistics the OOD columns are empty and the score is the
 structure uncertainty alone.
 """
