@@ -128,8 +128,7 @@ class Segmenter:
         found = [t for t in (review_threshold(inf, info, self.tta) for info in infos) if t is not None]
         if not found:
             return None, {"source": None}
-        matched = len(found) == len(self.models) and all(
-            stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
+        matched = all(stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
         if not matched:
             log.warning("the review threshold comes from the values stored at training, measured with one model "
                         "and %s Monte Carlo samples (or flip TTA with dropout off), not with this prediction's "
