@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from biocnn.binding.model import DeepBind
-from child_memory import peak_rss_gb
 from biocnn.binding.scan import scan_fasta
 from biocnn.io.atomic import write_json
+from child_memory import peak_rss_gb
 
 
 def write_genome(path: Path, bp: int, seed: int, chromosomes: int = 2) -> None:
