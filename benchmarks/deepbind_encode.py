@@ -32,11 +32,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from biocnn.binding.calibrate import apply_params, run_trial, select_best
-from biocnn.binding.config import CalibrationSection, DataSection, DeepBindConfig, ModelSection, SearchSpace
-from biocnn.binding.data import labelled, read_set, split
-from biocnn.binding.training import CpuBudgetReached, auc_metrics, cpu_budget_callback, evaluate_model, train_deepbind
-from biocnn.binding.model import DeepBind
+from biocnn.deepbind.search import apply_params, run_trial, select_best
+from biocnn.deepbind.config import CalibrationSection, DataSection, DeepBindConfig, ModelSection, SearchSpace
+from biocnn.deepbind.data import labelled, read_set, split
+from biocnn.deepbind.train import CpuBudgetReached, auc_metrics, cpu_budget_callback, evaluate_model, train_deepbind
+from biocnn.deepbind.model import DeepBind
 from biocnn.checkpoint import load_weights
 from biocnn.config import EarlyStopping, TrainConfig
 from biocnn.io.sequences import one_hot_batch

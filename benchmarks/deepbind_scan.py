@@ -28,8 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from biocnn.binding.model import DeepBind
-from biocnn.binding.scan import scan_fasta
+from biocnn.deepbind.model import DeepBind
+from biocnn.deepbind.scan import scan_fasta
 from biocnn.io.atomic import write_json
 from child_memory import peak_rss_gb
 
@@ -81,7 +81,7 @@ def model(seed: int = 0) -> DeepBind:
 def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
     """Peak RSS (MB) of a fresh process that scans ``fasta`` (see :func:`child_memory.peak_rss_gb`)."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); from deepbind_scan import model; "
-            "from biocnn.binding.scan import scan_fasta; "
+            "from biocnn.deepbind.scan import scan_fasta; "
             f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r})")
     return peak_rss_gb(code) * 1024
 

@@ -34,7 +34,7 @@ from biocnn.mammo import metrics as M  # noqa: E402
 from biocnn.mammo.data import decode_all, read_manifest  # noqa: E402
 from biocnn.mammo.evaluate import evaluate  # noqa: E402
 from biocnn.mammo.gradcam import pointing_hit  # noqa: E402
-from biocnn.mammo.training import train  # noqa: E402
+from biocnn.mammo.train import train  # noqa: E402
 from biocnn.synthetic.mammo import read_mask, synthesize  # noqa: E402
 
 

@@ -38,7 +38,7 @@ from biocnn.mammo.config import MammoConfig  # noqa: E402
 from biocnn.mammo.data import DecodeDataset, collate_decoded  # noqa: E402
 from biocnn.mammo.evaluate import input_spec  # noqa: E402
 from biocnn.mammo.score import default_workers, list_inputs, score  # noqa: E402
-from biocnn.mammo.training import OPERATING_POINT, model_spec  # noqa: E402
+from biocnn.mammo.train import OPERATING_POINT, model_spec  # noqa: E402
 from biocnn.models import build_model  # noqa: E402
 from biocnn.synthetic.mammo import synthesize  # noqa: E402
 

@@ -18,7 +18,7 @@ from biocnn.cli_common import add_group, add_verb
 from biocnn.errors import BiocnnError
 
 # Each task package exposes ``register(subparsers)``.
-TASK_MODULES = ("biocnn.mammo.cli", "biocnn.segment.cli", "biocnn.binding.cli")
+TASK_MODULES = ("biocnn.mammo.cli", "biocnn.segment.cli", "biocnn.deepbind.cli")
 
 
 def _info(args: argparse.Namespace) -> int:

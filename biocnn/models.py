@@ -21,7 +21,7 @@ from biocnn.heads import ClassificationHead, UNetDecoder
 MODEL_REGISTRY: dict[str, str] = {
     "classifier": "biocnn.models:Classifier",
     "unet": "biocnn.models:UNet",
-    "deepbind": "biocnn.binding.model:DeepBind",
+    "deepbind": "biocnn.deepbind.model:DeepBind",
 }
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from biocnn.binding.model import DeepBind
-from biocnn.binding.motifs import detector_sites
-from biocnn.binding.mutation import mutation_map
-from biocnn.binding.scan import WindowScorer, scan_fasta
+from biocnn.deepbind.model import DeepBind
+from biocnn.deepbind.motifs import detector_sites
+from biocnn.deepbind.mutation import mutation_map
+from biocnn.deepbind.scan import WindowScorer, scan_fasta
 from biocnn.checkpoint import load_model, save_model
 from biocnn.cli import main
 from biocnn.io.sequences import codes, one_hot, reverse_complement

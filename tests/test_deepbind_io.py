@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biocnn.binding.data import labelled
-from biocnn.binding.shuffle import dinucleotide_counts, dinucleotide_shuffle, shuffled_negatives
+from biocnn.deepbind.data import labelled
+from biocnn.deepbind.shuffle import dinucleotide_counts, dinucleotide_shuffle, shuffled_negatives
 from biocnn.errors import InputError
 from biocnn.io.sequences import (iter_fasta, one_hot, one_hot_batch, read_bed_sequences, read_deepbind_table,
                                  read_fasta, read_sequences, reverse_complement)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from biocnn.binding.calibrate import calibrated_config, sample_trials, select_best
-from biocnn.binding.config import DeepBindConfig
-from biocnn.binding.model import DeepBind, reverse_complement_onehot
+from biocnn.deepbind.search import calibrated_config, sample_trials, select_best
+from biocnn.deepbind.config import DeepBindConfig
+from biocnn.deepbind.model import DeepBind, reverse_complement_onehot
 from biocnn.cli import main
 from biocnn.io.sequences import one_hot, reverse_complement
 from biocnn.models import build_model

@@ -8,10 +8,10 @@ import pytest
 import torch
 from Bio import SeqIO
 
-from biocnn.binding import scan as scan_module
-from biocnn.binding.model import DeepBind
-from biocnn.binding.scan import WindowScorer, scan_fasta
-from biocnn.binding.tracks import TrackWriter
+from biocnn.deepbind import scan as scan_module
+from biocnn.deepbind.model import DeepBind
+from biocnn.deepbind.scan import WindowScorer, scan_fasta
+from biocnn.deepbind.tracks import TrackWriter
 from biocnn.io import fasta_stream
 from biocnn.io.fasta_stream import stream_records
 from biocnn.errors import InputError
@@ -76,7 +76,7 @@ def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monk
 
 
 def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
-    from biocnn.binding import native
+    from biocnn.deepbind import native
 
     lib = native.load()
     assert lib is not None
@@ -132,7 +132,7 @@ def test_models_wider_than_the_c_kernel_fall_back_to_numba_and_stay_exact():
 def test_c_encoder_matches_the_code_table_and_finds_the_first_invalid_byte():
     """The encoder's vector path (64 bases per step) and its scalar tail give the table's codes,
     and report the first invalid byte wherever it falls, non-ASCII bytes included."""
-    from biocnn.binding import native
+    from biocnn.deepbind import native
     from biocnn.io.fasta_stream import chunk_codes
     from biocnn.io.sequences import _CODES
 
@@ -154,7 +154,7 @@ def test_kernels_without_avx512_give_the_same_scores(tmp_path):
     (this machine otherwise only ever compiles the 16-lane path)."""
     import platform
 
-    from biocnn.binding import native
+    from biocnn.deepbind import native
 
     if native.load() is None or platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("needs a C compiler on x86-64")
@@ -203,7 +203,7 @@ def test_scan_output_is_the_same_with_one_or_two_threads(tmp_path):
 def test_record_batches_match_slices_of_the_whole_record_for_any_piece_split():
     """Batches assembled from pieces (views inside one piece, joins across pieces) equal slices
     of the joined record, for overlapping (step < take) and gapped (step > take) batches."""
-    from biocnn.binding.scan import record_batches
+    from biocnn.deepbind.scan import record_batches
 
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -113,7 +113,7 @@ def test_grad_cam_finds_the_region_that_drives_the_logit():
 
 
 def test_platt_calibration_undoes_a_logit_shift_and_keeps_the_ranking():
-    from biocnn.mammo.calibration import calibrated_probs, fit_platt
+    from biocnn.mammo.platt import calibrated_probs, fit_platt
 
     rng = np.random.default_rng(0)
     true_logit = rng.normal(0, 2, 2000)

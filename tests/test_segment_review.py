@@ -273,7 +273,7 @@ def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows()
 
 
 def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_labels():
-    from biocnn.segment.calibration import calibrate, fit_temperature, negative_log_likelihood
+    from biocnn.segment.temperature import calibrate, fit_temperature, negative_log_likelihood
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(20000, 4, generator=gen) * 3

@@ -18,7 +18,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from biocnn.mammo.training import train
+    from biocnn.mammo.train import train
 
     metrics = train(args.config, args.out, resume=args.resume, overrides={"data.manifest": args.manifest,
                                                                            "train.device": args.device})

@@ -24,8 +24,8 @@ from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo import metrics as M
 from biocnn.mammo.data import decode_all, read_manifest
 from biocnn.mammo.gradcam import grad_cam, overlay_png, pointing_hit
-from biocnn.mammo.calibration import calibrated_probs
-from biocnn.mammo.training import read_operating_point
+from biocnn.mammo.platt import calibrated_probs
+from biocnn.mammo.train import read_operating_point
 
 log = logging.getLogger(__name__)
 

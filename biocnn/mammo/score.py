@@ -44,8 +44,8 @@ from biocnn.mammo import metrics as M
 from biocnn.mammo.data import DecodeDataset, collate_decoded
 from biocnn.mammo.evaluate import input_spec
 from biocnn.mammo.gradcam import grad_cam, overlay_png
-from biocnn.mammo.calibration import calibrated_probs
-from biocnn.mammo.training import read_operating_point
+from biocnn.mammo.platt import calibrated_probs
+from biocnn.mammo.train import read_operating_point
 
 log = logging.getLogger(__name__)
 

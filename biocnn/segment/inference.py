@@ -63,7 +63,7 @@ class UncertaintyPredictor:
         fast: share the deterministic prefix (``True``) or run full passes (naive baseline).
         amp: float16 autocast on CUDA.
         temperatures: per model, the calibration temperature its logits are divided by
-            before the softmax (:mod:`biocnn.segment.calibration`); ``None`` (a model trained
+            before the softmax (:mod:`biocnn.segment.temperature`); ``None`` (a model trained
             before calibration existed) or no list at all: 1, uncalibrated.
     """
 

@@ -121,7 +121,7 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
     with the temperature filled in."""
     from biocnn.checkpoint import CONFIG, read_model_config, update_metrics
     from biocnn.io.atomic import write_json
-    from biocnn.segment.calibration import T_RANGE, calibrate, validation_logits
+    from biocnn.segment.temperature import T_RANGE, calibrate, validation_logits
 
     inf = cfg.inference
     if inf.temperature is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biocnn.binding.shuffle import dinucleotide_shuffle
+from biocnn.deepbind.shuffle import dinucleotide_shuffle
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open
 from biocnn.io.sequences import reverse_complement

@@ -8,7 +8,7 @@ measured on the 2-core dev machine (AMD EPYC, AVX-512): 31 M positions/s per cor
 numba against 96 M with the same loop in C. The C source below is compiled once per machine
 (``-O3 -march=native``, no fast-math: additions keep IEEE semantics) into a cache directory;
 when no compiler is available :func:`load` returns ``None`` and the scan falls back to the
-numba kernels in :mod:`biocnn.binding.fastscan` (same results, slower).
+numba kernels in :mod:`biocnn.deepbind.fastscan` (same results, slower).
 
 Kernels (all single-threaded; the caller runs one batch per thread or splits a batch's windows
 over threads; ctypes releases the GIL). Vectors are 16 floats wide with AVX-512, 8 otherwise.
@@ -16,7 +16,7 @@ over threads; ctypes releases the GIL). Vectors are 16 floats wide with AVX-512,
 * ``biocnn_encode``: ASCII bases -> codes 0-4 through a 256-entry table (64 bytes per byte
   permute with AVX-512 VBMI); returns the index of the first invalid character or -1.
 * ``biocnn_pool``: max (and sum) of the rectified detector outputs over every DeepBind-padded
-  window, from 4-mer look-up tables (see :func:`biocnn.binding.fastscan.quad_tables`).
+  window, from 4-mer look-up tables (see :func:`biocnn.deepbind.fastscan.quad_tables`).
 * ``biocnn_score``: ``biocnn_pool`` then DeepBind's head (hidden layer, output) on each strand.
 * ``biocnn_bedgraph``: formats bedGraph lines (``%.4f`` scores rounded half-to-even from the
   exact value, as Python's ``format`` does).

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from biocnn.binding.shuffle import shuffled_negatives
+from biocnn.deepbind.shuffle import shuffled_negatives
 from biocnn.errors import InputError
 from biocnn.io.sequences import SequenceSet, one_hot_batch, read_sequences
 

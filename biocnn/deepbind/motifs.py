@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biocnn.binding.data import read_set
-from biocnn.binding.model import DeepBind, reverse_complement_onehot
+from biocnn.deepbind.data import read_set
+from biocnn.deepbind.model import DeepBind, reverse_complement_onehot
 from biocnn.io.atomic import atomic_open, atomic_path, write_json
 from biocnn.io.sequences import one_hot_batch
 

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from biocnn.binding.model import DeepBind, reverse_complement_onehot
+from biocnn.deepbind.model import DeepBind, reverse_complement_onehot
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open
 from biocnn.io.sequences import _CODES, one_hot_batch, open_text

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biocnn.binding.model import DeepBind
+from biocnn.deepbind.model import DeepBind
 from biocnn.io.atomic import atomic_open, atomic_path, write_json
 from biocnn.io.sequences import ALPHABET, one_hot, read_fasta
 

@@ -15,17 +15,17 @@ convolution pass over the genome. Both strands come from the same pass: the reve
 strand's detectors are the forward kernels reverse-complemented (flipped along bases and
 positions), stacked as extra output channels.
 
-Backends: ``native`` (CPU default): C kernels (:mod:`biocnn.binding.native`) that sum 4-mer
+Backends: ``native`` (CPU default): C kernels (:mod:`biocnn.deepbind.native`) that sum 4-mer
 table rows instead of multiplying one-hot columns, pool per stride-long segment and run the
 dense head (a scan scores one batch per thread; :meth:`WindowScorer.score` on one chunk splits
 its windows over ``torch.get_num_threads()`` threads); ``lookup``: the numba
-kernels of :mod:`biocnn.binding.fastscan` (used when no C compiler is found); ``torch``
+kernels of :mod:`biocnn.deepbind.fastscan` (used when no C compiler is found); ``torch``
 (CUDA default): dense convolutions.
 
 Streaming: the FASTA is read in blocks of a few MB (:mod:`biocnn.io.fasta_stream`) and cut into
 batches of ``chunk`` bp; worker threads (one per core with the C kernels) each read a batch,
 encode and score it, and write every scored batch that is next in file order through
-:class:`biocnn.binding.tracks.TrackWriter` (:class:`_Pipeline`), so a few batches at most are
+:class:`biocnn.deepbind.tracks.TrackWriter` (:class:`_Pipeline`), so a few batches at most are
 in memory whatever the chromosome or genome length.
 
 Outputs: ``PREFIX.bedgraph`` (one score per window, on its central ``stride`` bp so the
@@ -46,9 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biocnn.binding.model import PAD_VALUE, DeepBind
+from biocnn.deepbind.model import PAD_VALUE, DeepBind
 from biocnn.errors import InputError
-from biocnn.binding.tracks import TrackWriter
+from biocnn.deepbind.tracks import TrackWriter
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.io.fasta_stream import chunk_codes, stream_records
 from biocnn.io.sequences import _ONE_HOT
@@ -111,7 +111,7 @@ class WindowScorer:
         # CUDA: dense convolutions (torch).
         if backend == "auto":
             backend = "torch" if self.device.type == "cuda" else "native"
-        from biocnn.binding import native
+        from biocnn.deepbind import native
 
         # The C helpers also encode bases and format bedGraph lines for the torch backend: in
         # Python those two capped a CUDA scan at about 20 Mbp/s (measured on an H100).
@@ -124,7 +124,7 @@ class WindowScorer:
         self.backend = backend
         self._one_hot = torch.from_numpy(_ONE_HOT).to(self.device)  # (5 codes, 4 bases)
         if self.backend in ("native", "lookup"):
-            from biocnn.binding.fastscan import lookup_tables, qmer_tables, quad_tables
+            from biocnn.deepbind.fastscan import lookup_tables, qmer_tables, quad_tables
 
             self.tables = lookup_tables(self.weight.cpu().numpy(), PAD_VALUE)
             self.bias_np = self.bias.cpu().numpy().astype(np.float32)
@@ -180,7 +180,7 @@ class WindowScorer:
 
     def _pool_lookup(self, codes: np.ndarray, n_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(max, sum) per window and channel with the one-hot look-up kernels."""
-        from biocnn.binding.fastscan import detector_track, pool_windows, qmer_codes
+        from biocnn.deepbind.fastscan import detector_track, pool_windows, qmer_codes
 
         w, s, k = self.window, self.stride, self.k
         table, pad_left, pad_right = self.tables

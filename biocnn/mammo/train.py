@@ -25,7 +25,7 @@ from biocnn.config import load_config
 from biocnn.device import autocast, seed_everything
 from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
-from biocnn.mammo.calibration import calibrated_probs, fit_platt
+from biocnn.mammo.platt import calibrated_probs, fit_platt
 from biocnn.mammo.config import MammoConfig
 from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
 from biocnn.mammo import metrics as M

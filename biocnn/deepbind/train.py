@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from biocnn.binding.config import ModelSection
-from biocnn.binding.data import LabelledSequences
-from biocnn.binding.model import DeepBind
+from biocnn.deepbind.config import ModelSection
+from biocnn.deepbind.data import LabelledSequences
+from biocnn.deepbind.model import DeepBind
 from biocnn.config import TrainConfig
 from biocnn.device import autocast, seed_everything, select_device
 from biocnn.train import FitResult, fit, gather_outputs

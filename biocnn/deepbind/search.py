@@ -1,6 +1,9 @@
-"""DeepBind's calibration: random search over hyper-parameters with k-fold cross-validation.
+"""Hyper-parameter search: random search with k-fold cross-validation.
 
-Each trial is one draw from :class:`~biocnn.binding.config.SearchSpace` (learning rate, weight
+DeepBind calls this step "calibration", so the command-line verb keeps that name
+(``biocnn deepbind calibrate``); here it is only ever the search, never probability calibration.
+
+Each trial is one draw from :class:`~biocnn.deepbind.config.SearchSpace` (learning rate, weight
 decay, dropout, initial weight scale, hidden layer on/off, number of motifs, max or max+avg
 pooling), scored by the
 mean validation ROC AUC over ``folds`` folds of the training data. Trials are independent, so
@@ -19,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from biocnn.binding.config import DeepBindConfig
-from biocnn.binding.data import LabelledSequences, stratified_folds
-from biocnn.binding.training import train_deepbind
+from biocnn.deepbind.config import DeepBindConfig
+from biocnn.deepbind.data import LabelledSequences, stratified_folds
+from biocnn.deepbind.train import train_deepbind
 from biocnn.errors import InputError
 from biocnn.io.atomic import write_json
 

@@ -34,7 +34,7 @@ class DataSection(StrictModel):
 
 
 class ModelSection(StrictModel):
-    """DeepBind architecture (see :class:`biocnn.binding.model.DeepBind`)."""
+    """DeepBind architecture (see :class:`biocnn.deepbind.model.DeepBind`)."""
 
     num_motifs: int = Field(16, ge=1)
     motif_len: int = Field(24, ge=1)

@@ -12,14 +12,14 @@ log = logging.getLogger("biocnn.deepbind")
 
 
 def _config(args: argparse.Namespace):
-    from biocnn.binding.config import load_deepbind_config
+    from biocnn.deepbind.config import load_deepbind_config
 
     overrides = {"data.train": getattr(args, "train", None), "data.test": getattr(args, "test", None)}
     return load_deepbind_config(args.config, overrides)
 
 
 def _training_data(cfg, seed: int, max_positives: int | None):
-    from biocnn.binding.data import labelled, read_set
+    from biocnn.deepbind.data import labelled, read_set
     from biocnn.errors import ConfigError
 
     if not cfg.data.train:
@@ -30,7 +30,7 @@ def _training_data(cfg, seed: int, max_positives: int | None):
 
 # ----------------------------------------------------------------------------- calibrate
 def _calibrate(args: argparse.Namespace) -> int:
-    from biocnn.binding import calibrate as cal
+    from biocnn.deepbind import search as cal
     from biocnn.io.atomic import write_json
 
     cfg = _config(args)
@@ -60,9 +60,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from biocnn.binding import calibrate as cal
-    from biocnn.binding.data import split
-    from biocnn.binding.training import train_deepbind
+    from biocnn.deepbind import search as cal
+    from biocnn.deepbind.data import split
+    from biocnn.deepbind.train import train_deepbind
     from biocnn.checkpoint import provenance, update_metrics
     from biocnn.errors import InputError
 
@@ -88,8 +88,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from biocnn.binding.data import labelled, read_set
-    from biocnn.binding.training import evaluate_model
+    from biocnn.deepbind.data import labelled, read_set
+    from biocnn.deepbind.train import evaluate_model
     from biocnn.checkpoint import load_model
     from biocnn.io.atomic import write_json
 
@@ -108,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- interpretation
 def _motifs(args: argparse.Namespace) -> int:
-    from biocnn.binding.motifs import run_motifs
+    from biocnn.deepbind.motifs import run_motifs
 
     summary = run_motifs(args.model, args.sequences, args.out, top_fraction=args.top_fraction,
                          jaspar_collection=args.collection, tax_group=args.tax_group,
@@ -118,7 +118,7 @@ def _motifs(args: argparse.Namespace) -> int:
 
 
 def _mutation_map(args: argparse.Namespace) -> int:
-    from biocnn.binding.mutation import run_mutation_maps
+    from biocnn.deepbind.mutation import run_mutation_maps
 
     written, failures = run_mutation_maps(args.model, args.fasta, args.out, limit=args.limit)
     print(f"{written} mutation maps -> {args.out}" + (f"; {len(failures)} failed" if failures else ""))
@@ -128,7 +128,7 @@ def _mutation_map(args: argparse.Namespace) -> int:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from biocnn.binding.variants import run_variants
+    from biocnn.deepbind.variants import run_variants
 
     counts = run_variants(args.model, args.vcf, args.reference, args.out, flank=args.flank)
     print(f"{counts['scored']} variants scored, {counts['ref_mismatch']} with a reference mismatch, "
@@ -137,7 +137,7 @@ def _variants(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from biocnn.binding.scan import run_scan
+    from biocnn.deepbind.scan import run_scan
 
     stats = run_scan(args.model, args.fasta, args.out, window=args.window, stride=args.stride,
                      threshold=args.threshold, chunk=args.chunk)
@@ -156,7 +156,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from biocnn.binding.report import build_report
+    from biocnn.deepbind.report import build_report
 
     summary = build_report(args.experiments, args.results, args.out)
     print(f"report for {len(summary['experiments'])} experiments -> {args.out}")
