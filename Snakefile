@@ -1,7 +1,7 @@
 # biocnn workflows. `snakemake --cores all` runs the whole demo on generated data and ends
 # with one self-contained HTML report: results/demo/report.html.
 # Another config: `snakemake --cores all --configfile configs/my_run.yaml`.
-# On a SLURM cluster: `snakemake --profile configs/profiles/slurm` (see README).
+# On a SLURM cluster: `snakemake --profile configs/profiles/slurm` (see docs/workflows.md).
 import shutil
 import sys
 

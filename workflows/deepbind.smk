@@ -1,6 +1,6 @@
 # deepbind workflow: per experiment, calibrate trials (one job each) -> select -> train on all
 # training data -> evaluate -> motifs -> mutation maps -> variants -> scan; then one report.
-# See README "DeepBind binding models". Config (configs/demo.yaml, key `deepbind`):
+# See docs/deepbind.md. Config (configs/demo.yaml, key `deepbind`):
 #   config: the training YAML (model, train, calibration); seed; demo: sizes of generated data;
 #   scan: window/stride/threshold; motifs: JASPAR collection/tax_group to match against;
 #   experiments: name -> {motif: JASPAR ID} (generated) or, for your data,

@@ -1,4 +1,4 @@
-# mammo workflow: synth (demo) -> train -> evaluate -> score -> report. See README "Mammography".
+# mammo workflow: synth (demo) -> train -> evaluate -> score -> report. See docs/mammography.md.
 # Config (configs/demo.yaml, key `mammo`): train_exams, heldout_exams, seed, config (the
 # training YAML), heldout_tomo (tomosynthesis volumes among the held-out files; a 2D model
 # lists them as failures with the reason).

@@ -1,5 +1,5 @@
 # segment workflow: synth (demo) -> train -> predict (MC dropout) -> evaluate -> report, for the
-# malaria (2D) and tumor (3D) configs. See README "Segmentation with uncertainty".
+# malaria (2D) and tumor (3D) configs. See docs/segmentation.md.
 # Config (configs/demo.yaml, key `segment`): kinds, seed, mc_samples, and per kind: config
 # (the training YAML), train_n, test_n, size, tta, epochs (overrides the YAML's train.epochs).
 SEGMENT = config.get("segment", {})
