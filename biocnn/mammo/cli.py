@@ -1,4 +1,4 @@
-"""``biocnn mammo <verb>``: synth, train, evaluate, score."""
+"""``biocnn mammo <verb>``: synth, train, evaluate, score, report."""
 
 from __future__ import annotations
 

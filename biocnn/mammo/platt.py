@@ -34,8 +34,8 @@ def fit_platt(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
 
 
 def calibrated_probs(logits: torch.Tensor | np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
-    """Probabilities from raw logits; ``calibration=None`` (models trained before calibration
-    existed) is the plain sigmoid."""
+    """Probabilities from raw logits; ``calibration=None`` (no stored Platt scaling) is the plain
+    sigmoid."""
     z = torch.as_tensor(logits).detach().float().cpu().reshape(-1)
     if calibration:
         z = calibration["slope"] * z + calibration["intercept"]

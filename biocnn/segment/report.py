@@ -11,7 +11,7 @@ from biocnn.io.atomic import atomic_path, write_json
 
 
 def _flagged(pred_dir: Path) -> set[str]:
-    """Cases ``predict`` flagged for review (none for outputs written before flags existed)."""
+    """Cases ``predict`` flagged for review (none when ``predict.json`` lists no flags)."""
     info = pred_dir / "predict.json"
     return set(read_json(info).get("flagged", [])) if info.is_file() else set()
 
@@ -30,7 +30,7 @@ def _scatter(path: Path, name: str, metrics: dict, flagged: set[str]) -> None:
             ax.scatter([r["score"] for r in sel], [1 - r["mean_dice"] for r in sel], s=18, c=colour, label=label)
     if flagged:
         ax.legend(fontsize=8)
-    # Two lines: one line of this length was cut off at the figure's width.
+    # Two lines: one line this long does not fit the figure's width.
     ax.set_xlabel("review score\n(structure uncertainty; OOD inputs raised to the threshold)", fontsize=8)
     ax.set_ylabel("1 - Dice")
     rho = metrics["spearman"]
