@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -120,22 +121,25 @@ def test_sliding_window_predictor_tta_and_ensemble():
         UncertaintyPredictor(models, 2, mc_samples=1, temperatures=[0.5])
 
 
-def test_tta_undoes_flips():
-    # A model that outputs its input's x-coordinate ramp is flip-equivariant only if flips
-    # are undone: averaging over views must reproduce the unflipped output.
-    class Ramp(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = type("B", (), {"stages": []})()
-
-        def forward(self, x):
-            return torch.cat([x, -x], 1)
-
-    from biocnn.segment import inference
-
-    x = torch.linspace(-2, 2, 12).reshape(1, 1, 3, 4)
-    pred = inference.UncertaintyPredictor([Ramp()], 2, mc_samples=1, tta=True, fast=False)
-    torch.testing.assert_close(pred(x)[:, :2], torch.softmax(torch.cat([x, -x], 1), 1))
+@pytest.mark.parametrize("dims,shape", [(2, (12, 10)), (3, (8, 6, 4))])
+def test_tta_averages_the_unflipped_views_of_every_flip(dims, shape):
+    # A U-Net with random weights is not flip-equivariant, so the TTA average differs from one
+    # plain pass, and from averaging views that were not flipped back.
+    torch.manual_seed(4)
+    model = UNet(spatial_dims=dims, in_channels=1, out_channels=3, channels=(4, 8), norm="instance").eval()
+    x = torch.randn(2, 1, *shape)
+    views = []
+    for r in range(dims + 1):
+        for axes in itertools.combinations(range(2, 2 + dims), r):
+            views.append(torch.softmax(model(x.flip(axes)).flip(axes), 1) if axes else torch.softmax(model(x), 1))
+    assert len(views) == 2**dims
+    p = torch.stack(views)
+    expected = torch.cat([p.mean(0), entropy(p, 2).mean(0)[:, None]], 1)
+    got = UncertaintyPredictor([model], dims, mc_samples=1, tta=True)(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    plain = UncertaintyPredictor([model], dims, mc_samples=1, tta=False)(x)
+    torch.testing.assert_close(plain[:, :3], views[0], atol=1e-5, rtol=0)
+    assert (got[:, :3] - plain[:, :3]).abs().max() > 1e-2  # the views do differ
 
 
 def test_metrics_on_known_values():
