@@ -10,8 +10,8 @@ import pytest
 from biocnn.deepbind.data import labelled
 from biocnn.deepbind.shuffle import dinucleotide_counts, dinucleotide_shuffle, shuffled_negatives
 from biocnn.errors import InputError
-from biocnn.io.sequences import (iter_fasta, one_hot, one_hot_batch, read_bed_sequences, read_deepbind_table,
-                                 read_fasta, read_sequences, reverse_complement)
+from biocnn.io.dna import one_hot, one_hot_batch, reverse_complement
+from biocnn.io.sequences import iter_fasta, read_bed_sequences, read_deepbind_table, read_fasta, read_sequences
 
 ENCODE = Path(__file__).resolve().parents[2] / "shared" / "data" / "encode"
 

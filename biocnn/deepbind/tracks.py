@@ -30,8 +30,10 @@ _SYNC_FILE_RANGE = None
 class TrackWriter:
     """bedGraph + merged-peak BED output, written as windows arrive."""
 
-    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float, lib=None):
-        self.bg, self.bed, self.lib = bedgraph, bed, lib
+    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float, kernels=None):
+        """``kernels``: :class:`biocnn.deepbind.native.Kernels` format the bedGraph lines (the same
+        bytes as Python's formatting, faster); ``None``: Python formats them."""
+        self.bg, self.bed, self.kernels = bedgraph, bed, kernels
         self.window, self.stride, self.threshold = window, stride, threshold
         self.offset = (window - stride) // 2 if stride < window else 0
         self.span = min(stride, window)
@@ -72,7 +74,7 @@ class TrackWriter:
             self.peak = [chrom, *run]
 
     def _bedgraph(self, chrom: str, lo: np.ndarray, hi: np.ndarray, scores: np.ndarray) -> None:
-        if self.lib is None:
+        if self.kernels is None:
             self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
                                                                                         scores.tolist())).encode())
             return
@@ -82,8 +84,7 @@ class TrackWriter:
         size = len(lo) * (len(name) + 128)  # the C formatter's bound per line
         if len(self._text) < size:  # reused: a fresh buffer per batch costs page faults
             self._text = np.empty(size, np.uint8)
-        n = self.lib.biocnn_bedgraph(name, len(name), lo.ctypes.data, hi.ctypes.data, scores.ctypes.data, len(lo),
-                                     self._text.ctypes.data)
+        n = self.kernels.bedgraph(name, lo, hi, scores, self._text)
         self.bg.write(memoryview(self._text)[:n])
         self.bg.flush()
         _start_writeback(self.bg.fileno())

@@ -22,7 +22,8 @@ import torch
 from biocnn.deepbind.model import DeepBind, reverse_complement_onehot
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open
-from biocnn.io.sequences import _CODES, one_hot_batch, open_text
+from biocnn.io.dna import CODES, one_hot_batch
+from biocnn.io.textfiles import open_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def read_vcf(path: str | Path) -> Iterator[tuple[int, str, int, str, str, list[s
 def _check_allele(allele: str) -> str | None:
     if allele.startswith("<") or "[" in allele or "]" in allele or allele in (".", "*"):
         return f"symbolic or missing allele {allele!r} is not supported"
-    if (_CODES[np.frombuffer(allele.encode("ascii", "replace"), np.uint8)] == 255).any():
+    if (CODES[np.frombuffer(allele.encode("ascii", "replace"), np.uint8)] == 255).any():
         return f"allele {allele!r} has non-DNA characters"
     return None
 

@@ -3,9 +3,9 @@ pieces of ASCII bases read in large binary blocks, never as whole sequences, and
 base codes with validation that names the record and position.
 
 Biopython's ``SeqIO`` (used by :mod:`biocnn.io.sequences` for training sets) holds each
-record in memory whole, and its per-line parsing caps a scan at a few Mbp/s; genome scans
-need constant memory and hundreds of Mbp/s, hence this small reader (tested to agree with
-Biopython on plain, gzip and CRLF files).
+record in memory whole and parses line by line; genome scans need constant memory and a
+reader much faster than the scoring, hence this small reader (tested to agree with Biopython
+on plain, gzip and CRLF files).
 """
 
 from __future__ import annotations
@@ -16,22 +16,24 @@ from typing import Iterator
 import numpy as np
 
 from biocnn.errors import InputError
-from biocnn.io.sequences import _CODES, open_binary
+from biocnn.io.dna import CODES
+from biocnn.io.textfiles import open_binary
 
 _READ_BLOCK = 1 << 20  # bytes per read of the FASTA file
 
 
 def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset: int = 0,
-                lib=None, out: np.ndarray | None = None) -> np.ndarray:
+                kernels=None, out: np.ndarray | None = None) -> np.ndarray:
     """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases (into ``out`` if given); an
     invalid character is an error naming the record and its 1-based position (``offset``: the
-    chunk's start in the record)."""
+    chunk's start in the record). ``kernels``: :class:`biocnn.deepbind.native.Kernels`, which
+    look up and validate in one pass; without them NumPy does."""
     arr = np.frombuffer(raw, dtype=np.uint8)
-    if lib is not None:  # one pass in C: look up and validate
+    if kernels is not None:
         codes = np.empty(len(arr), np.uint8) if out is None else out
-        bad = lib.biocnn_encode(arr.ctypes.data, len(arr), _CODES.ctypes.data, codes.ctypes.data)
+        bad = kernels.encode(arr, CODES, codes)
     else:
-        codes = _CODES[arr]
+        codes = CODES[arr]
         if out is not None:
             out[:] = codes
         hits = np.flatnonzero(codes == 255)

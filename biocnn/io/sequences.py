@@ -1,39 +1,25 @@
-"""DNA sequence input: FASTA, DeepBind tables, BED + reference; one-hot encoding.
+"""DNA sequence readers: FASTA, DeepBind tables, BED + reference.
 
 Readers return :class:`SequenceSet` objects: the records that were kept plus a list of the
 records that were skipped and why (empty, shorter than the motif length), so a caller can
 report every skip; nothing is dropped silently. Problems that make a file unusable (missing or
 empty file, a character that is not DNA, duplicate IDs, a bad label) raise
-:class:`~biocnn.errors.InputError` naming the file, the record and the position.
-
-Encoding: channels are A, C, G, T. ``N`` and the IUPAC ambiguity codes (R Y S W K M B D H V)
-become 0.25 in every channel, as DeepBind does; lowercase (soft-masked) bases are accepted.
+:class:`~biocnn.errors.InputError` naming the file, the record and the position. Encoding is
+:mod:`biocnn.io.dna` (its functions are also importable from here).
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from biocnn.errors import InputError
-
-ALPHABET = "ACGT"
-AMBIGUOUS = "NRYSWKMBDHV"
-# Byte -> code: 0..3 for A, C, G, T; 4 for an ambiguity code; 255 for anything else.
-_CODES = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(ALPHABET):
-    _CODES[ord(_c)] = _CODES[ord(_c.lower())] = _i
-for _c in AMBIGUOUS:
-    _CODES[ord(_c)] = _CODES[ord(_c.lower())] = 4
-# Code -> one-hot column; code 4 (ambiguous) is 0.25 everywhere.
-_ONE_HOT = np.vstack([np.eye(4, dtype=np.float32), np.full((1, 4), 0.25, dtype=np.float32)])
-_COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVNacgtryswkmbdhvn", "TGCAYRSWMKVHDBNtgcayrswmkvhdbn")
+from biocnn.io.dna import ALPHABET, AMBIGUOUS, codes, one_hot, one_hot_batch, reverse_complement  # noqa: F401
+from biocnn.io.textfiles import open_binary, open_text  # noqa: F401
 
 
 @dataclass
@@ -76,145 +62,6 @@ class SequenceSet:
         shown = ", ".join(f"{rid} ({why})" for rid, why in self.skipped[:5])
         more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
         return f"{self.source}: skipped {len(self.skipped)} records: {shown}{more}"
-
-
-# ------------------------------------------------------------------------------- encoding
-def codes(seq: str, record: str = "<sequence>", source: str | Path = "<input>") -> np.ndarray:
-    """Integer codes of ``seq`` (0-3 = ACGT, 4 = ambiguous); error on any other character."""
-    try:
-        raw = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
-    except UnicodeEncodeError:
-        raw = np.frombuffer(seq.encode("utf-8"), dtype=np.uint8)
-    out = _CODES[raw]
-    bad = np.flatnonzero(out == 255)
-    if bad.size:
-        pos = int(bad[0])
-        char = seq[pos] if pos < len(seq) else "?"
-        raise InputError(source, f"record {record!r}: invalid character {char!r} at position {pos + 1} "
-                                 f"(allowed: A C G T, IUPAC ambiguity codes {AMBIGUOUS}, any case)")
-    return out
-
-
-def one_hot(seq: str, record: str = "<sequence>", source: str | Path = "<input>") -> np.ndarray:
-    """One-hot encode ``seq`` as float32 of shape (4, len(seq)), channels A, C, G, T."""
-    return _ONE_HOT[codes(seq, record, source)].T.copy()
-
-
-def one_hot_batch(seqs: Iterable[str], length: int | None = None, ids: Iterable[str] | None = None,
-                  source: str | Path = "<input>") -> np.ndarray:
-    """Encode sequences into one (n, 4, length) float32 array.
-
-    Sequences shorter than ``length`` (default: the longest) are filled on the right with
-    0.25, the same neutral value DeepBind pads with, so a max-pooling model scores them as it
-    would score the unpadded sequence.
-    """
-    seqs = list(seqs)
-    names = list(ids) if ids is not None else [f"#{i + 1}" for i in range(len(seqs))]
-    length = length if length is not None else max((len(s) for s in seqs), default=0)
-    out = np.full((len(seqs), 4, length), 0.25, dtype=np.float32)
-    for i, (seq, name) in enumerate(zip(seqs, names)):
-        if len(seq) > length:
-            raise InputError(source, f"record {name!r} is {len(seq)} bp, longer than {length}")
-        out[i, :, : len(seq)] = _ONE_HOT[codes(seq, name, source)].T
-    return out
-
-
-def reverse_complement(seq: str) -> str:
-    """Reverse complement, keeping case and mapping IUPAC codes to their complements."""
-    return seq.translate(_COMPLEMENT)[::-1]
-
-
-# ------------------------------------------------------------------------------- readers
-def open_binary(path: str | Path) -> io.BufferedIOBase:
-    """Open a plain or gzip'd file for reading bytes (gzip detected from its first bytes, not
-    its name). Read errors (a truncated or corrupt gzip stream, a failing disk) are
-    :class:`InputError` naming ``path``, not a bare ``EOFError`` from the gzip module."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return _Binary(gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb"), path)
-
-
-class _Binary(io.BufferedIOBase):
-    """The reads of :func:`open_binary`, with their errors naming the file (the one place where
-    both the block reader of genome scans and :func:`open_text` get that)."""
-
-    def __init__(self, fh, path: Path):
-        super().__init__()
-        self._fh, self._path = fh, path
-
-    def _call(self, method, *args):
-        try:
-            return method(*args)
-        except (EOFError, OSError) as exc:
-            raise InputError(self._path, f"cannot read: {exc}") from None
-
-    def read(self, size: int | None = -1) -> bytes:
-        return self._call(self._fh.read, size)
-
-    def read1(self, size: int = -1) -> bytes:
-        return self._call(self._fh.read1, size)
-
-    def readinto(self, buffer) -> int:
-        return self._call(self._fh.readinto, buffer)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return self._fh.seekable()
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._call(self._fh.seek, offset, whence)
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-class _Text(io.TextIOWrapper):
-    """A text file whose bytes that are not UTF-8 surface as an :class:`InputError` naming it,
-    not as a bare ``UnicodeDecodeError`` from deep inside a parser (read errors already do, from
-    :func:`open_binary`)."""
-
-    source: str
-
-    def _failed(self, exc: UnicodeDecodeError) -> InputError:
-        return InputError(self.source, f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}): "
-                                       "is it a FASTA/TSV/VCF file?")
-
-    def read(self, size: int | None = -1) -> str:
-        try:
-            return super().read(size)
-        except UnicodeDecodeError as exc:
-            raise self._failed(exc) from None
-
-    def readline(self, size: int = -1) -> str:
-        try:
-            return super().readline(size)
-        except UnicodeDecodeError as exc:
-            raise self._failed(exc) from None
-
-    def __next__(self) -> str:
-        try:
-            return super().__next__()
-        except UnicodeDecodeError as exc:
-            raise self._failed(exc) from None
-
-
-def open_text(path: str | Path) -> io.TextIOWrapper:
-    """Open a plain or gzip'd text file (UTF-8, universal newlines; see :func:`open_binary`).
-
-    Read errors (a truncated gzip, invalid UTF-8, I/O) are :class:`InputError` naming ``path``.
-    """
-    fh = _Text(open_binary(path), encoding="utf-8")
-    fh.source = str(path)
-    return fh
 
 
 def _keep(out: SequenceSet, seen: set[str], record: SequenceRecord, min_len: int) -> None:
