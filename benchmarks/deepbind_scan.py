@@ -2,9 +2,10 @@
 
 A generated 10 Mbp FASTA is scanned with a default-sized DeepBind model (16 motifs x 24 bp,
 both strands, window 101, stride 50) and, in the same run, with memelite's FIMO using 16
-PWMs of width 24 (both strands, p < 1e-4). Warm-up runs (C kernel compilation or cache load
-for ours, numba compilation for FIMO) are excluded; the tools take turns, ``--repeats`` runs each,
-and each tool's fastest run counts. Also printed: the share of this machine's
+PWMs of width 24 (both strands, p < 1e-4). Warm-up runs (first use of the buffers for ours,
+numba compilation for FIMO) are excluded; the tools take turns, ``--repeats`` runs each, and
+each tool's fastest run counts. The kernel build used (``kernel_isa``: avx512, avx2 or
+baseline, picked from the CPU) is printed with the table. Also printed: the share of this machine's
 measured fp32 matmul FLOP/s that the scan reaches, counting the FLOPs of the dense convolution
 it replaces (``roofline_share``; above 1 because table look-ups skip most of them) and the
 additions it actually performs (``roofline_share_actual``), and the peak RSS of a fresh scan
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
         net = model(args.seed)
         rng = np.random.default_rng(args.seed)
         pwms = {f"motif{i}": rng.dirichlet(np.full(4, 0.5), size=24).T for i in range(16)}  # 16 PWMs, width 24
-        scan_fasta(net, small, tmp / "warm")  # warm-ups: kernel compilation or cache load,
-        fimo(pwms, str(small), threshold=1e-4)  # numba compilation
+        warm = scan_fasta(net, small, tmp / "warm")  # warm-ups (FIMO: numba compilation)
+        fimo(pwms, str(small), threshold=1e-4)
         # (seconds, CPU seconds) per run; the two tools take turns, so a busy spell on the machine
         # falls on both, and the fastest of --repeats runs counts for each.
         runs = {"ours": [], "fimo": []}
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
               "matmul_gflops": peak / 1e9, "scan_effective_gflops": ours_mbps * 1e6 * flops_per_bp / 1e9,
               "roofline_share_actual": ours_mbps * 1e6 * adds_per_bp / peak, "adds_per_bp": adds_per_bp,
               "fimo_hits": int(sum(len(h) for h in hits)), "windows": ours["windows"], "genome_mbp": args.mbp,
+              "backend": warm["backend"], "kernel_isa": warm.get("kernel_isa"),
               # Mbp per CPU-second (all threads): comparable when other jobs share the cores.
               "ours_mbp_per_cpu_s": bp / 1e6 / ours_cpu, "fimo_mbp_per_cpu_s": bp / 1e6 / fimo_cpu}
     per_cpu = result["ours_mbp_per_cpu_s"], result["fimo_mbp_per_cpu_s"]
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
           f"GFLOP/s = {roofline:.2f} of it; {adds_per_bp:.0f} additions/bp actually done = "
           f"{result['roofline_share_actual']:.3f} of it")
     print(f"peak RSS: {rss_small:.0f} MB at {args.mbp:.0f} Mbp, {rss_large:.0f} MB at {args.large_mbp:.0f} Mbp")
+    print(f"backend {warm['backend']}, kernel build {warm.get('kernel_isa')}")
     write_json(args.out, result)  # atomic, like every biocnn output
     return 0
 

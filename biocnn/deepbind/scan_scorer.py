@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from biocnn.deepbind import native
 from biocnn.deepbind.model import PAD_VALUE, DeepBind
-from biocnn.deepbind.scan_weights import head_weights, lookup_tables, padded_channels, quad_tables, strand_weights
+from biocnn.deepbind.scan_weights import (head_weights, in_huge_pages, lookup_tables, padded_channels, quad_tables,
+                                          strand_weights)
 from biocnn.errors import InputError
 from biocnn.io.dna import ONE_HOT
 from biocnn.io.fasta_stream import chunk_codes
@@ -106,7 +107,7 @@ class WindowScorer:
         vector register), the padded channels staying 0."""
         table, pad_left, pad_right = lookup_tables(self.weight.cpu().numpy(), PAD_VALUE)
         self.padded_channels = cp = -(-self.weight.shape[0] // 16) * 16
-        self.ztab = quad_tables(table, cp)
+        self.ztab = in_huge_pages(quad_tables(table, cp))
         self.pad_vectors = tuple(padded_channels(a, cp) for a in (self.bias.cpu().numpy(), pad_left, pad_right))
         self.head_weights = head_weights(self.model.head.mlp)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None

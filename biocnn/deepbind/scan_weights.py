@@ -4,13 +4,18 @@ With one-hot input a motif detector's output at position ``g`` is
 ``bias + sum_j W[:, base(g + j), j]``: table look-ups and additions instead of multiply-adds.
 The kernels add 4-mer rows (sums of four columns) from :func:`quad_tables`, the constant
 contribution of DeepBind's 0.25 padding from :func:`lookup_tables`, and run the head from
-:func:`head_weights`. Every array starts on a cache line (:func:`aligned`).
+:func:`head_weights`. Every array starts on a cache line (:func:`aligned`); the 4-mer table, a
+few MB read at random, lies in huge pages where the system grants them (:func:`in_huge_pages`).
 """
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import torch
+
+HUGE_PAGE = 2 << 20  # bytes in an x86-64 / arm64 huge page
 
 
 def strand_weights(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +97,28 @@ def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
     a = np.ascontiguousarray(a, np.float32)
     raw = np.empty(a.nbytes + align, np.uint8)
     start = -raw.ctypes.data % align
+    out = raw[start:start + a.nbytes].view(np.float32).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def in_huge_pages(a: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``a`` in memory that the kernel is asked to back with huge pages (Linux
+    transparent huge pages, granted where enabled for ``madvise``): look-ups spread over a few MB
+    would otherwise miss the TLB most of the time. Elsewhere: :func:`aligned`."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None:
+        return aligned(a)
+    a = np.ascontiguousarray(a, np.float32)
+    span = -(-max(a.nbytes, 1) // HUGE_PAGE) * HUGE_PAGE
+    # private: shared anonymous memory would be shmem, whose huge pages are a separate setting
+    memory = mmap.mmap(-1, span + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # + room to align
+    raw = np.frombuffer(memory, np.uint8)  # keeps ``memory`` alive as long as the array
+    start = -raw.ctypes.data % HUGE_PAGE
+    try:
+        memory.madvise(advice, start, span)
+    except OSError:
+        pass  # not granted: ordinary pages, the same results
     out = raw[start:start + a.nbytes].view(np.float32).reshape(a.shape)
     out[...] = a
     return out
