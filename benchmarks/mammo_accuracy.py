@@ -35,6 +35,7 @@ from biocnn.mammo.data import decode_all, read_manifest  # noqa: E402
 from biocnn.mammo.evaluate import evaluate  # noqa: E402
 from biocnn.mammo.gradcam import pointing_hit  # noqa: E402
 from biocnn.mammo.train import train  # noqa: E402
+from biocnn.metrics import expected_calibration_error  # noqa: E402
 from biocnn.synthetic.mammo import read_mask, synthesize  # noqa: E402
 
 
@@ -60,7 +61,8 @@ def baseline(manifest: Path, size: tuple[int, int], tolerance: int, threshold_qu
     t = M.threshold_for_sensitivity(labels, scores_a, threshold_quantile)
     out = M.summary(labels, scores_a, t, groups, n_boot=1000)
     # An intensity is not a probability: calibrate it by rank to [0, 1] before the ECE.
-    out["ece"] = M.expected_calibration_error(labels, (np.argsort(np.argsort(scores_a)) + 0.5) / len(scores_a))
+    out["ece"] = expected_calibration_error(labels, (np.argsort(np.argsort(scores_a)) + 0.5) / len(scores_a),
+                                            M.ECE_BINS)
     out["pointing_game"] = float(np.mean(hits)) if hits else None
     return out
 

@@ -29,10 +29,10 @@ import torch
 
 from biocnn.checkpoint import load_model
 from biocnn.device import select_device
+from biocnn.metrics import roc_auc
 from biocnn.models import UNet
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import label_to_index
-from biocnn.segment.evaluate import auroc
 from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
 from biocnn.segment.uncertainty import maps_from_stats
 from biocnn.io.atomic import write_json
@@ -91,7 +91,7 @@ def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def _error_auroc(stats: torch.Tensor, truth: np.ndarray) -> float:
     maps = maps_from_stats(stats[None])
     wrong = maps["label"][0].numpy() != truth
-    return auroc(maps["entropy"][0].numpy().ravel(), wrong.ravel())
+    return roc_auc(wrong.ravel(), maps["entropy"][0].numpy().ravel())
 
 
 def bench_kind(kind: str, model_dir: Path, samples: int, repeats: int, quick: bool,
@@ -101,15 +101,15 @@ def bench_kind(kind: str, model_dir: Path, samples: int, repeats: int, quick: bo
     seeds (one draw of T samples moves the AUROC by a few hundredths either way, as much as the
     goal's margin), the times those of seed 0."""
     model, config = load_model(model_dir, device)
-    inf = InferenceConfig(**config["inference"])
+    inference = InferenceConfig(**config["inference"])
     dims = DataConfig(**config["data"]).spatial_dims
     image, truth = _test_input(kind, quick)
     image = image.to(device)
-    sw = sw_batch_size or inf.sw_batch_size
+    sw = sw_batch_size or inference.sw_batch_size
 
     def run(mc: int, fast: bool):
-        pred = UncertaintyPredictor([model], dims, mc_samples=mc, mc_batch=inf.mc_batch, fast=fast)
-        return sliding_stats(image, pred, inf.roi_size, sw, inf.overlap, device=device).cpu()
+        pred = UncertaintyPredictor([model], dims, mc_samples=mc, mc_batch=inference.mc_batch, fast=fast)
+        return sliding_stats(image, pred, inference.roi_size, sw, inference.overlap, device=device).cpu()
 
     run(1, True)  # warm-up (cuDNN algorithm choice, allocator)
     t_det, _ = _time(lambda: run(1, True), repeats)

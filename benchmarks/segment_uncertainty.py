@@ -15,7 +15,7 @@ Metrics on all held-out cases (in-distribution + OOD): Dice, HD95, error-detecti
 (voxel entropy vs wrong voxels), Spearman (image score vs 1 - Dice), ECE; and the AUROC of
 the image-level score for telling OOD from in-distribution images. The image score is the
 review ``score`` of ``uncertainty.csv``; a second table gives Spearman and OOD AUROC of each
-of its components (and of the old score, the mean entropy) measured on the same predictions.
+of its components (and of the mean entropy) measured on the same predictions.
 Nothing is fitted on the held-out or OOD sets: the feature statistics and the review
 threshold come from the training images (and their validation split): at training time, and
 for the ensemble at prediction time (``predict --reference``: its own sampling).
@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biocnn.segment.evaluate import auroc, evaluate, spearman
+from biocnn.metrics import roc_auc
+from biocnn.segment.evaluate import evaluate, spearman
 from biocnn.segment.data import find_cases
 from biocnn.segment.predict import predict
 from biocnn.segment.train import train
@@ -50,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIFTS = ("noise", "blur", "intensity")
 METHODS = ("mc_dropout", "tta", "ensemble")
 KEYS = ("dice", "hd95", "error_auroc", "spearman", "ece", "ood_auroc")
-# Columns of uncertainty.csv reported on their own (the review score's parts, the old score).
+# Columns of uncertainty.csv reported on their own (the review score's parts, the mean entropy and MI).
 COMPONENTS = ("structure_uncertainty", "expected_dice_error", "feature_distance", "mean_entropy", "mean_mutual_info")
 
 
@@ -131,11 +132,11 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
         scores = np.array([float(r["score"]) for r in rows])
         labels = np.array([is_ood[r["case"]] for r in rows])
         result[method] = {k: m[k] for k in KEYS[:-1]}
-        result[method]["ood_auroc"] = auroc(scores, labels)
+        result[method]["ood_auroc"] = roc_auc(labels, scores)
         error = {r["case"]: 1 - r["mean_dice"] for r in m["per_case"]}
         result[method]["components"] = {
             col: {"spearman": spearman([float(r[col]) for r in rows], [error[r["case"]] for r in rows]),
-                  "ood_auroc": auroc(np.array([float(r[col]) for r in rows]), labels)}
+                  "ood_auroc": roc_auc(labels, np.array([float(r[col]) for r in rows]))}
             for col in COMPONENTS if all(r[col] != "" for r in rows)}
         # Diagnostic, uses the labels (nothing is fitted on it): the best Spearman any score
         # could reach while ranking every OOD input above every in-distribution one. Where
@@ -172,14 +173,9 @@ def main() -> None:
                                        "(a later run with the same directory reuses its data and models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # Held-out cases per set: 12 malaria fields gave error AUROC 0.80 on one draw and 0.86 on 48
-    # fields (the same models), so the cheap 2D sets are large; 48 tumor cases per set (192
-    # volumes in all): with 6 or 12 per set the tumor numbers moved by up to 0.2 between runs,
-    # with 24 by up to 0.09 (Spearman, OOD AUROC) between two draws. Training sets: the review
-    # threshold is a conformal 0.9 quantile of the training images' values, a noisy statistic
-    # of a few values (of 12 tumor cases, their largest; of 24 malaria fields, the 23rd put
-    # 19-27 % of in-distribution fields above it under MC dropout in two trainings), so 24
-    # tumor cases and 48 malaria fields (2D models train in seconds).
+    # (training, held-out per set) cases: small held-out sets make the uncertainty metrics vary
+    # between draws, and the review threshold is a conformal 0.9 quantile of the training
+    # images' values, a noisy statistic of a few values; 2D models train in seconds.
     sizes = {"malaria": (48, 48), "tumor": (24, 48)}
     result = {}
     for kind in args.kinds:

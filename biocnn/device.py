@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,10 +40,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_deterministic() -> None:
-    """Prefer deterministic kernels (cuDNN autotuning picks algorithms by timing)."""
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Prefer deterministic kernels inside the block, then restore the caller's settings.
+
+    cuDNN autotuning picks algorithms by timing, so it is off; ops without a deterministic
+    CUDA kernel warn rather than fail. ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS reproducible
+    where it is read (set only when the caller has not set it).
+    """
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    # Some ops have no deterministic CUDA kernel; warn rather than fail for those.
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (``None``: unchanged), then restore the caller's number."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

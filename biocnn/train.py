@@ -23,7 +23,7 @@ batches and dropout masks an uninterrupted run would have.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import math
@@ -39,11 +39,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from biocnn.checkpoint import load_weights, save_model, save_weights, unwrap
+from biocnn.checkpoint import load_weights, save_model, save_weights
 from biocnn.config import TrainConfig
-from biocnn.device import autocast, make_deterministic, seed_everything, select_device
-from biocnn.errors import CheckpointError
+from biocnn.device import autocast, deterministic, seed_everything, select_device
+from biocnn.errors import CheckpointError, ConfigError
 from biocnn.io.atomic import write_json, write_text
+from biocnn.predict import predict
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +82,24 @@ def default_prepare_batch(batch: Batch, device: torch.device) -> tuple[Any, Any]
     return to_device(batch[0], device), to_device(batch[1], device)
 
 
-@torch.no_grad()
-def gather_outputs(model: nn.Module, loader: DataLoader, device: torch.device,
+def gather_outputs(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool,
                    prepare_batch: PrepareBatch = default_prepare_batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``loader``; return all outputs (float32, CPU) and targets, concatenated.
+    """Run ``model`` over ``loader`` (:func:`biocnn.predict.predict`, AMP as ``amp``, pass
+    ``train.amp``); return all outputs (float32, CPU) and targets, concatenated.
 
     The shared first half of a ``validate`` callback: the caller turns the two tensors into its
     metrics (AUC, loss, ...).
     """
-    outputs, targets = [], []
-    for batch in loader:
-        inputs, target = prepare_batch(batch, device)
-        with autocast(device):
-            outputs.append(model(inputs).float().cpu())
-        targets.append(target.cpu())
-    return torch.cat(outputs), torch.cat(targets)
+    targets = []
+
+    def inputs():
+        for batch in loader:
+            x, target = prepare_batch(batch, device)
+            targets.append(target.cpu())
+            yield x
+
+    outputs = predict(model, inputs(), device, amp)
+    return outputs, torch.cat(targets)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -124,12 +128,15 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.optimizer``."""
+    """The optimizer named by ``cfg.optimizer``: ``adam``, ``adamw`` or ``sgd`` (Nesterov momentum)."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=True)
+    raise ConfigError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; choose adam, adamw or sgd")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -154,22 +161,44 @@ def _main_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
         es = cfg.early_stopping
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=es.mode, factor=cfg.gamma, patience=max(1, es.patience // 2))
-    return None
+    if cfg.scheduler in (None, "none"):
+        return None
+    raise ConfigError(f"train.scheduler: unknown schedule {cfg.scheduler!r}; choose none, cosine, step or plateau")
 
 
 class _Distributed:
-    """Process-group state when started by torchrun (``WORLD_SIZE > 1``)."""
+    """The process group when started by torchrun (``WORLD_SIZE > 1``).
+
+    Its lifetime is a ``with`` block: entering creates the group (unless the caller already
+    has one), leaving destroys the group it created.
+    """
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world_size > 1
         self._owns_group = False
+
+    def __enter__(self) -> "_Distributed":
         if self.enabled and not dist.is_initialized():
             # The backend follows the training device, not CUDA's presence: a CPU run
             # (``train.device: cpu``) on a GPU machine needs gloo, NCCL handles CUDA tensors only.
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self._owns_group = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._owns_group:
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` inside DistributedDataParallel when distributed, else ``model`` itself."""
+        if not self.enabled:
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @property
     def is_main(self) -> bool:
@@ -185,10 +214,6 @@ class _Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-    def close(self) -> None:
-        if self._owns_group:
-            dist.destroy_process_group()
 
 
 class _EarlyStopping:
@@ -261,13 +286,9 @@ class Trainer:
         self.collate_fn = collate_fn
         self.device = select_device(config.device)
         self.dist = _Distributed(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        make_deterministic()
         self.model = model.to(self.device)
-        if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # What runs the batches: the model, or DistributedDataParallel around it during fit.
+        self.net: nn.Module = self.model
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.amp = config.amp and self.device.type == "cuda"
@@ -276,8 +297,9 @@ class Trainer:
         self.stopper = _EarlyStopping(es.mode, es.patience, es.min_delta)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 1
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self.best_weights: str | None = None
+        # The best epoch's weights (CPU copies) and metrics row; with an out_dir the weights
+        # are also written to state/ (see _best_file) so that resume finds them.
+        self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_row: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- data
@@ -300,7 +322,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- epochs
     def _train_epoch(self, loader: DataLoader, epoch: int) -> float:
-        self.model.train()
+        self.net.train()
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=not (self.cfg.progress and self.dist.is_main))
@@ -308,7 +330,7 @@ class Trainer:
             inputs, targets = self.prepare_batch(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
-                loss = self.loss_fn(self.model(inputs), targets)
+                loss = self.loss_fn(self.net(inputs), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower the learning rate")
             self.scaler.scale(loss).backward()
@@ -338,27 +360,30 @@ class Trainer:
     def _validate(self, loader: DataLoader | None) -> dict[str, float]:
         if loader is None:
             return {}
-        model = unwrap(self.model)
-        was_training = model.training
-        model.eval()
+        was_training = self.model.training
+        self.model.eval()
         try:
             fn = self.validate_fn or self._default_validate
             with torch.no_grad():
-                return {k: float(v) for k, v in fn(model, loader, self.device).items()}
+                return {k: float(v) for k, v in fn(self.model, loader, self.device).items()}
         finally:
-            model.train(was_training)
+            self.model.train(was_training)
 
     # ----------------------------------------------------------------------------- state
     def _state_dir(self) -> Path:
         assert self.out_dir is not None
         return self.out_dir / "state"
 
+    def _best_file(self) -> str | None:
+        """The name in ``state/`` of the best weights' copy on disk (``None`` before the first epoch)."""
+        return f"best-epoch-{self.best_row['epoch']:04d}.safetensors" if self.best_row else None
+
     def _save_state(self, epoch: int) -> None:
         """Write this epoch's resumable state: weights first, then the JSON that names them."""
         state_dir = self._state_dir()
         state_dir.mkdir(parents=True, exist_ok=True)
         opt_tensors, opt_meta = _split_optimizer_state(self.optimizer.state_dict())
-        tensors = {f"model/{k}": v for k, v in unwrap(self.model).state_dict().items()}
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)
         weights_name = f"epoch-{epoch:04d}.safetensors"
         save_weights(state_dir / weights_name, tensors)
@@ -371,12 +396,12 @@ class Trainer:
             "early_stopping": self.stopper.state_dict(),
             "history": self.history,
             "seed": self.cfg.seed,
-            "best_weights": self.best_weights,
+            "best_weights": self._best_file(),
             "best_row": self.best_row,
         }
         write_json(state_dir / "latest.json", meta)
         for old in state_dir.glob("*epoch-*.safetensors"):
-            if old.name not in (weights_name, self.best_weights):
+            if old.name not in (weights_name, self._best_file()):
                 old.unlink(missing_ok=True)
 
     def _load_state(self) -> bool:
@@ -390,7 +415,7 @@ class Trainer:
                                   "resume with the same config or start a new output directory")
         tensors = load_weights(self._state_dir() / meta["weights"])
         model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        unwrap(self.model).load_state_dict(model_state)
+        self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(_join_optimizer_state(tensors, meta["optimizer"]))
         if self.scheduler is not None and meta["scheduler"] is not None:
             self.scheduler.load_state_dict(meta["scheduler"])
@@ -398,44 +423,51 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.stopper.load_state_dict(meta["early_stopping"])
         self.history = meta["history"]
-        self.best_weights, self.best_row = meta["best_weights"], meta["best_row"]
+        self.best_row = meta["best_row"]
+        if meta["best_weights"] is not None:
+            self.best_weights = load_weights(self._state_dir() / meta["best_weights"])
         self.start_epoch = meta["epoch"] + 1
         return True
 
     def _write_metrics(self) -> None:
         assert self.out_dir is not None
-        write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.history))
+        lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.history)
+        write_text(self.out_dir / "metrics.jsonl", lines)
 
     def _save_best(self, row: dict[str, Any]) -> None:
-        """Keep the best epoch's weights: in memory, or as ``state/best-epoch-NNNN.safetensors``.
+        """Keep the best epoch's weights in memory; with an ``out_dir``, rank 0 also writes them
+        to ``state/best-epoch-NNNN.safetensors`` for resume.
 
         The model directory itself (``weights.safetensors`` ...) is written once, when
         training ends (:meth:`_finish`), so a complete model directory means finished training,
         and Snakemake may delete an interrupted run's outputs without losing the best epoch.
         """
         self.best_row = row
-        if self.out_dir is None:
-            self._best_state = copy.deepcopy(unwrap(self.model).state_dict())
-            return
-        # Every rank records the name (all ranks see the same metrics); rank 0 writes the file.
-        self.best_weights = f"best-epoch-{row['epoch']:04d}.safetensors"
-        if self.dist.is_main:
+        self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.out_dir is not None and self.dist.is_main:
             self._state_dir().mkdir(parents=True, exist_ok=True)
-            save_weights(self._state_dir() / self.best_weights, unwrap(self.model).state_dict())
+            save_weights(self._state_dir() / self._best_file(), self.best_weights)
 
     # ----------------------------------------------------------------------------- main
     def fit(self, train_data: Dataset, val_data: Dataset | None = None, *, resume: bool = False,
             sample_weights: Sequence[float] | None = None) -> FitResult:
-        """Train until ``epochs`` or early stopping; returns the best epoch and history."""
+        """Train until ``epochs`` or early stopping; returns the best epoch and history.
+
+        Deterministic kernels, the CUDA device and the process group (under torchrun) are set
+        for the duration of the call only; the caller's settings are restored afterwards.
+        """
         monitor = self.cfg.early_stopping.monitor
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if resume and self._load_state():
-                log.info("resuming %s from epoch %d", self.out_dir, self.start_epoch)
-        try:
-            return self._run(train_data, val_data, sample_weights, monitor)
-        finally:
-            self.dist.close()
+        cuda = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with deterministic(), cuda, self.dist:
+            self.net = self.dist.wrap(self.model)
+            try:
+                if self.out_dir is not None:
+                    self.out_dir.mkdir(parents=True, exist_ok=True)
+                    if resume and self._load_state():
+                        log.info("resuming %s from epoch %d", self.out_dir, self.start_epoch)
+                return self._run(train_data, val_data, sample_weights, monitor)
+            finally:
+                self.net = self.model
 
     def _run(self, train_data, val_data, sample_weights, monitor) -> FitResult:
         stopped_early = self.stopper.should_stop and self.start_epoch > 1
@@ -477,15 +509,13 @@ class Trainer:
         """Load the best weights into the model (as Keras' ``restore_best_weights``) and, when
         there is an output directory, write the model directory from them."""
         self.dist.barrier()
-        if self.out_dir is not None and self.best_weights is not None:
-            unwrap(self.model).load_state_dict(load_weights(self._state_dir() / self.best_weights))
-            if self.dist.is_main:
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+            if self.out_dir is not None and self.dist.is_main:
                 assert self.model_config is not None
                 config = dict(self.model_config)
                 config["train"] = self.cfg.model_dump()
                 save_model(self.out_dir, self.model, config, {"best_epoch": self.best_row["epoch"], **self.best_row})
-        elif self._best_state is not None:
-            unwrap(self.model).load_state_dict(self._best_state)
         return FitResult(self.stopper.best_epoch, dict(self.best_row), self.history, stopped_early)
 
 

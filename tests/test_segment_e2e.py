@@ -120,7 +120,7 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     seg = Segmenter([models[0]], mc_samples=4)
     case = next(c for c in find_cases(test, 2, seg.data.modalities) if c.id == "field_000")
     first = seg.predict_case(case, tmp_path)
-    seg.review_threshold = first["structure_uncertainty"]
+    seg.threshold = first["structure_uncertainty"]
     again = seg.predict_case(case, tmp_path)
     assert again["structure_uncertainty"] == first["structure_uncertainty"] and again["flag"] == "yes"
 

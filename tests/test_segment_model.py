@@ -11,7 +11,7 @@ import torch
 
 from biocnn.backbone import enable_mc_dropout
 from biocnn.models import UNet
-from biocnn.segment.evaluate import auroc, expected_calibration_error
+from biocnn.metrics import expected_calibration_error, roc_auc
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
 from biocnn.segment.sampling import naive_samples, unet_samples
 from biocnn.segment.uncertainty import SampleAccumulator, entropy, maps_from_stats
@@ -143,5 +143,5 @@ def test_tta_averages_the_unflipped_views_of_every_flip(dims, shape):
 
 
 def test_metrics_on_known_values():
-    assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True])) == 1.0
-    assert expected_calibration_error(np.array([0.95, 0.95]), np.array([1.0, 1.0])) == pytest.approx(0.05)
+    assert roc_auc(np.array([False, False, True, True]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([0.95, 0.95]), 15) == pytest.approx(0.05)

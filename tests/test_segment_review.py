@@ -12,7 +12,7 @@ from biocnn.models import UNet
 from biocnn.segment.ood import (FEATURE_STATS, FeatureDensity, combined_zscore, encoder_features, image_features,
                                 noise_levels)
 from biocnn.segment.config import InferenceConfig
-from biocnn.segment.uncertainty import expected_dice_error, image_score, review_threshold, structure_uncertainty
+from biocnn.segment.uncertainty import expected_dice_error, image_score, structure_uncertainty, threshold_from_training
 
 
 def test_expected_dice_error_known_cases():
@@ -109,16 +109,17 @@ def test_review_score_and_threshold():
     assert image_score(0.3, ood=True) == 0.3  # no threshold known
     # The review threshold: a quantile of the training images' values, or the configured one.
     info = {"training_structure_uncertainty": [0.5, 0.1, 0.3, 0.2, 0.4]}
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
     # The finite-sample quantile: the ceil((n + 1) q)-th smallest value, capped at the largest
     # (the interpolated quantile would give 0.46 and 0.34 here).
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.9), info) == pytest.approx(0.5)
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.6), info) == pytest.approx(0.4)
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
-    assert review_threshold(InferenceConfig(roi_size=[8, 8]), {}) is None
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.9), info) == pytest.approx(0.5)
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.6), info) == pytest.approx(0.4)
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8]), {}) is None
     info["training_structure_uncertainty_tta"] = [0.01, 0.02, 0.03]
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info, tta=True) == pytest.approx(0.02)
-    assert review_threshold(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+    median = InferenceConfig(roi_size=[8, 8], review_quantile=0.5)
+    assert threshold_from_training(median, info, tta=True) == pytest.approx(0.02)
+    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
 
 
 def _features(rng, n=12, views=2, d=5):

@@ -18,6 +18,7 @@ import torch
 from biocnn.deepbind.model import DeepBind
 from biocnn.io.atomic import atomic_open, atomic_path, write_json
 from biocnn.io.sequences import ALPHABET, one_hot, read_fasta
+from biocnn.predict import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def mutation_map(model: DeepBind, seq: str, record: str = "<sequence>") -> tuple
     mutants[idx, :, pos] = 0.0
     mutants[idx, base, pos] = 1.0
     device = next(model.parameters()).device
-    scores = model.eval()(torch.cat([x[None], mutants]).to(device)).float().cpu()
+    with eval_mode(model):
+        scores = model(torch.cat([x[None], mutants]).to(device)).float().cpu()
     ref = float(scores[0])
     return ref, (scores[1:].reshape(4, length) - ref).numpy()
 

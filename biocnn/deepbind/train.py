@@ -14,7 +14,10 @@ from biocnn.deepbind.config import ModelSection
 from biocnn.deepbind.data import LabelledSequences
 from biocnn.deepbind.model import DeepBind
 from biocnn.config import TrainConfig
-from biocnn.device import autocast, seed_everything, select_device
+from biocnn.device import seed_everything
+from biocnn.metrics import roc_auc
+from biocnn.models import build_model
+from biocnn.predict import batched, predict
 from biocnn.train import FitResult, fit, gather_outputs
 
 
@@ -25,33 +28,23 @@ def model_spec(model: ModelSection) -> dict[str, Any]:
 
 def auc_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """ROC AUC and PR AUC (average precision); NaN when only one class is present."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
-    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores))}
+    auc = roc_auc(labels, scores)
+    pr = float("nan") if np.isnan(auc) else float(average_precision_score(np.asarray(labels), scores))
+    return {"roc_auc": auc, "pr_auc": pr}
 
 
-def validate_auc(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+def make_validate(amp: bool):
     """The ``validate`` callback of :func:`fit`: validation ROC AUC, PR AUC and loss."""
-    s, y = gather_outputs(model, loader, device)
-    m = auc_metrics(y.numpy(), s.numpy())
-    return {"val_auc": m["roc_auc"], "val_pr_auc": m["pr_auc"],
-            "val_loss": float(F.binary_cross_entropy_with_logits(s, y))}
 
+    def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        s, y = gather_outputs(model, loader, device, amp=amp)
+        m = auc_metrics(y.numpy(), s.numpy())
+        return {"val_auc": m["roc_auc"], "val_pr_auc": m["pr_auc"],
+                "val_loss": float(F.binary_cross_entropy_with_logits(s, y))}
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device: torch.device | None = None
-            ) -> np.ndarray:
-    """Scores (logits) of one-hot sequences ``x`` (n, 4, length), in batches."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch_size):
-        with autocast(device):
-            out.append(model(x[start:start + batch_size].to(device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    return validate
 
 
 class CpuBudgetReached(Exception):
@@ -85,22 +78,17 @@ def train_deepbind(train: LabelledSequences, val: LabelledSequences | None, mode
     x, y = train.tensors(length)
     val_ds = TensorDataset(*val.tensors(length)) if val is not None else None
     seed_everything(train_cfg.seed)
-    model = DeepBind(**model_cfg.model_dump())
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
+    model = build_model(config["model"])
+    validate = make_validate(train_cfg.amp) if val is not None else None
     result = fit(model, TensorDataset(x, y), val_ds, loss_fn=F.binary_cross_entropy_with_logits, config=train_cfg,
-                 out_dir=out_dir, model_config=config, validate=validate_auc if val is not None else None,
-                 resume=resume, callbacks=callbacks)
+                 out_dir=out_dir, model_config=config, validate=validate, resume=resume, callbacks=callbacks)
     return model, result
 
 
 def evaluate_model(model: torch.nn.Module, data: LabelledSequences, batch_size: int = 512) -> dict[str, Any]:
     """Held-out metrics: ROC AUC, PR AUC, counts."""
     x, y = data.tensors()
-    scores = predict(model, x, batch_size)
+    scores = predict(model, batched(x, batch_size)).numpy()
     return {**auc_metrics(y.numpy(), scores), "n": len(data), "n_positive": int((y == 1).sum()),
             "n_negative": int((y == 0).sum()), "test": data.source}
-
-
-def resolve_device(preference: str = "auto") -> torch.device:
-    """The device inference runs on (same rule as training)."""
-    return select_device(preference)

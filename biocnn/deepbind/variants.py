@@ -24,6 +24,7 @@ from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open
 from biocnn.io.dna import CODES, one_hot_batch
 from biocnn.io.textfiles import open_text
+from biocnn.predict import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,11 @@ def strand_scores(model: DeepBind, seqs: list[str]) -> tuple[np.ndarray, np.ndar
     x = torch.from_numpy(one_hot_batch(seqs))
     device = next(model.parameters()).device
     x = x.to(device)
-    fwd = model.eval().strand_scores(x).float().cpu().numpy()
-    if not model.both_strands:
-        return fwd, fwd
-    return fwd, model.strand_scores(reverse_complement_onehot(x)).float().cpu().numpy()
+    with eval_mode(model):
+        fwd = model.strand_scores(x).float().cpu().numpy()
+        if not model.both_strands:
+            return fwd, fwd
+        return fwd, model.strand_scores(reverse_complement_onehot(x)).float().cpu().numpy()
 
 
 def run_variants(model_dir: str | Path, vcf: str | Path, reference: str | Path, out: str | Path,

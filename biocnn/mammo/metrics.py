@@ -1,5 +1,8 @@
 """Screening metrics: ROC AUC with a bootstrap interval, sensitivity/specificity at 90%,
-the operating threshold, calibration (ECE), breast/exam aggregation, and their figures."""
+the operating threshold, calibration (ECE), breast/exam aggregation, and their figures.
+
+ROC AUC and ECE themselves come from :mod:`biocnn.metrics`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from biocnn.io.atomic import atomic_path
+from biocnn.metrics import calibration_bins, expected_calibration_error, roc_auc
 
-
-def auc(labels: Sequence[int], probs: Sequence[float]) -> float:
-    """ROC AUC; NaN when only one class is present."""
-    y = np.asarray(labels)
-    if y.min() == y.max():
-        return float("nan")
-    return float(roc_auc_score(y, np.asarray(probs)))
+# Equal-width probability bins of the ECE and the reliability diagram.
+ECE_BINS = 10
 
 
 def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
-    """AUC as the Mann-Whitney U statistic (ties count half): fast enough to bootstrap."""
+    """The ROC AUC as the Mann-Whitney U statistic (ties count half), for the bootstrap only:
+    the same area as :func:`biocnn.metrics.roc_auc` up to rounding, and fast enough to repeat
+    a thousand times."""
     from scipy.stats import rankdata
 
     ranks = rankdata(p)
@@ -87,22 +88,6 @@ def rates_at(labels, probs, threshold: float) -> dict[str, float]:
     return {"sensitivity": sens, "specificity": spec}
 
 
-def calibration_bins(labels, probs, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width bin: mean predicted probability, observed rate, count."""
-    y, p = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    count = np.bincount(which, minlength=bins).astype(float)
-    conf = np.bincount(which, weights=p, minlength=bins) / np.maximum(count, 1)
-    acc = np.bincount(which, weights=y, minlength=bins) / np.maximum(count, 1)
-    return conf, acc, count
-
-
-def expected_calibration_error(labels, probs, bins: int = 10) -> float:
-    """ECE: bin-size-weighted mean |observed rate - mean probability| (equal-width bins)."""
-    conf, acc, count = calibration_bins(labels, probs, bins)
-    return float((np.abs(conf - acc) * count).sum() / max(count.sum(), 1))
-
-
 def aggregate(rows: list[dict], how: str = "mean") -> tuple[list[dict], list[dict]]:
     """Per-breast and per-exam scores from per-image rows ``{study, laterality, probability, ...}``.
 
@@ -142,11 +127,11 @@ def summary(labels, probs, threshold: float, groups=None, n_boot: int = 1000, se
     at = rates_at(labels, probs, threshold)
     return {
         "n": int(len(labels)), "positives": int(np.sum(labels)),
-        "auc": auc(labels, probs), "auc_ci_low": low, "auc_ci_high": high,
+        "auc": roc_auc(labels, probs), "auc_ci_low": low, "auc_ci_high": high,
         "sens_at_spec90": sensitivity_at_specificity(labels, probs, 0.9),
         "spec_at_sens90": specificity_at_sensitivity(labels, probs, 0.9),
         "threshold": threshold, "sensitivity": at["sensitivity"], "specificity": at["specificity"],
-        "ece": expected_calibration_error(labels, probs),
+        "ece": expected_calibration_error(labels, probs, ECE_BINS),
     }
 
 
@@ -161,7 +146,7 @@ def plot_roc(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: str
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, (y, p) in curves.items():
         fpr, tpr, _ = roc_curve(np.asarray(y), np.asarray(p))
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(y, p):.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, p):.3f})")
     if operating_point is not None:
         ax.plot([1 - operating_point[1]], [operating_point[0]], "ko", label="operating point")
     ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -173,7 +158,7 @@ def plot_roc(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: str
     plt.close(fig)
 
 
-def plot_reliability(labels, probs, path: str | Path, bins: int = 10) -> None:
+def plot_reliability(labels, probs, path: str | Path, bins: int = ECE_BINS) -> None:
     """Reliability diagram (observed malignancy rate against predicted probability) as a PNG."""
     import matplotlib
 

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from biocnn.checkpoint import load_model, read_model_config
-from biocnn.device import autocast, select_device
+from biocnn.device import autocast, select_device, torch_threads
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open, write_json, write_text
 from biocnn.mammo import metrics as M
@@ -181,49 +181,47 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     log.info("%d files found, %d already done, %d to score", len(files), len(files) - len(todo), len(todo))
 
     workers = default_workers() if workers is None else workers
-    threads = torch.get_num_threads()
-    if dev.type == "cpu" and workers > 0:
-        # Leave the cores the decoding workers use to them; inference gets what remains.
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
-    dataset = DecodeDataset([files[i] for i in todo], size, depth, spatial_dims)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
-                        prefetch_factor=4 if workers else None, persistent_workers=False,
-                        pin_memory=dev.type == "cuda")
-    new_scores: list[dict[str, Any]] = []
-    new_failures: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, mininterval=1.0)
-    batches = iter(loader)  # the workers start decoding now, while the model loads
-    model, config = load_model(model_dir, dev)
-    for batch in batches:
-        for index, reason in batch["failed"]:
-            new_failures.append({"file": names[todo[index]], "reason": reason})
-        if batch["images"] is not None:
-            x = batch["images"].to(dev, non_blocking=True)
-            with autocast(dev):
-                if heatmaps:
-                    logits, cams = grad_cam(model, x)
-                    cams = cams.cpu().numpy()
-                else:
-                    with torch.no_grad():
-                        logits = model(x)
-            probs = calibrated_probs(logits, calibration)
-            for j, (item, p) in enumerate(zip(batch["ok"], probs)):
-                meta = item.meta
-                name = names[todo[item.index]]
-                study = pseudo(meta["study_id"], "S")
-                row = {"file": name, "patient": pseudo(meta["patient_id"], "P"), "study": study,
-                       "laterality": meta["laterality"], "view": meta["view"], "probability": f"{p:.6f}",
-                       "flagged": int(p >= threshold), "heatmap": ""}
-                if heatmaps:
-                    sop = pseudo(meta["sop_id"], "I") if not keep_ids else meta["sop_id"]
-                    rel = Path("heatmaps") / study / f"{meta['laterality']}_{meta['view'] or 'NA'}_{sop}.png"
-                    overlay_png(item.image, cams[j], out / rel, f"{meta['laterality']} {meta['view']} p={p:.2f}")
-                    row["heatmap"] = rel.as_posix()
-                new_scores.append(row)
-        bar.update(len(batch["ok"]) + len(batch["failed"]))
-    bar.close()
-    torch.set_num_threads(threads)
+    # Leave the cores the decoding workers use to them; inference gets what remains.
+    threads = max(1, (os.cpu_count() or 2) - workers) if dev.type == "cpu" and workers > 0 else None
+    with torch_threads(threads):
+        dataset = DecodeDataset([files[i] for i in todo], size, depth, spatial_dims)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
+                            prefetch_factor=4 if workers else None, persistent_workers=False,
+                            pin_memory=dev.type == "cuda")
+        new_scores: list[dict[str, Any]] = []
+        new_failures: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, mininterval=1.0)
+        batches = iter(loader)  # the workers start decoding now, while the model loads
+        model, config = load_model(model_dir, dev)
+        for batch in batches:
+            for index, reason in batch["failed"]:
+                new_failures.append({"file": names[todo[index]], "reason": reason})
+            if batch["images"] is not None:
+                x = batch["images"].to(dev, non_blocking=True)
+                with autocast(dev):
+                    if heatmaps:
+                        logits, cams = grad_cam(model, x)
+                        cams = cams.cpu().numpy()
+                    else:
+                        with torch.no_grad():
+                            logits = model(x)
+                probs = calibrated_probs(logits, calibration)
+                for j, (item, p) in enumerate(zip(batch["ok"], probs)):
+                    meta = item.meta
+                    name = names[todo[item.index]]
+                    study = pseudo(meta["study_id"], "S")
+                    row = {"file": name, "patient": pseudo(meta["patient_id"], "P"), "study": study,
+                           "laterality": meta["laterality"], "view": meta["view"], "probability": f"{p:.6f}",
+                           "flagged": int(p >= threshold), "heatmap": ""}
+                    if heatmaps:
+                        sop = pseudo(meta["sop_id"], "I") if not keep_ids else meta["sop_id"]
+                        rel = Path("heatmaps") / study / f"{meta['laterality']}_{meta['view'] or 'NA'}_{sop}.png"
+                        overlay_png(item.image, cams[j], out / rel, f"{meta['laterality']} {meta['view']} p={p:.2f}")
+                        row["heatmap"] = rel.as_posix()
+                    new_scores.append(row)
+            bar.update(len(batch["ok"]) + len(batch["failed"]))
+        bar.close()
     elapsed = time.perf_counter() - start
 
     rescored = {r["file"] for r in new_scores} | {r["file"] for r in new_failures}

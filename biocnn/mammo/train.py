@@ -22,14 +22,17 @@ from torch import nn
 
 from biocnn.checkpoint import provenance, read_json, update_metrics
 from biocnn.config import load_config
-from biocnn.device import autocast, seed_everything
+from biocnn.device import deterministic, seed_everything
 from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo.platt import calibrated_probs, fit_platt
 from biocnn.mammo.config import MammoConfig
 from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
 from biocnn.mammo import metrics as M
-from biocnn.train import gather_outputs
+from biocnn.metrics import expected_calibration_error, roc_auc
+from biocnn.models import build_model
+from biocnn.predict import batched, predict
+from biocnn.train import fit, gather_outputs
 
 log = logging.getLogger(__name__)
 OPERATING_POINT = "operating_point.json"
@@ -44,26 +47,25 @@ def model_spec(cfg: MammoConfig) -> dict[str, Any]:
             "dropout": m.dropout, "hidden": list(m.hidden), "head_dropout": m.head_dropout, "pool": m.pool}
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor | list, device: torch.device,
                    batch_size: int = 32) -> np.ndarray:
-    """Malignancy logits of preprocessed images (``(n, 1, *spatial)`` or a list of arrays)."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.stack([np.asarray(c, np.float32) for c in chunk])[:, None])
-        with autocast(device):
-            out.append(model(x.to(device)).float().reshape(-1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    """Malignancy logits of preprocessed images (``(n, 1, *spatial)`` or a list of ``(*spatial)`` arrays)."""
+    batches = batched(images, batch_size)
+    if not torch.is_tensor(images):
+        batches = (x[:, None] for x in batches)  # the channel axis
+    return predict(model, batches, device).reshape(-1).numpy()
 
 
-def _validate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
-    """Validation AUC (monitored) and loss."""
-    z, y = gather_outputs(model, loader, device)
-    loss = nn.functional.binary_cross_entropy_with_logits(z, y).item()
-    value = M.auc(y.numpy(), torch.sigmoid(z).numpy())
-    return {"val_auc": 0.5 if np.isnan(value) else value, "val_loss": loss}
+def make_validate(amp: bool):
+    """``validate(model, loader, device)``: validation AUC (monitored; 0.5 when one class) and loss."""
+
+    def validate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+        z, y = gather_outputs(model, loader, device, amp=amp)
+        loss = nn.functional.binary_cross_entropy_with_logits(z, y).item()
+        value = roc_auc(y.numpy(), torch.sigmoid(z).numpy())
+        return {"val_auc": 0.5 if np.isnan(value) else value, "val_loss": loss}
+
+    return validate
 
 
 def _decode_records(records: list[Record], cfg: MammoConfig) -> list[np.ndarray]:
@@ -90,9 +92,6 @@ def _write_split(path: Path, records: list[Record], assignment: dict[str, str]) 
 def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the view classifier described by the YAML config; returns the final metrics."""
-    from biocnn.models import Classifier
-    from biocnn.train import fit
-
     cfg = load_config(config_path, MammoConfig, overrides)
     out_dir = Path(out_dir)
     records = read_manifest(cfg.data.manifest)
@@ -125,17 +124,26 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         weight = pos_weight.to(logits.device) if pos_weight is not None else None
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
 
-    seed_everything(cfg.train.seed)
-    spec = model_spec(cfg)
-    model = Classifier(**{k: v for k, v in spec.items() if k != "name"})
-    model_config = {"model": spec, "input": cfg.input.model_dump(), "aggregate": cfg.aggregate,
+    model_config = {"model": model_spec(cfg), "input": cfg.input.model_dump(), "aggregate": cfg.aggregate,
                     "target_sensitivity": cfg.target_sensitivity, "balance": cfg.balance,
                     "augment": cfg.augment.model_dump(), "data": cfg.data.model_dump(),
                     "provenance": provenance(cfg.train.seed, [cfg.data.manifest], config_path)}
-    result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
-                 model_config=model_config, validate=_validate, resume=resume, sample_weights=sample_weights)
+    # Deterministic kernels from the first weight to the last file written (fit alone restores
+    # the caller's settings when it returns).
+    with deterministic():
+        seed_everything(cfg.train.seed)
+        model = build_model(model_config["model"])
+        result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
+                     model_config=model_config, validate=make_validate(cfg.train.amp), resume=resume,
+                     sample_weights=sample_weights)
+        metrics = _fit_operating_point(model, cfg, images, records, parts, out_dir)
+    return update_metrics(out_dir, {"best_epoch": result.best_epoch, **metrics})
 
-    # Calibration and operating point: fitted on validation, never on test.
+
+def _fit_operating_point(model: nn.Module, cfg: MammoConfig, images: list[np.ndarray], records: list[Record],
+                         parts: dict[str, list[int]], out_dir: Path) -> dict[str, Any]:
+    """Platt calibration and the operating point, fitted on the validation images (never on
+    test) and written to ``operating_point.json``; returns the validation (and test) metrics."""
     device = next(model.parameters()).device
     val_logits = predict_logits(model, [images[i] for i in parts["val"]], device, cfg.train.batch_size)
     val_labels = [records[i].label for i in parts["val"]]
@@ -147,9 +155,9 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         "threshold": threshold, "target_sensitivity": cfg.target_sensitivity, "chosen_on": "validation",
         "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"],
         "val_images": len(val_labels), "aggregate": cfg.aggregate, "calibration": calibration})
-    metrics = {"best_epoch": result.best_epoch, "val_auc": M.auc(val_labels, val_probs),
-               "val_ece_uncalibrated": M.expected_calibration_error(val_labels, calibrated_probs(val_logits, None)),
-               "val_ece": M.expected_calibration_error(val_labels, val_probs),
+    ece_uncalibrated = expected_calibration_error(val_labels, calibrated_probs(val_logits, None), M.ECE_BINS)
+    metrics = {"val_auc": roc_auc(val_labels, val_probs), "val_ece_uncalibrated": ece_uncalibrated,
+               "val_ece": expected_calibration_error(val_labels, val_probs, M.ECE_BINS),
                "threshold": threshold, "train_images": len(parts["train"]), "val_images": len(parts["val"]),
                "test_images": len(parts["test"])}
     if parts["test"]:
@@ -158,7 +166,7 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         test = M.summary([records[i].label for i in parts["test"]], test_probs, threshold,
                          [records[i].patient_id for i in parts["test"]], n_boot=500)
         metrics.update({f"test_{k}": v for k, v in test.items()})
-    return update_metrics(out_dir, metrics)
+    return metrics
 
 
 def read_operating_point(model_dir: str | Path) -> dict[str, Any]:

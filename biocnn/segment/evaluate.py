@@ -20,9 +20,12 @@ import numpy as np
 from biocnn.checkpoint import read_json
 from biocnn.errors import InputError
 from biocnn.io.atomic import write_json
+from biocnn.metrics import expected_calibration_error, roc_auc
 from biocnn.segment.data import find_cases, label_to_index
 
 MAX_VOXELS_PER_CASE = 200_000
+# Equal-width confidence bins of the ECE (here and in the temperature scaling's report).
+ECE_BINS = 15
 
 
 def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing=None) -> tuple[list[float], list[float]]:
@@ -45,27 +48,6 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing=Non
             hd.append(float(compute_hausdorff_distance(p[:, c:c + 1], t[:, c:c + 1], include_background=True,
                                                        percentile=95, spacing=spacing)[0, 0]))
     return [float(d) for d in dice], hd
-
-
-def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve (NaN when only one class is present)."""
-    from sklearn.metrics import roc_auc_score
-
-    if positives.all() or not positives.any():
-        return float("nan")
-    return float(roc_auc_score(positives, scores))
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """ECE: bin-size-weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            total += sel.sum() * abs(correct[sel].mean() - confidence[sel].mean())
-    return float(total / max(len(confidence), 1))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -149,9 +131,9 @@ def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | Non
         "hd95_per_class": {str(v): _nanmean(hd_arr[:, i]) for i, v in enumerate(values[1:])},
         "dice": float(dice_arr.mean()),
         "hd95": _nanmean(hd_arr.ravel()),
-        "error_auroc": auroc(unc_a, wrong_a),
+        "error_auroc": roc_auc(wrong_a, unc_a),
         "spearman": spearman([r["score"] for r in per_case], [1 - r["mean_dice"] for r in per_case]),
-        "ece": expected_calibration_error(np.concatenate(conf), np.concatenate(right).astype(float)),
+        "ece": expected_calibration_error(np.concatenate(right).astype(float), np.concatenate(conf), ECE_BINS),
         "per_case": per_case,
     }
     metrics = finite_or_none(metrics)

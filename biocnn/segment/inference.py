@@ -12,9 +12,10 @@ Predictive entropy and mutual information are formed afterwards
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import zlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,26 +34,51 @@ def flip_sets(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
     return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
 
 
-def seed_case(case_id: str) -> None:
-    """Seed the Monte Carlo dropout masks from a case id: the same input gets the same samples
-    whatever was sampled before it, in ``predict`` and in the training images' review
-    statistics alike (so those equal what ``predict`` gives for the training images)."""
-    torch.manual_seed(zlib.crc32(case_id.encode()))
+@contextlib.contextmanager
+def case_seed(case_id: str, device: torch.device) -> Iterator[None]:
+    """Draw the Monte Carlo dropout masks of the block from a seed given by the case id.
+
+    The same input gets the same samples whatever was sampled before it, in ``predict`` and in
+    the training images' review statistics alike (so those equal what ``predict`` gives for
+    the training images). The dropout layers draw from the global generators and take no
+    ``torch.Generator``, so the CPU generator and ``device``'s are seeded inside
+    :func:`torch.random.fork_rng`, which gives the caller's states back afterwards.
+    """
+    seed = zlib.crc32(case_id.encode())
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
-def prepare_models(models: Sequence[nn.Module], mc_samples: int) -> list[int]:
-    """Eval mode, dropout on when sampling; returns the samples to draw per model."""
-    counts = []
-    for model in models:
-        model.eval()
-        if mc_samples > 1:
-            enable_mc_dropout(model)
-        counts.append(mc_samples if has_active_dropout(model) else 1)
-    return counts
+@contextlib.contextmanager
+def sampling_modes(models: Sequence[nn.Module], mc_samples: int) -> Iterator[list[int]]:
+    """Within the block: every model in eval mode, its dropout on when sampling
+    (``mc_samples > 1``); yields the samples to draw per model. The caller's modes come back
+    afterwards."""
+    modes = [{m: m.training for m in model.modules()} for model in models]
+    try:
+        counts = []
+        for model in models:
+            model.eval()
+            if mc_samples > 1:
+                enable_mc_dropout(model)
+            counts.append(mc_samples if has_active_dropout(model) else 1)
+        yield counts
+    finally:
+        for saved in modes:
+            for module, training in saved.items():
+                module.train(training)
 
 
 class UncertaintyPredictor:
     """Window predictor returning ``(B, C + 1, *roi)``: mean probabilities + mean entropy.
+
+    Each call puts the models in the modes sampling needs (:func:`sampling_modes`) and gives
+    them their previous modes back when it returns.
 
     Args:
         models: one or more UNets (an ensemble pools all their samples).
@@ -63,8 +89,8 @@ class UncertaintyPredictor:
         fast: share the deterministic prefix (``True``) or run full passes (naive baseline).
         amp: float16 autocast on CUDA.
         temperatures: per model, the calibration temperature its logits are divided by
-            before the softmax (:mod:`biocnn.segment.temperature`); ``None`` (a model trained
-            before calibration existed) or no list at all: 1, uncalibrated.
+            before the softmax (:mod:`biocnn.segment.temperature`); ``None`` (no fitted
+            temperature) or no list at all: 1, uncalibrated.
     """
 
     def __init__(self, models: Sequence[nn.Module], spatial_dims: int, mc_samples: int = 20,
@@ -76,7 +102,9 @@ class UncertaintyPredictor:
         if len(self.temperatures) != len(self.models):
             raise ValueError(f"{len(self.temperatures)} temperatures for {len(self.models)} models")
         self.flips = flip_sets(spatial_dims, tta)
-        self.samples = prepare_models(self.models, mc_samples)
+        self.mc_samples = mc_samples
+        with sampling_modes(self.models, mc_samples) as samples:
+            self.samples = samples
         self.mc_batch = mc_batch
         self.fast = fast
         self.amp = amp
@@ -85,18 +113,19 @@ class UncertaintyPredictor:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         acc = SampleAccumulator()
         draw = unet_samples if self.fast else naive_samples
-        for model, n, temperature in zip(self.models, self.samples, self.temperatures):
-            # Spread the samples over the flipped views (at least one each).
-            per_view = [len(part) for part in _split(n, len(self.flips))]
-            for axes, n_view in zip(self.flips, per_view):
-                dims = [a + 2 for a in axes]
-                xv = x.flip(dims) if dims else x
-                for k in chunks(n_view, self.mc_batch):
-                    with autocast(x.device, self.amp):
-                        logits = draw(model, xv, k)
-                    if dims:
-                        logits = logits.flip([d + 1 for d in dims])
-                    acc.add(logits.float() / temperature if temperature != 1.0 else logits)
+        with sampling_modes(self.models, self.mc_samples):
+            for model, n, temperature in zip(self.models, self.samples, self.temperatures):
+                # Spread the samples over the flipped views (at least one each).
+                per_view = [len(part) for part in _split(n, len(self.flips))]
+                for axes, n_view in zip(self.flips, per_view):
+                    dims = [a + 2 for a in axes]
+                    xv = x.flip(dims) if dims else x
+                    for k in chunks(n_view, self.mc_batch):
+                        with autocast(x.device, self.amp):
+                            logits = draw(model, xv, k)
+                        if dims:
+                            logits = logits.flip([d + 1 for d in dims])
+                        acc.add(logits.float() / temperature if temperature != 1.0 else logits)
         return acc.stats()
 
 

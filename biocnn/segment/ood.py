@@ -17,15 +17,13 @@ reference distances.
 A second, separate check looks at the input itself: :func:`noise_levels` (the noise each channel
 carries, estimated from its finest wavelet details), with its own density and reference fitted
 on the same training images (``FeatureDensity.noise``). The encoder's window-averaged features
-barely move when a 3D volume gets noisier (4-12 % of the benchmark's noisy tumor cases passed
-the 0.99 cut, for each of three models), while the noise estimate separates them at once.
-:func:`combined_zscore` joins the two checks into one out-of-distribution z-score.
+barely move when a 3D volume gets noisier, while the noise estimate separates such inputs at
+once. :func:`combined_zscore` joins the two checks into one out-of-distribution z-score.
 
-Everything lives in ``feature_stats.safetensors`` in the
-model directory (no pickle); models trained before this existed simply have no file, and files
-of an older format (post-norm features, or training structure uncertainty of the pooled
-definition) are ignored with a warning (retrain to get them back); files written before the
-noise check existed have no noise density, and only the encoder check runs.
+Everything lives in ``feature_stats.safetensors`` in the model directory (no pickle). A model
+directory without the file gets no out-of-distribution columns; files of a format listed in
+:data:`OLD_FORMATS` are ignored with a warning (retrain to get them back), and files without a
+noise density run the encoder check only.
 """
 
 from __future__ import annotations
@@ -39,6 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from biocnn.predict import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def encoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Why before the norm: instance norm (the 3D configs) divides each window's channels by
     their own spread, so what comes out of it barely changes when an image gets noisier,
     blurrier or differently contrasted; the response's scale, which the norm removes, is what
-    moves. Measured on the benchmark's tumor models: noisy volumes vs in-distribution AUROC
-    0.76 with the post-norm mean and std of each stage, 0.94 with these (all shifts: 0.92 ->
-    0.98; malaria 0.89 -> 0.95). The log makes a scale change a shift, which suits a Gaussian.
+    moves. The log makes a scale change a shift, which suits a Gaussian.
     The stages run without their dropout (as in eval mode), so the features are deterministic
     even while Monte Carlo dropout is switched on.
     """
@@ -91,26 +89,22 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
     device = device or image.device
     result = []
     for model in models:
-        # Norm layers must use their running statistics (a model fresh from training is in
-        # train mode); the caller's modes (e.g. Monte Carlo dropout on) are put back after.
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
         per_view = []
-        for axes in views:
-            x = image.flip([a + 1 for a in axes]) if axes else image
-            windows: list[torch.Tensor] = []
+        # Norm layers must use their running statistics (a model fresh from training is in
+        # train mode); the caller's modes are put back after.
+        with eval_mode(model), torch.no_grad():
+            for axes in views:
+                x = image.flip([a + 1 for a in axes]) if axes else image
+                windows: list[torch.Tensor] = []
 
-            def record(w: torch.Tensor, _model=model, _windows=windows) -> torch.Tensor:
-                _windows.append(encoder_features(_model, w).cpu())
-                return w[:, :1]  # the blended output is not used
+                def record(w: torch.Tensor, _model=model, _windows=windows) -> torch.Tensor:
+                    _windows.append(encoder_features(_model, w).cpu())
+                    return w[:, :1]  # the blended output is not used
 
-            with torch.no_grad():
-                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=max(sw_batch_size, 4),
-                                         predictor=record, overlap=overlap, mode="constant", sw_device=device,
-                                         device=torch.device("cpu"))
-            per_view.append(torch.cat(windows).double().mean(0).numpy())
-        for module, training in modes.items():
-            module.train(training)
+                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size),
+                                         sw_batch_size=max(sw_batch_size, 4), predictor=record, overlap=overlap,
+                                         mode="constant", sw_device=device, device=torch.device("cpu"))
+                per_view.append(torch.cat(windows).double().mean(0).numpy())
         result.append(np.stack(per_view))
     return np.stack(result)
 
@@ -122,10 +116,8 @@ def noise_levels(image: torch.Tensor | np.ndarray) -> np.ndarray:
     ``estimate_sigma``).
 
     Noisier, blurred (less fine detail) or differently contrasted inputs move it; the anatomy
-    barely does, since the finest details of smooth structures are near zero. Measured on the
-    benchmark's held-out tumor cases (a density fitted on the 12 training cases): AUROC 1.00
-    for every shift against the in-distribution cases (encoder features 0.97); on the malaria
-    fields, whose cell edges reach the finest scale, 0.70 (the encoder features catch those).
+    barely does, since the finest details of smooth structures are near zero (images whose
+    edges reach the finest scale, such as cell fields, are left to the encoder features).
     """
     from skimage.restoration import estimate_sigma
 
@@ -167,7 +159,7 @@ class FeatureDensity:
         reference: cross-fitted distances of the training images (their unflipped view).
         info: JSON-able notes stored with them (image count, the review threshold, ...).
         noise: the same for the training images' :func:`noise_levels` (``None`` in files
-            written before that check existed).
+            without that check).
     """
 
     mean: np.ndarray
@@ -217,11 +209,9 @@ class FeatureDensity:
         cut.
 
         The robust fit keeps one odd training image from setting the bar, but where a whole
-        group of training images lies far out (a heavy tail: 3-4 of the 24 malaria fields for
-        the noise-level check, whose cell edges reach the finest scale) it put them, and about
-        8 % of the in-distribution held-out fields, beyond the 0.99 cut. Those are training
-        images: the cut must not call them unfamiliar. With one outlier, or none beyond the
-        cut (every tumor check of the benchmark), nothing changes.
+        group of training images lies far out (a heavy tail) it would put them beyond the
+        cut. Those are training images: the cut must not call them unfamiliar. With one
+        outlier, or none beyond the cut, the widening changes nothing.
         """
         from scipy.stats import norm
 

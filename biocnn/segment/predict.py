@@ -46,10 +46,10 @@ from biocnn.io.atomic import write_json, write_text
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
-from biocnn.segment.inference import UncertaintyPredictor, flip_sets, seed_case, sliding_stats
+from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
 from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
 from biocnn.segment.uncertainty import (conformal_quantile, expected_dice_error, image_score, maps_from_stats,
-                                        review_threshold, stored_sampling_matches, structure_uncertainty)
+                                        stored_sampling_matches, structure_uncertainty, threshold_from_training)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
     """Load one or more model directories; they must agree on their data settings.
 
     Returns the models, the shared data settings, the first model's inference settings and
-    each model's ``inference.temperature`` (``None`` for models trained before calibration).
+    each model's ``inference.temperature`` (``None`` where none was fitted).
     """
     models, configs = [], []
     for d in model_dirs:
@@ -88,8 +88,7 @@ class Segmenter:
         self.device = select_device(device)
         self.models, self.data, self.inference, temperatures = load_models(model_dirs, self.device)
         if sw_batch_size is not None:
-            # Windows per forward pass: the config's value suits a CPU; a GPU wants more (on an
-            # H100, 32 windows made a deterministic 128^3 pass 10x faster than 1).
+            # Windows per forward pass: the config's value suits a CPU; a GPU wants more.
             if sw_batch_size < 1:
                 raise BiocnnError(f"--sw-batch-size must be at least 1, got {sw_batch_size}")
             self.inference = self.inference.model_copy(update={"sw_batch_size": sw_batch_size})
@@ -98,13 +97,15 @@ class Segmenter:
         self.predictor = UncertaintyPredictor(self.models, self.data.spatial_dims, self.mc_samples,
                                               self.inference.mc_batch, tta, fast, amp, temperatures)
         self.pre = preprocessing(self.data, train=False, with_label=False)
-        # Feature statistics per model (None for models trained before they existed).
+        # Feature statistics per model (None where the model directory has none).
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
         self.views = flip_sets(self.data.spatial_dims, tta)
-        self.review_threshold, self.review_reference = self._review_threshold(reference)
+        # The review threshold on the structure uncertainty (None: no flag by doubt) and where
+        # it came from ("review_threshold" and "review_reference" in predict.json).
+        self.threshold, self.threshold_source = self._resolve_threshold(reference)
 
-    def _review_threshold(self, reference: str | Path | None) -> tuple[float | None, dict[str, Any]]:
-        """The review threshold and where it came from (``review_reference`` in predict.json).
+    def _resolve_threshold(self, reference: str | Path | None) -> tuple[float | None, dict[str, Any]]:
+        """The review threshold and where it came from.
 
         ``inference.review_threshold`` if set; else the ``review_quantile`` of the structure
         uncertainty of the ``reference`` images (the models' training images, labels not
@@ -112,20 +113,19 @@ class Segmenter:
         end of training, which apply only to the sampling they were measured with (see
         :func:`~biocnn.segment.uncertainty.stored_sampling_matches`). Otherwise (an ensemble,
         another number of samples) the members' thresholds are averaged, with a warning: an
-        ensemble of the benchmark tumor models, dropout off, flagged no in-distribution input
-        by its doubt that way (its values ran at half its members' Monte Carlo ones).
+        ensemble's values can run on another scale than its members' Monte Carlo ones.
         """
-        inf = self.inference
-        if inf.review_threshold is not None:
+        inference = self.inference
+        if inference.review_threshold is not None:
             if reference is not None:
                 log.warning("inference.review_threshold is set in the model config: --reference is not used")
-            return float(inf.review_threshold), {"source": "inference.review_threshold"}
+            return float(inference.review_threshold), {"source": "inference.review_threshold"}
         if reference is not None:
             values, failures = self.reference_values(reference)
-            return conformal_quantile(values, inf.review_quantile), {
+            return conformal_quantile(values, inference.review_quantile), {
                 "source": str(reference), "images": len(values), "failures": failures}
         infos = [d.info for d in self.densities if d is not None]
-        found = [t for t in (review_threshold(inf, info, self.tta) for info in infos) if t is not None]
+        found = [t for t in (threshold_from_training(inference, info, self.tta) for info in infos) if t is not None]
         if not found:
             return None, {"source": None}
         matched = all(stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
@@ -162,9 +162,9 @@ class Segmenter:
 
         item = load_case(self.pre, Case(case.id, case.images))
         image = item["image"]
-        inf = self.inference
-        stats = sliding_stats(image.as_tensor(), self.predictor, inf.roi_size, inf.sw_batch_size, inf.overlap,
-                              device=self.device)
+        inference = self.inference
+        stats = sliding_stats(image.as_tensor(), self.predictor, inference.roi_size, inference.sw_batch_size,
+                              inference.overlap, device=self.device)
         if self.data.spatial_dims == 3 and image.applied_operations:
             # Undo orientation (and resampling) so outputs line up with the input file.
             meta = MetaTensor(stats, meta=dict(image.meta))
@@ -176,8 +176,8 @@ class Segmenter:
     def maps(self, case: Case) -> tuple[dict[str, np.ndarray], dict]:
         """``(maps, preprocessed item)``: the case's probability, label, entropy and mutual
         information maps (:func:`~biocnn.segment.uncertainty.maps_from_stats`) in its grid."""
-        seed_case(case.id)  # the same input gives the same samples, whatever else is predicted
-        stats, item = self.stats(case)
+        with case_seed(case.id, self.device):  # the same input gives the same samples, whatever else is predicted
+            stats, item = self.stats(case)
         return {k: v[0].numpy() for k, v in maps_from_stats(stats[None].float()).items()}, item
 
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
@@ -203,32 +203,32 @@ class Segmenter:
         if pairs:
             from scipy.stats import norm
 
-            inf = self.inference
-            feats = image_features([m for m, _ in pairs], image, self.views, inf.roi_size, inf.sw_batch_size,
-                                   inf.overlap, self.device)
+            inference = self.inference
+            feats = image_features([m for m, _ in pairs], image, self.views, inference.roi_size,
+                                   inference.sw_batch_size, inference.overlap, self.device)
             # Per model: the distance averaged over the flipped views it predicted with; the
             # members' standardised log distances are averaged into one percentile.
             dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
             row["feature_distance"] = float(np.mean(dists))
             levels = noise_levels(image)
-            noise_z = [d.noise.zscore(float(d.noise.distance(levels)), inf.ood_quantile)
+            noise_z = [d.noise.zscore(float(d.noise.distance(levels)), inference.ood_quantile)
                        if d.noise is not None else None for _, d in pairs]
             known = [n for n in noise_z if n is not None]
             if known:
                 row["noise_percentile"] = float(norm.cdf(np.mean(known)))
             # Per model, its checks joined (encoder features, and the noise levels where stored).
-            z = [combined_zscore([d.zscore(x, inf.ood_quantile)] + ([n] if n is not None else []))
+            z = [combined_zscore([d.zscore(x, inference.ood_quantile)] + ([n] if n is not None else []))
                  for (_, d), x, n in zip(pairs, dists, noise_z)]
             row["ood_percentile"] = float(norm.cdf(np.mean(z)))
-            ood = row["ood_percentile"] > inf.ood_quantile
+            ood = row["ood_percentile"] > inference.ood_quantile
         flags = []
         if ood is not None:
             flags.append(ood)
-        if self.review_threshold is not None:
+        if self.threshold is not None:
             # At or above: the threshold is one of the training values (finite-sample quantile),
             # and score >= threshold then holds exactly for the flagged inputs.
-            flags.append(unc >= self.review_threshold)
-        return {"score": image_score(unc, bool(ood), self.review_threshold),
+            flags.append(unc >= self.threshold)
+        return {"score": image_score(unc, bool(ood), self.threshold),
                 "flag": ("yes" if any(flags) else "no") if flags else "", **row}
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
@@ -269,7 +269,7 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
     """Predict every case under ``input_path``; returns the summary written to predict.json.
 
     ``reference``: the models' training images, to measure the review threshold with this
-    prediction's sampling (see :meth:`Segmenter._review_threshold`; needed for ensembles).
+    prediction's sampling (see :meth:`Segmenter._resolve_threshold`; needed for ensembles).
     """
     out_dir = Path(out_dir)
     seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size, reference=reference)
@@ -292,8 +292,8 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
                "tta": tta, "temperatures": seg.predictor.temperatures, "sw_batch_size": seg.inference.sw_batch_size,
                "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
                "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
-               "failures": failures, "review_threshold": seg.review_threshold,
-               "review_reference": seg.review_reference,
+               "failures": failures, "review_threshold": seg.threshold,
+               "review_reference": seg.threshold_source,
                "ood_quantile": seg.inference.ood_quantile,
                "feature_statistics": [d is not None for d in seg.densities],
                "flagged": [r["case"] for r in rows if r["flag"] == "yes"]}

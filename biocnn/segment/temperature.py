@@ -1,9 +1,8 @@
 """Temperature scaling of a trained U-Net's logits (Guo et al. 2017), fitted on validation cases.
 
 A network trained with Dice + cross-entropy and stopped early on validation Dice ranks its
-voxels well but its softmax can be far from the observed frequencies: tumor U-Nets of the demo
-config put a foreground probability of about 0.13 on every voxel outside the brain, so the
-entropy maps showed a haze everywhere and the expected calibration error was 0.15. One scalar
+voxels well but its softmax can be far from the observed frequencies (e.g. a small foreground
+probability on every background voxel, a haze in the entropy maps). One scalar
 ``T`` dividing every logit fixes most of that without touching the label map (the argmax of
 ``z / T`` is the argmax of ``z``). ``T`` is chosen to minimise the negative log-likelihood of
 the validation voxels under the deterministic network, then applied to every Monte Carlo,
@@ -18,6 +17,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from biocnn.predict import eval_mode
 
 # Voxels kept per case for the fit: one scalar does not need millions of them, and a BraTS
 # volume (8.9 M voxels x classes) would otherwise hold hundreds of MB of logits.
@@ -52,14 +53,14 @@ def validation_logits(model: nn.Module, images: Sequence[torch.Tensor], labels: 
     most :data:`MAX_VOXELS_PER_CASE` voxels per case (a seeded sample, the same every run)."""
     from monai.inferers import sliding_window_inference
 
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     all_logits, all_labels = [], []
     for image, label in zip(images, labels):
         image = torch.as_tensor(image).float()
-        out = sliding_window_inference(image[None], roi_size=list(roi_size), sw_batch_size=sw_batch_size,
-                                       predictor=model, overlap=overlap, mode="gaussian",
-                                       sw_device=device or image.device, device=torch.device("cpu"))
+        with eval_mode(model):
+            out = sliding_window_inference(image[None], roi_size=list(roi_size), sw_batch_size=sw_batch_size,
+                                           predictor=model, overlap=overlap, mode="gaussian",
+                                           sw_device=device or image.device, device=torch.device("cpu"))
         z = torch.as_tensor(out)[0].float().reshape(out.shape[1], -1).T
         y = torch.as_tensor(label).reshape(-1).long().cpu()
         if len(y) > MAX_VOXELS_PER_CASE:
@@ -72,11 +73,12 @@ def validation_logits(model: nn.Module, images: Sequence[torch.Tensor], labels: 
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Fit the temperature and report what it did (stored in the model's ``metrics.json``)."""
-    from biocnn.segment.evaluate import expected_calibration_error
+    from biocnn.metrics import expected_calibration_error
+    from biocnn.segment.evaluate import ECE_BINS
 
     def ece(temperature: float) -> float:
         conf, pred = torch.softmax(logits.double() / temperature, 1).max(1)
-        return expected_calibration_error(conf.numpy(), (pred == labels).numpy().astype(float))
+        return expected_calibration_error((pred == labels).numpy().astype(float), conf.numpy(), ECE_BINS)
 
     t = fit_temperature(logits, labels)
     return {"temperature": t, "voxels": int(len(labels)),

@@ -12,9 +12,9 @@ import torch
 
 from biocnn.checkpoint import provenance
 from biocnn.config import load_config
-from biocnn.device import seed_everything
+from biocnn.device import deterministic, seed_everything
 from biocnn.errors import InputError
-from biocnn.models import UNet
+from biocnn.models import build_model
 from biocnn.segment.config import SegmentConfig
 from biocnn.segment.data import augmentation, cached_dataset, find_cases, load_case, preprocessing
 
@@ -55,15 +55,15 @@ def make_validate(cfg: SegmentConfig):
 
     from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
 
-    inf = cfg.inference
+    inference = cfg.inference
     num_classes = len(cfg.data.label_values)
 
     def validate(model, loader, device) -> dict[str, float]:
         metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
         predictor = UncertaintyPredictor([model], cfg.data.spatial_dims, mc_samples=1, amp=cfg.train.amp)
         for item in loader.dataset:
-            stats = sliding_stats(torch.as_tensor(item["image"]).to(device), predictor, inf.roi_size,
-                                  inf.sw_batch_size, inf.overlap)
+            stats = sliding_stats(torch.as_tensor(item["image"]).to(device), predictor, inference.roi_size,
+                                  inference.sw_batch_size, inference.overlap)
             pred = stats[:-1].argmax(0)[None, None]
             label = torch.as_tensor(item["label"]).to(device)[None].long()
             metric(one_hot(pred, num_classes), one_hot(label, num_classes))
@@ -89,12 +89,9 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
     train_ds = cached_dataset(train_cases, Compose([*pre.transforms, *aug.transforms]).set_random_state(
         seed=cfg.train.seed), cfg.data.cache_rate)
     val_ds = cached_dataset(val_cases, pre, cfg.data.cache_rate)
-    seed_everything(cfg.train.seed)
-    spec = model_spec(cfg)
-    model = UNet(**{k: v for k, v in spec.items() if k != "name"})
     data_files = [p for c in train_cases + val_cases for p in [*c.images, c.label] if p]
     model_config = {
-        "model": spec,
+        "model": model_spec(cfg),
         "data": cfg.data.model_dump(),
         "inference": cfg.inference.model_dump(),
         "train_cases": [c.id for c in train_cases],
@@ -103,14 +100,19 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
     }
     # batch=True: Dice over the whole batch, stable for small structures and empty patches.
     loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
-                 model_config=model_config, validate=make_validate(cfg), resume=resume,
-                 collate_fn=list_data_collate)
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
-        # Calibrate first: the review statistics are measured with the calibrated softmax,
-        # as predict will measure inputs.
-        cfg = calibrate_model(model, cfg, val_ds, out_dir)
-        write_review_stats(model, cfg, train_cases + val_cases, out_dir)
+    # Deterministic kernels from the first weight to the last file written (fit alone restores
+    # the caller's settings when it returns).
+    with deterministic():
+        seed_everything(cfg.train.seed)
+        model = build_model(model_config["model"])
+        result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
+                     model_config=model_config, validate=make_validate(cfg), resume=resume,
+                     collate_fn=list_data_collate)
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+            # Calibrate first: the review statistics are measured with the calibrated softmax,
+            # as predict will measure inputs.
+            cfg = calibrate_model(model, cfg, val_ds, out_dir)
+            write_review_stats(model, cfg, train_cases + val_cases, out_dir)
     return {"best_epoch": result.best_epoch, **result.best_metrics}
 
 
@@ -123,14 +125,15 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
     from biocnn.io.atomic import write_json
     from biocnn.segment.temperature import T_RANGE, calibrate, validation_logits
 
-    inf = cfg.inference
-    if inf.temperature is not None:
+    inference = cfg.inference
+    if inference.temperature is not None:
         return cfg
     device = next(model.parameters()).device
     items = [val_ds[i] for i in range(len(val_ds))]
     logits, labels = validation_logits(model, [torch.as_tensor(it["image"]).to(device) for it in items],
-                                       [torch.as_tensor(it["label"]) for it in items], inf.roi_size,
-                                       inf.sw_batch_size, inf.overlap, seed=cfg.train.seed, device=device)
+                                       [torch.as_tensor(it["label"]) for it in items], inference.roi_size,
+                                       inference.sw_batch_size, inference.overlap, seed=cfg.train.seed,
+                                       device=device)
     report = calibrate(logits, labels)
     if not T_RANGE[0] * 1.01 < report["temperature"] < T_RANGE[1] / 1.01:
         log.warning("%s: calibration temperature %.3g at the end of its range: the validation predictions are "
@@ -141,7 +144,7 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
     config["inference"]["temperature"] = report["temperature"]
     write_json(Path(out_dir) / CONFIG, config)
     update_metrics(out_dir, {"calibration": report})
-    return cfg.model_copy(update={"inference": inf.model_copy(update={"temperature": report["temperature"]})})
+    return cfg.model_copy(update={"inference": inference.model_copy(update={"temperature": report["temperature"]})})
 
 
 def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) -> dict[str, Any] | None:
@@ -155,50 +158,45 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
       dropout with the configured samples, and flip TTA with dropout off), from which
       ``predict`` takes the review threshold
-      (:func:`~biocnn.segment.uncertainty.review_threshold`). The validation split alone was too small for that (two
-      tumor cases).
+      (:func:`~biocnn.segment.uncertainty.threshold_from_training`); the validation split
+      alone can be too small for that.
     """
-    from biocnn.segment.inference import UncertaintyPredictor, flip_sets, seed_case, sliding_stats
+    from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
     from biocnn.segment.ood import FeatureDensity, image_features, noise_levels
-    from biocnn.segment.uncertainty import maps_from_stats, review_threshold, structure_uncertainty
+    from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty, threshold_from_training
 
     if len(cases) < 3:
         log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
         return None
     device = next(model.parameters()).device
-    model.eval()  # fit() may leave it in train mode
-    inf, dims = cfg.inference, cfg.data.spatial_dims
+    inference, dims = cfg.inference, cfg.data.spatial_dims
     pre = preprocessing(cfg.data, train=False, with_label=False)
     views = flip_sets(dims, True)
     # The structure uncertainty's scale depends on how it is sampled (flip TTA's runs lower), so
     # the reference is kept for Monte Carlo dropout and for flip TTA with dropout off; predict
-    # picks the matching one. (In 3D the 8 flips cost about as much as the training itself, a
-    # tumor model of the demo config took 213-216 s with them, 104-113 s without; but without
-    # them a --tta prediction was judged against the Monte Carlo threshold, which TTA's values
-    # rarely reach, so mostly the unfamiliar inputs were flagged, whatever their doubt.)
-    # Built right before use: each one sets the model's dropout on or off.
-    t = [inf.temperature]
-    samplers = {"mc": lambda: UncertaintyPredictor([model], dims, inf.mc_samples, inf.mc_batch, amp=cfg.train.amp,
-                                                   temperatures=t),
-                "tta": lambda: UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
+    # picks the matching one, so a --tta prediction is not judged against the Monte Carlo values.
+    t = [inference.temperature]
+    samplers = {"mc": UncertaintyPredictor([model], dims, inference.mc_samples, inference.mc_batch,
+                                           amp=cfg.train.amp, temperatures=t),
+                "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
     feats, noise, unc = [], [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
-        feats.append(image_features([model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap, device)[0])
+        feats.append(image_features([model], image, views, inference.roi_size, inference.sw_batch_size,
+                                    inference.overlap, device)[0])
         noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
-        seed_case(case.id)  # as in predict: not what training and calibration left behind
-        for name, make in samplers.items():
-            stats = sliding_stats(image, make(), inf.roi_size, inf.sw_batch_size, inf.overlap)
-            maps = maps_from_stats(stats[None])
-            unc[name].append(structure_uncertainty(maps["prob"][0].cpu().numpy(), maps["label"][0].cpu().numpy(),
-                                                   inf.structure_margin))
-    model.eval()
+        with case_seed(case.id, image.device):  # the samples predict draws for this image
+            for name, predictor in samplers.items():
+                stats = sliding_stats(image, predictor, inference.roi_size, inference.sw_batch_size,
+                                      inference.overlap)
+                maps = maps_from_stats(stats[None])
+                unc[name].append(structure_uncertainty(maps["prob"][0].cpu().numpy(),
+                                                       maps["label"][0].cpu().numpy(), inference.structure_margin))
     density = FeatureDensity.fit(np.stack(feats))
     density.noise = FeatureDensity.fit(np.stack(noise))
     density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc["mc"],
-                    "training_structure_uncertainty_tta": unc["tta"], "mc_samples": inf.mc_samples}
-    threshold = review_threshold(inf, density.info)
-    density.info["review_threshold"] = threshold
+                    "training_structure_uncertainty_tta": unc["tta"], "mc_samples": inference.mc_samples}
+    threshold = threshold_from_training(inference, density.info)
     density.save(out_dir)
     log.info("feature statistics of %d images; review threshold %.4g", len(cases), threshold)
     return density.info

@@ -77,13 +77,9 @@ def structure_uncertainty(prob: np.ndarray, label: np.ndarray, margin: int = 2) 
     doubt between two *other* classes does not count against class ``c``. The dilation lets the
     uncertain rim count but not the background far from any object (mean entropy over the image
     measures how much background there is). A class not predicted anywhere scores 0 (a
-    confident "not here"; the feature distance covers confident failures).
-
-    With one foreground class this is the predictive entropy over the dilated structure per
-    structure voxel, the definition before multi-class inputs were scored per class, when the
-    large edema could drown the small classes' doubt (Spearman with 1 - Dice over the
-    benchmark's 96 held-out tumor cases, calibrated MC dropout, pooled vs per class: 0.49 vs
-    0.77 on one draw of cases, 0.60 vs 0.62 on another; see the README).
+    confident "not here"; the feature distance covers confident failures). Scoring each class
+    on its own keeps a large class's doubt from drowning a small one's. With one foreground
+    class this is the predictive entropy over the dilated structure per structure voxel.
     """
     from scipy import ndimage
 
@@ -132,23 +128,18 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
     outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
     least ``review_threshold`` (by default a 0.9 quantile of the training images' structure
-    uncertainty, see :func:`review_threshold`): it rises above most ordinary inputs even when
+    uncertainty, see :func:`threshold_from_training`): it rises above most ordinary inputs even when
     the model is confidently wrong about it, yet inputs with still more doubt about their
     outlines stay ahead of it, because being unfamiliar does not mean being wrong. So
     ``score >= review_threshold`` exactly for the inputs flagged for review.
 
     The floor is ``review_threshold + FLOOR_TIE_BREAK * structure_unc``, not the threshold
     itself: the unfamiliar inputs lifted to it keep their structure-uncertainty order among
-    themselves instead of tying (a hundredth of it barely moves them against other inputs).
-    The tie threw away the order within the largest group of flagged inputs, which spans the
-    widest range of errors (the blurred held-out cases): tumor review-score Spearman with
-    1 - Dice 0.531 -> 0.600 (MC dropout) and 0.562 -> 0.685 (ensemble) on the benchmark's
-    held-out set, recomputed from the same predictions; malaria unchanged within 0.01.
+    themselves instead of tying (a hundredth of it barely moves them against other inputs);
+    a tie would throw away the order within the group of flagged inputs, which spans the widest
+    range of errors.
 
-    Without feature statistics (models trained before they existed) or without a threshold,
-    the score is the structure uncertainty. Earlier versions used the mean predictive entropy
-    over the image: dominated by the amount of background, blind to confident failures (see
-    the README's benchmark tables).
+    Without feature statistics or without a threshold, the score is the structure uncertainty.
     """
     if ood and review_threshold is not None:
         floor = float(review_threshold) + FLOOR_TIE_BREAK * float(structure_unc)
@@ -156,19 +147,21 @@ def image_score(structure_unc: float, ood: bool = False, review_threshold: float
     return float(structure_unc)
 
 
-def review_threshold(inf, info: dict[str, Any], tta: bool = False) -> float | None:
-    """``inference.review_threshold`` if set, else the ``inference.review_quantile`` of the
-    training images' structure uncertainty stored with the feature statistics (or ``None``):
-    the values measured with flip TTA when ``tta`` (and stored; older files have only the
-    Monte Carlo ones), else those measured with Monte Carlo dropout (see
+def threshold_from_training(inference, info: dict[str, Any], tta: bool = False) -> float | None:
+    """The review threshold for one model: ``inference.review_threshold`` if set, else the
+    ``inference.review_quantile`` of the training images' structure uncertainty stored with the
+    feature statistics ``info`` (or ``None``): the values measured with flip TTA when ``tta``
+    (where stored), else those measured with Monte Carlo dropout (see
     :func:`conformal_quantile`; :func:`stored_sampling_matches` says when they apply).
+
+    ``inference`` is the model's :class:`~biocnn.segment.config.InferenceConfig`.
     """
-    if inf.review_threshold is not None:
-        return float(inf.review_threshold)
+    if inference.review_threshold is not None:
+        return float(inference.review_threshold)
     values = (tta and info.get("training_structure_uncertainty_tta")) or info.get("training_structure_uncertainty")
     if not values:
         return None
-    return conformal_quantile(values, inf.review_quantile)
+    return conformal_quantile(values, inference.review_quantile)
 
 
 def conformal_quantile(values: Sequence[float], q: float) -> float:
@@ -176,9 +169,8 @@ def conformal_quantile(values: Sequence[float], q: float) -> float:
     of the ``n`` values (the largest when that exceeds ``n``).
 
     For a new input exchangeable with them, that bounds the chance of exceeding it by
-    ``1 - q``; the interpolated sample quantile does not, and with the dozen cases a 3D
-    training set has it sat below two of them (measured: a third of the in-distribution
-    held-out tumor cases flagged, not 10 %).
+    ``1 - q``; the interpolated sample quantile does not, which matters for the dozen cases a
+    3D training set may have.
     """
     values = np.sort(np.asarray(values, dtype=np.float64))
     rank = min(len(values), math.ceil((len(values) + 1) * q))
@@ -191,8 +183,7 @@ def stored_sampling_matches(info: dict[str, Any], models: int, mc_samples: int, 
     The structure uncertainty's scale depends on the sampling: a model stores its training
     images' values under Monte Carlo dropout with ``info["mc_samples"]`` samples and under flip
     TTA with dropout off (one sample). An ensemble's averaged members, or another number of
-    samples, give values on another scale (the three benchmark tumor models, dropout off, gave
-    0.28-0.48 on their training images, where their Monte Carlo thresholds average 0.86).
+    samples, give values on another scale.
     """
     if models != 1:
         return False
