@@ -13,8 +13,21 @@ validate(config, "schemas/config.schema.yaml")
 REPO = Path(workflow.basedir)
 RESULTS = config["results"]
 BIOCNN = config.get("biocnn", "biocnn")
-# GPUs asked for by training rules (the SLURM profile turns this into --gpus).
+# GPUs asked for by training rules (the SLURM profile turns this into --gpus). With more than
+# one, training runs under torchrun, one process per GPU (DistributedDataParallel in biocnn.train).
 TRAIN_GPUS = config.get("train_gpus", 1)
+TORCHRUN = config.get("torchrun", "torchrun")
+
+
+def train_command():
+    """The command of a training rule: `biocnn`, or biocnn started by torchrun for more than one
+    GPU (every rank's output in the rule log, prefixed with its rank)."""
+    if TRAIN_GPUS > 1:
+        return f"{TORCHRUN} --standalone --nproc_per_node {TRAIN_GPUS} --tee 3 -m biocnn"
+    return BIOCNN
+
+
+BIOCNN_TRAIN = train_command()
 
 
 def task_enabled(task):

@@ -83,10 +83,11 @@ rule deepbind_calibrate_trial:
     params:
         out=f"{DB_DIR}/{{exp}}/calibration",
     threads: 1
+    # One process per trial: with several GPUs, trials run side by side on one GPU each.
     resources:
         mem_mb=2000,
         runtime=30,
-        gpu=TRAIN_GPUS,
+        gpu=min(TRAIN_GPUS, 1),
     shell:
         "{BIOCNN} deepbind calibrate --config {input.config} --train {input.train} --out {params.out} "
         "--trial {wildcards.trial} > {log} 2>&1"
@@ -131,7 +132,7 @@ rule deepbind_train:
         runtime=60,
         gpu=TRAIN_GPUS,
     shell:
-        "{BIOCNN} deepbind train --config {input.config} --train {input.train} --calibration {input.best} "
+        "{BIOCNN_TRAIN} deepbind train --config {input.config} --train {input.train} --calibration {input.best} "
         "--out {params.out} --resume > {log} 2>&1"
 
 

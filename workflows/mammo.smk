@@ -76,7 +76,7 @@ rule mammo_train:
         runtime=60,
         gpu=TRAIN_GPUS,
     shell:
-        "{BIOCNN} mammo train --config {input.config} --manifest {input.manifest} --out {params.out} "
+        "{BIOCNN_TRAIN} mammo train --config {input.config} --manifest {input.manifest} --out {params.out} "
         "--resume > {log} 2>&1"
 
 

@@ -70,7 +70,7 @@ rule segment_train:
         runtime=60,
         gpu=TRAIN_GPUS,
     shell:
-        "{BIOCNN} segment train --config {input.config} --train {params.data} --out {params.out} "
+        "{BIOCNN_TRAIN} segment train --config {input.config} --train {params.data} --out {params.out} "
         "{params.epochs} --resume > {log} 2>&1"
 
 

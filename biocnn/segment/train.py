@@ -51,6 +51,7 @@ def make_validate(cfg: SegmentConfig):
     loader's dataset rather than batched.
     """
     from monai.metrics import DiceMetric
+    from monai.metrics.utils import do_metric_reduction
     from monai.networks.utils import one_hot
 
     from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
@@ -61,13 +62,16 @@ def make_validate(cfg: SegmentConfig):
     def validate(model, loader, device) -> dict[str, float]:
         metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False)
         predictor = UncertaintyPredictor([model], cfg.data.spatial_dims, mc_samples=1, amp=cfg.train.amp)
+        dice = []
         for item in loader.dataset:
             stats = sliding_stats(torch.as_tensor(item["image"]).to(device), predictor, inference.roi_size,
                                   inference.sw_batch_size, inference.overlap)
             pred = stats[:-1].argmax(0)[None, None]
             label = torch.as_tensor(item["label"]).to(device)[None].long()
-            metric(one_hot(pred, num_classes), one_hot(label, num_classes))
-        return {"val_dice": float(metric.aggregate().item())}
+            dice.append(metric(one_hot(pred, num_classes), one_hot(label, num_classes)))
+        # Reduced here, not by metric.aggregate(): under torchrun only rank 0 validates, and
+        # aggregate() would wait for the other ranks' buffers.
+        return {"val_dice": float(do_metric_reduction(torch.cat(dice), metric.reduction)[0].item())}
 
     return validate
 
