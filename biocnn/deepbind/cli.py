@@ -1,4 +1,5 @@
-"""``biocnn deepbind <verb>``: calibrate, train, evaluate, motifs, mutation-map, variants, scan, synth, report."""
+"""``biocnn deepbind <verb>``: calibrate, train, evaluate, motifs, mutation-map, variants, scan, synth, report,
+import, predict."""
 
 from __future__ import annotations
 
@@ -163,9 +164,44 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- published models
+def _import(args: argparse.Namespace) -> int:
+    from biocnn.deepbind.zoo import import_models
+
+    result = import_models(args.db, args.out, ids=args.ids, proteins=args.protein, experiments=args.experiment,
+                           progress=_progress("imported"))
+    print(f"{result.seen} models seen: {len(result.written)} written to {args.out}, {len(result.failures)} failed")
+    for model_id, why in result.failures:
+        print(f"  {model_id}: {why}")
+    return 1 if result.failures else 0
+
+
+def _progress(verb: str):
+    import time
+
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % 100 == 0:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            log.info("%s %d/%d models (%.0f models/s)", verb, done, total, rate)
+
+    return report
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from biocnn.deepbind.predict import run_predict
+
+    stats = run_predict(args.model, args.sequences, args.out, rule=args.rule, window_size=args.window_size,
+                        average=args.average or None)
+    print(f"scored {stats['sequences']} sequences with {stats['models']} models in {stats['seconds']:.1f} s "
+          f"-> {args.out}")
+    return 0
+
+
 def register(subparsers) -> None:
     verbs = add_group(subparsers, "deepbind", "DeepBind-style binding models: calibrate, train, evaluate, motifs, "
-                                              "mutation-map, variants, scan")
+                                              "mutation-map, variants, scan, import, predict")
 
     p = add_verb(verbs, "calibrate", _calibrate, "random search + k-fold CV over hyper-parameters")
     p.add_argument("--config", required=True, help="DeepBind YAML config")
@@ -234,3 +270,21 @@ def register(subparsers) -> None:
     p.add_argument("--results", required=True, help="the workflow's deepbind results directory")
     p.add_argument("--experiments", nargs="+", required=True, help="experiment names (subdirectories)")
     p.add_argument("--out", required=True, help="report directory")
+
+    p = add_verb(verbs, "import", _import, "convert published DeepBind models (db.tsv + params/) to model directories")
+    p.add_argument("--db", required=True, help="the release's db folder: db.tsv and params/")
+    p.add_argument("--out", required=True, help="folder for one model directory per DeepBind ID")
+    p.add_argument("--ids", nargs="+", help="DeepBind IDs to import (default: every model with parameters)")
+    p.add_argument("--protein", nargs="+", help="only these proteins (case-insensitive)")
+    p.add_argument("--experiment", nargs="+", help="only these experiments: SELEX, ChIP-seq, PBM, RNAcompete")
+
+    p = add_verb(verbs, "predict", _predict, "score sequences with one or many models (the original tool's table)")
+    p.add_argument("--model", required=True, action="append",
+                   help="model directory, or a folder of them (e.g. an import's --out); repeat for more")
+    p.add_argument("--sequences", required=True, help="one sequence per line, FASTA, or a DeepBind table")
+    p.add_argument("--out", required=True, help="TSV to write: a header of model names, one row per sequence")
+    p.add_argument("--rule", choices=("original", "whole"),
+                   help="scoring rule for every model (default: each model's own; imported models: original)")
+    p.add_argument("--window-size", type=int, help="window length of the original rule (default: int(1.5 m))")
+    p.add_argument("--average", action="store_true",
+                   help="original rule: sum of the window scores / sequence length instead of the maximum")
