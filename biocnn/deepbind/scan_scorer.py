@@ -72,16 +72,15 @@ class WindowScorer:
         # Also used by the torch backend, to encode bases and format bedGraph lines.
         self.kernels = native.load()
         self.fallback_reason = ""
-        if backend != "torch" and self.device.type != "cuda":
-            reason = self._native_unusable()
-            if reason and backend == "native":
-                raise RuntimeError(f"the native scan backend cannot run: {reason}")
-            if reason:
-                self.fallback_reason = reason
-                warnings.warn(f"genome scan on torch, much slower: {reason}", KernelFallbackWarning, stacklevel=2)
-            backend = "torch" if reason else "native"
-        elif backend == "auto":
-            backend = "torch"
+        chosen = backend == "auto"
+        if chosen:
+            backend = "torch" if self.device.type == "cuda" else "native"
+        reason = self._native_unusable() if backend == "native" else ""
+        if reason and not chosen:
+            raise RuntimeError(f"the native scan backend cannot run: {reason}")
+        if reason:
+            self.fallback_reason, backend = reason, "torch"
+            warnings.warn(f"genome scan on torch, much slower: {reason}", KernelFallbackWarning, stacklevel=2)
         self.backend = backend
         self._one_hot = torch.from_numpy(ONE_HOT).to(self.device)  # (5 codes, 4 bases)
         self._local = threading.local()  # a code buffer per thread (batches are scored in parallel)
