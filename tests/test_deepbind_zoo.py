@@ -202,4 +202,5 @@ def test_evaluate_runs_on_an_imported_model(zoo_dir, tmp_path):
     out = tmp_path / "metrics.json"
     assert main(["deepbind", "evaluate", "--model", str(zoo_dir / "D00650.007"), "--test", str(table),
                  "--out", str(out)]) == 0
-    assert 0 <= json.loads(out.read_text())["roc_auc"] <= 1
+    metrics = json.loads(out.read_text())
+    assert 0 <= metrics["roc_auc"] <= 1 and metrics["scoring"]["rule"] == "original"

@@ -90,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from biocnn.deepbind.data import labelled, read_set
+    from biocnn.deepbind.original import Scoring, evaluate_rule
     from biocnn.deepbind.train import evaluate_model
     from biocnn.checkpoint import load_model
     from biocnn.io.atomic import write_json
@@ -99,7 +100,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = config.get("data", {})
     seqs = read_set(args.test, motif_len, args.labels, args.reference)
     test = labelled(seqs, data.get("negatives_per_positive", 1), args.seed)
-    metrics = evaluate_model(model, test)
+    scoring = Scoring.from_config(config)  # imported models: the original tool's windowed rule
+    metrics = evaluate_model(model, test) if scoring.rule == "whole" else evaluate_rule(model, test, scoring)
     metrics["model"] = str(args.model)
     metrics["skipped"] = len(seqs.skipped)
     write_json(args.out, metrics)

@@ -278,3 +278,19 @@ def score_models(models: Sequence[torch.nn.Module], seq_codes: Sequence[np.ndarr
                     scores = np.maximum(scores, _strand_scores(stack, rc_codes, window, average))
                 out[:, chunk] = scores
     return out
+
+
+def evaluate_rule(model: torch.nn.Module, data, scoring: Scoring) -> dict[str, Any]:
+    """Held-out metrics (as :func:`biocnn.deepbind.train.evaluate_model`) with scores from ``scoring``'s rule.
+
+    ``data``: :class:`~biocnn.deepbind.data.LabelledSequences`.
+    """
+    from dataclasses import asdict
+
+    from biocnn.deepbind.train import auc_metrics
+
+    codes = [encode(seq, rid, data.source) for rid, seq in zip(data.ids, data.seqs)]
+    scores = score_models([model], codes, scoring)[:, 0]
+    labels = np.asarray(data.labels)
+    return {**auc_metrics(labels, scores), "n": len(data), "n_positive": int((labels == 1).sum()),
+            "n_negative": int((labels == 0).sum()), "test": data.source, "scoring": asdict(scoring)}
