@@ -121,3 +121,11 @@ def test_bad_input_is_one_line_error(tmp_path, demo, capsys):
     bad.write_text(">x\nACGTACGTACGTACGTACGTZ\n")
     assert main(["deepbind", "train", "--config", str(cfg), "--out", str(tmp_path / "m"), "--train", str(bad)]) == 1
     assert "bad.fa: record 'x': invalid character 'Z' at position 21" in capsys.readouterr().err
+
+
+def test_demo_data_is_byte_identical_for_the_same_seed(tmp_path):
+    """Same seed, same bytes: the data hash every model records must not depend on when or
+    under which temporary name a file was written (gzip headers carry both by default)."""
+    runs = [write_demo_binding(tmp_path / f"run{i}", seed=3, n_train=40, n_test=20, genome_bp=20_000) for i in (0, 1)]
+    for name in runs[0]:
+        assert runs[0][name].read_bytes() == runs[1][name].read_bytes(), name

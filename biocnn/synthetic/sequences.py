@@ -72,7 +72,8 @@ def _write_table(path: Path, pos: list[str], neg: list[str], prefix: str) -> Non
     """A DeepBind table (gzip'd TSV with header FoldID EventID seq Bound)."""
     import gzip
 
-    with atomic_open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
+    with atomic_open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as fh:
+        # no file name and no time in the gzip header: same seed, same bytes (and data hash)
         fh.write(b"FoldID\tEventID\tseq\tBound\n")
         rows = [(f"{prefix}_{i:05d}_peak", s, 1) for i, s in enumerate(pos)]
         rows += [(f"{prefix}_{i:05d}_shuf", s, 0) for i, s in enumerate(neg)]
