@@ -74,3 +74,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def is_main_process() -> bool:
+    """True in a plain run and on rank 0 under torchrun: the one process that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -22,7 +22,7 @@ from torch import nn
 
 from biocnn.checkpoint import provenance, read_json, update_metrics
 from biocnn.config import load_config
-from biocnn.device import deterministic, seed_everything
+from biocnn.device import deterministic, is_main_process, seed_everything
 from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo.platt import calibrated_probs, fit_platt
@@ -105,7 +105,8 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
                                                 f"got labels {sorted(labels)}; add data or change val_fraction")
     images = _decode_records(records, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_split(out_dir / "split.csv", records, assignment)
+    if is_main_process():  # one writer under torchrun
+        _write_split(out_dir / "split.csv", records, assignment)
 
     def subset(name: str, transform=None) -> CachedDataset:
         return CachedDataset([images[i] for i in parts[name]], [records[i].label for i in parts[name]], transform)
@@ -136,6 +137,8 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
                      model_config=model_config, validate=make_validate(cfg.train.amp), resume=resume,
                      sample_weights=sample_weights)
+        if not is_main_process():  # one writer under torchrun
+            return {"best_epoch": result.best_epoch, **result.best_metrics}
         metrics = _fit_operating_point(model, cfg, images, records, parts, out_dir)
     return update_metrics(out_dir, {"best_epoch": result.best_epoch, **metrics})
 

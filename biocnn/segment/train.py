@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 
 from biocnn.checkpoint import provenance
 from biocnn.config import load_config
-from biocnn.device import deterministic, seed_everything
+from biocnn.device import deterministic, is_main_process, seed_everything
 from biocnn.errors import InputError
 from biocnn.models import build_model
 from biocnn.segment.config import SegmentConfig
@@ -112,7 +111,7 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
                      model_config=model_config, validate=make_validate(cfg), resume=resume,
                      collate_fn=list_data_collate)
-        if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+        if is_main_process():  # one writer under torchrun
             # Calibrate first: the review statistics are measured with the calibrated softmax,
             # as predict will measure inputs.
             cfg = calibrate_model(model, cfg, val_ds, out_dir)
