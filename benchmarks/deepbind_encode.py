@@ -32,15 +32,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from biocnn.deepbind.search import apply_params, run_trial, select_best
-from biocnn.deepbind.config import CalibrationSection, DataSection, DeepBindConfig, ModelSection, SearchSpace
-from biocnn.deepbind.data import labelled, read_set, split
-from biocnn.deepbind.train import CpuBudgetReached, auc_metrics, cpu_budget_callback, evaluate_model, train_deepbind
-from biocnn.deepbind.model import DeepBind
 from biocnn.checkpoint import load_weights
 from biocnn.config import EarlyStopping, TrainConfig
-from biocnn.io.sequences import one_hot_batch
+from biocnn.deepbind.config import CalibrationSection, DataSection, DeepBindConfig, ModelSection, SearchSpace
+from biocnn.deepbind.data import labelled, read_set, split
+from biocnn.deepbind.model import DeepBind
+from biocnn.deepbind.search import apply_params, run_trial, select_best
+from biocnn.deepbind.train import CpuBudgetReached, auc_metrics, cpu_budget_callback, evaluate_model, train_deepbind
 from biocnn.io.atomic import write_json
+from biocnn.io.sequences import one_hot_batch
 
 
 def deepbind_config(args) -> DeepBindConfig:
@@ -48,14 +48,31 @@ def deepbind_config(args) -> DeepBindConfig:
     return DeepBindConfig(
         data=DataSection(negatives_per_positive=args.negatives, val_fraction=0.1),
         model=ModelSection(num_motifs=16, motif_len=24, pool="max", hidden=32, dropout=0.25),
-        train=TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, lr=3e-3, progress=False,
-                          seed=args.seed, device="cpu",
-                          early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4)),
-        calibration=CalibrationSection(trials=args.trials, folds=args.folds, epochs=args.calibration_epochs,
-                                       max_train=args.calibration_positives, seed=args.seed,
-                                       space=SearchSpace(lr=(1e-3, 5e-3), weight_decay=(1e-8, 1e-5),
-                                                         dropout=[0.1, 0.25, 0.5], init_scale=(0.02, 0.2),
-                                                         hidden=[0, 32], num_motifs=[16, 32], pool=["max"])),
+        train=TrainConfig(
+            epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            lr=3e-3,
+            progress=False,
+            seed=args.seed,
+            device="cpu",
+            early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4),
+        ),
+        calibration=CalibrationSection(
+            trials=args.trials,
+            folds=args.folds,
+            epochs=args.calibration_epochs,
+            max_train=args.calibration_positives,
+            seed=args.seed,
+            space=SearchSpace(
+                lr=(1e-3, 5e-3),
+                weight_decay=(1e-8, 1e-5),
+                dropout=[0.1, 0.25, 0.5],
+                init_scale=(0.02, 0.2),
+                hidden=[0, 32],
+                num_motifs=[16, 32],
+                pool=["max"],
+            ),
+        ),
     )
 
 
@@ -76,8 +93,9 @@ def train_within_budget(ac: Path, cfg: DeepBindConfig, budget_cpu_s: float, seed
     with tempfile.TemporaryDirectory() as tmp:
         budget = cpu_budget_callback(budget_cpu_s, cpu0)
         try:
-            model, result = train_deepbind(train, val, tuned.model, tuned.train, out_dir=tmp,
-                                           extra_config={}, callbacks=[budget])
+            model, result = train_deepbind(
+                train, val, tuned.model, tuned.train, out_dir=tmp, extra_config={}, callbacks=[budget]
+            )
             epochs = len(result.history)
         except CpuBudgetReached:
             # The training loop keeps the best epoch so far in state/; take it from there.
@@ -85,8 +103,13 @@ def train_within_budget(ac: Path, cfg: DeepBindConfig, budget_cpu_s: float, seed
             model = DeepBind(**tuned.model.model_dump())
             model.load_state_dict(load_weights(Path(tmp) / "state" / state["best_weights"]))
             epochs = len(state["history"])
-    return model, {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu0,
-                   "epochs": epochs, "calibration": best, "n_train": len(train)}
+    return model, {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu0,
+        "epochs": epochs,
+        "calibration": best,
+        "n_train": len(train),
+    }
 
 
 def kmer_lr_auc(train_seqs, train_y, test_seqs, test_y) -> float:
@@ -126,8 +149,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--budget", type=float, default=280.0,
-                        help="CPU seconds per experiment (calibration + training), all threads counted")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=280.0,
+        help="CPU seconds per experiment (calibration + training), all threads counted",
+    )
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--calibration-epochs", type=int, default=3)
@@ -146,10 +173,12 @@ def main(argv=None) -> int:
         print(f"no *_AC.seq.gz files in {args.data_dir}", file=sys.stderr)
         return 1
     cfg = deepbind_config(args)
-    print(f"DeepBind: {cfg.model.num_motifs} motifs x {cfg.model.motif_len} bp, {args.negatives} shuffled "
-          f"negatives per positive; calibration {args.trials} trials x {args.folds} folds x "
-          f"{args.calibration_epochs} epochs on {args.calibration_positives} positives; "
-          f"budget {args.budget:.0f} CPU-s per experiment (torch threads: {torch.get_num_threads()})")
+    print(
+        f"DeepBind: {cfg.model.num_motifs} motifs x {cfg.model.motif_len} bp, {args.negatives} shuffled "
+        f"negatives per positive; calibration {args.trials} trials x {args.folds} folds x "
+        f"{args.calibration_epochs} epochs on {args.calibration_positives} positives; "
+        f"budget {args.budget:.0f} CPU-s per experiment (torch threads: {torch.get_num_threads()})"
+    )
     results = {}
     for ac in sets:
         tf = ac.name.split("_")[0]
@@ -167,19 +196,34 @@ def main(argv=None) -> int:
         kmer = kmer_lr_auc(train_data.seqs, train_data.labels, test.seqs, test.labels)
         kmer_s = time.perf_counter() - t0
         pwm, pwm_id = pwm_auc(tf, test.seqs, test.labels)
-        results[tf] = {"deepbind_auc": deepbind, "kmer_lr_auc": kmer, "pwm_auc": pwm,
-                       "train_seconds": info["seconds"], "train_cpu_seconds": info["cpu_seconds"],
-                       "epochs": info["epochs"], "calibrated_params": info["calibration"]["params"],
-                       "kmer_lr_seconds": kmer_s, "pwm_motif": pwm_id, "n_train": info["n_train"]}
-        print(f"{tf}: DeepBind {deepbind:.3f}  k-mer LR {kmer:.3f}  PWM {pwm:.3f} ({pwm_id})  "
-              f"{info['seconds']:.0f} s wall / {info['cpu_seconds']:.0f} s CPU, {info['epochs']} epochs", flush=True)
+        results[tf] = {
+            "deepbind_auc": deepbind,
+            "kmer_lr_auc": kmer,
+            "pwm_auc": pwm,
+            "train_seconds": info["seconds"],
+            "train_cpu_seconds": info["cpu_seconds"],
+            "epochs": info["epochs"],
+            "calibrated_params": info["calibration"]["params"],
+            "kmer_lr_seconds": kmer_s,
+            "pwm_motif": pwm_id,
+            "n_train": info["n_train"],
+        }
+        print(
+            f"{tf}: DeepBind {deepbind:.3f}  k-mer LR {kmer:.3f}  PWM {pwm:.3f} ({pwm_id})  "
+            f"{info['seconds']:.0f} s wall / {info['cpu_seconds']:.0f} s CPU, {info['epochs']} epochs",
+            flush=True,
+        )
 
-    header = f"{'TF':<8} {'DeepBind':>9} {'k-mer LR':>9} {'PWM':>7} {'vs LR':>7} {'vs PWM':>7} {'wall s':>7} {'CPU s':>7}"
+    header = (
+        f"{'TF':<8} {'DeepBind':>9} {'k-mer LR':>9} {'PWM':>7} {'vs LR':>7} {'vs PWM':>7} {'wall s':>7} {'CPU s':>7}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for tf, r in results.items():
-        print(f"{tf:<8} {r['deepbind_auc']:>9.3f} {r['kmer_lr_auc']:>9.3f} {r['pwm_auc']:>7.3f} "
-              f"{r['deepbind_auc'] / r['kmer_lr_auc']:>7.3f} {r['deepbind_auc'] / r['pwm_auc']:>7.3f} "
-              f"{r['train_seconds']:>7.0f} {r['train_cpu_seconds']:>7.0f}")
+        print(
+            f"{tf:<8} {r['deepbind_auc']:>9.3f} {r['kmer_lr_auc']:>9.3f} {r['pwm_auc']:>7.3f} "
+            f"{r['deepbind_auc'] / r['kmer_lr_auc']:>7.3f} {r['deepbind_auc'] / r['pwm_auc']:>7.3f} "
+            f"{r['train_seconds']:>7.0f} {r['train_cpu_seconds']:>7.0f}"
+        )
     if results:
         mean = {k: float(np.mean([r[k] for r in results.values()])) for k in ("deepbind_auc", "kmer_lr_auc", "pwm_auc")}
         print(f"{'mean':<8} {mean['deepbind_auc']:>9.3f} {mean['kmer_lr_auc']:>9.3f} {mean['pwm_auc']:>7.3f}")

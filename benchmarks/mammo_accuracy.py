@@ -61,8 +61,9 @@ def baseline(manifest: Path, size: tuple[int, int], tolerance: int, threshold_qu
     t = M.threshold_for_sensitivity(labels, scores_a, threshold_quantile)
     out = M.summary(labels, scores_a, t, groups, n_boot=1000)
     # An intensity is not a probability: calibrate it by rank to [0, 1] before the ECE.
-    out["ece"] = expected_calibration_error(labels, (np.argsort(np.argsort(scores_a)) + 0.5) / len(scores_a),
-                                            M.ECE_BINS)
+    out["ece"] = expected_calibration_error(
+        labels, (np.argsort(np.argsort(scores_a)) + 0.5) / len(scores_a), M.ECE_BINS
+    )
     out["pointing_game"] = float(np.mean(hits)) if hits else None
     return out
 
@@ -106,8 +107,10 @@ def main() -> int:
 
     keys = ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece", "pointing_game")
     goals = {"auc": ">= 0.90", "pointing_game": ">= 0.80"}
-    print(f"\nmammography accuracy: {args.train_exams} training exams, {args.test_exams} held-out exams "
-          f"({result['image']['n']} images, {result['image']['positives']} malignant)\n")
+    print(
+        f"\nmammography accuracy: {args.train_exams} training exams, {args.test_exams} held-out exams "
+        f"({result['image']['n']} images, {result['image']['positives']} malignant)\n"
+    )
     print("| metric | CNN | baseline (intensity) | CNN / baseline | goal |")
     print("|---|---|---|---|---|")
     for k in keys:
@@ -116,20 +119,29 @@ def main() -> int:
         print(f"| {k} | {cnn:.3f} | {b:.3f} | {ratio} | {goals.get(k, '')} |")
     print(f"| breast-level AUC | {result['breast']['auc']:.3f} | - | - | |")
     print(f"| exam-level AUC | {result['exam']['auc']:.3f} | - | - | |")
-    print(f"| sens / spec at the validation operating point | {result['image']['sensitivity']:.3f} / "
-          f"{result['image']['specificity']:.3f} | - | - | |")
+    print(
+        f"| sens / spec at the validation operating point | {result['image']['sensitivity']:.3f} / "
+        f"{result['image']['specificity']:.3f} | - | - | |"
+    )
     payload = {k: result[k] for k in keys}
-    payload.update({
-        "sensitivity_at_operating_point": result["image"]["sensitivity"],
-        "specificity_at_operating_point": result["image"]["specificity"],
-        "threshold": result["image"]["threshold"], "breast_auc": result["breast"]["auc"],
-        "exam_auc": result["exam"]["auc"], "images": result["image"]["n"],
-        "pointing_game_images": result["pointing_game_images"], "best_epoch": metrics["best_epoch"],
-        "baseline": {k: base[k] for k in keys},
-        "goals_met": {"auc": result["auc"] >= 0.90, "pointing_game": (result["pointing_game"] or 0) >= 0.80},
-        "seconds": {"synth": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
-        "train_exams": args.train_exams, "test_exams": args.test_exams, "seed": args.seed,
-    })
+    payload.update(
+        {
+            "sensitivity_at_operating_point": result["image"]["sensitivity"],
+            "specificity_at_operating_point": result["image"]["specificity"],
+            "threshold": result["image"]["threshold"],
+            "breast_auc": result["breast"]["auc"],
+            "exam_auc": result["exam"]["auc"],
+            "images": result["image"]["n"],
+            "pointing_game_images": result["pointing_game_images"],
+            "best_epoch": metrics["best_epoch"],
+            "baseline": {k: base[k] for k in keys},
+            "goals_met": {"auc": result["auc"] >= 0.90, "pointing_game": (result["pointing_game"] or 0) >= 0.80},
+            "seconds": {"synth": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
+            "train_exams": args.train_exams,
+            "test_exams": args.test_exams,
+            "seed": args.seed,
+        }
+    )
     write_json(args.out, payload)
     print(f"\nwritten {args.out}")
     return 0

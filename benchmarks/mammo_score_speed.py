@@ -48,7 +48,9 @@ def untrained_model(directory: Path, config_file: Path) -> Path:
     cfg = load_config(config_file, MammoConfig, {"data.manifest": "unused.csv"})
     spec = model_spec(cfg)
     torch.manual_seed(0)
-    save_model(directory, build_model(spec), {"model": spec, "input": cfg.input.model_dump(), "aggregate": cfg.aggregate})
+    save_model(
+        directory, build_model(spec), {"model": spec, "input": cfg.input.model_dump(), "aggregate": cfg.aggregate}
+    )
     write_json(directory / OPERATING_POINT, {"threshold": 0.5, "chosen_on": "none (speed benchmark)"})
     return directory
 
@@ -77,9 +79,13 @@ def main() -> int:
         n = len(files)
 
         def loader() -> DataLoader:
-            return DataLoader(DecodeDataset(files, size, depth, spatial_dims), batch_size=args.batch_size,
-                              num_workers=args.workers, collate_fn=collate_decoded,
-                              prefetch_factor=4 if args.workers else None)
+            return DataLoader(
+                DecodeDataset(files, size, depth, spatial_dims),
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                collate_fn=collate_decoded,
+                prefetch_factor=4 if args.workers else None,
+            )
 
         # Decode only: what the workers deliver when nothing else runs.
         t = time.perf_counter()
@@ -98,23 +104,42 @@ def main() -> int:
             model_s = time.perf_counter() - t
         # End to end: the clinicians' command, overlapping both.
         t = time.perf_counter()
-        summary = score(model_dir, tmp / "data" / "dicom", tmp / "scores", workers=args.workers,
-                        batch_size=args.batch_size, device=args.device, progress=False)
+        summary = score(
+            model_dir,
+            tmp / "data" / "dicom",
+            tmp / "scores",
+            workers=args.workers,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=False,
+        )
         end_s = time.perf_counter() - t
         assert summary["scored"] == n, summary
 
     slower = max(decode_s, model_s)
     ratio = end_s / slower
-    print(f"\nmammo score speed: {n} images of 3328 x 2560 (16-bit), {args.workers} decoding worker(s), "
-          f"device {device}\n")
+    print(
+        f"\nmammo score speed: {n} images of 3328 x 2560 (16-bit), {args.workers} decoding worker(s), device {device}\n"
+    )
     print("| stage | seconds | images/s | vs slower stage |")
     print("|---|---|---|---|")
     for name, s in (("decode only", decode_s), ("model only", model_s), ("end to end (score)", end_s)):
         print(f"| {name} | {s:.2f} | {n / s:.2f} | {s / slower:.2f} |")
     print(f"\nratio end-to-end / slower = {ratio:.2f} (goal <= 1.2): {'met' if ratio <= 1.2 else 'NOT met'}")
-    write_json(args.out, {"end_to_end_s": end_s, "decode_only_s": decode_s, "model_only_s": model_s,
-                          "ratio": ratio, "images": n, "workers": args.workers, "device": str(device),
-                          "batch_size": args.batch_size, "goal_met": ratio <= 1.2})
+    write_json(
+        args.out,
+        {
+            "end_to_end_s": end_s,
+            "decode_only_s": decode_s,
+            "model_only_s": model_s,
+            "ratio": ratio,
+            "images": n,
+            "workers": args.workers,
+            "device": str(device),
+            "batch_size": args.batch_size,
+            "goal_met": ratio <= 1.2,
+        },
+    )
     return 0
 
 

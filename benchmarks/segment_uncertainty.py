@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from biocnn.io.atomic import write_json
 from biocnn.metrics import roc_auc
-from biocnn.segment.evaluate import evaluate, spearman
 from biocnn.segment.data import find_cases
+from biocnn.segment.evaluate import evaluate, spearman
 from biocnn.segment.predict import predict
 from biocnn.segment.train import train
-from biocnn.io.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHIFTS = ("noise", "blur", "intensity")
@@ -88,8 +88,16 @@ def _merge_dirs(kind: str, parts: dict[str, Path], out: Path) -> dict[str, bool]
     return is_ood
 
 
-def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, samples: int,
-             epochs: int | None, heldout_seed: int = 12) -> dict:
+def run_kind(
+    kind: str,
+    work: Path,
+    n_train: int,
+    n_test: int,
+    ensemble: int,
+    samples: int,
+    epochs: int | None,
+    heldout_seed: int = 12,
+) -> dict:
     # Another held-out seed is another draw of cases for the same models (kept beside the first).
     tag = "" if heldout_seed == 12 else f"_seed{heldout_seed}"
     parts = {"id": work / f"test{tag}_id", **{shift: work / f"test{tag}_{shift}" for shift in SHIFTS}}
@@ -100,8 +108,10 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
         for name, part in parts.items():  # one seed: the OOD sets are the held-out cases, shifted
             _synth(kind, part, n_test, seed=heldout_seed, shift="none" if name == "id" else name)
         _merge_dirs(kind, parts, heldout)
-    is_ood = {c.id: not c.id.startswith("id_") for c in find_cases(heldout, 2 if kind == "malaria" else 3,
-                                                                    ("t1", "t1ce", "t2", "flair"))}
+    is_ood = {
+        c.id: not c.id.startswith("id_")
+        for c in find_cases(heldout, 2 if kind == "malaria" else 3, ("t1", "t1ce", "t2", "flair"))
+    }
     models = []
     for seed in range(ensemble):
         out = work / f"model{seed}"
@@ -118,8 +128,11 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
     # The ensemble's review threshold is measured on the training images with its own sampling
     # (its members' stored values are Monte Carlo ones, on another scale); the other two use
     # what model 0 stored at training.
-    settings = {"mc_dropout": (models[:1], samples, False, None), "tta": (models[:1], 1, True, None),
-                "ensemble": (models, 1, False, work / "train")}
+    settings = {
+        "mc_dropout": (models[:1], samples, False, None),
+        "tta": (models[:1], 1, True, None),
+        "ensemble": (models, 1, False, work / "train"),
+    }
     result = {}
     for method, (dirs, mc, tta, reference) in settings.items():
         pred = work / f"pred{tag}_{method}"
@@ -135,21 +148,28 @@ def run_kind(kind: str, work: Path, n_train: int, n_test: int, ensemble: int, sa
         result[method]["ood_auroc"] = roc_auc(labels, scores)
         error = {r["case"]: 1 - r["mean_dice"] for r in m["per_case"]}
         result[method]["components"] = {
-            col: {"spearman": spearman([float(r[col]) for r in rows], [error[r["case"]] for r in rows]),
-                  "ood_auroc": roc_auc(labels, np.array([float(r[col]) for r in rows]))}
-            for col in COMPONENTS if all(r[col] != "" for r in rows)}
+            col: {
+                "spearman": spearman([float(r[col]) for r in rows], [error[r["case"]] for r in rows]),
+                "ood_auroc": roc_auc(labels, np.array([float(r[col]) for r in rows])),
+            }
+            for col in COMPONENTS
+            if all(r[col] != "" for r in rows)
+        }
         # Diagnostic, uses the labels (nothing is fitted on it): the best Spearman any score
         # could reach while ranking every OOD input above every in-distribution one. Where
         # OOD sets are segmented as well as in-distribution ones, the two goals pull apart.
         err = np.array([error[r["case"]] for r in rows])
         result[method]["spearman_ceiling_at_ood_auroc_1"] = spearman(np.where(labels, 2 + err, err), err)
         flagged = np.array([r["flag"] == "yes" for r in rows])
-        result[method]["flagged"] = {name: float(np.mean([f for f, r in zip(flagged, rows)
-                                                          if r["case"].startswith(name + "_")])) for name in parts}
+        result[method]["flagged"] = {
+            name: float(np.mean([f for f, r in zip(flagged, rows) if r["case"].startswith(name + "_")]))
+            for name in parts
+        }
         # Dice split by set, to see what the OOD shift does to the segmentation itself.
         result[method]["dice_by_set"] = {
             name: float(np.mean([r["mean_dice"] for r in m["per_case"] if r["case"].startswith(name + "_")]))
-            for name in parts}
+            for name in parts
+        }
         result[method]["predict_seconds"] = seconds
         print(kind, method, json.dumps(result[method]), flush=True)
     return result
@@ -166,11 +186,18 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=3, help="models in the ensemble")
     parser.add_argument("--samples", type=int, default=20, help="T, Monte Carlo samples")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--heldout-seed", type=int, default=12,
-                        help="seed of the held-out cases (another seed: an independent draw for the same models)")
+    parser.add_argument(
+        "--heldout-seed",
+        type=int,
+        default=12,
+        help="seed of the held-out cases (another seed: an independent draw for the same models)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer cases and epochs (smoke run)")
-    parser.add_argument("--keep", help="keep the generated data, models and predictions under this directory "
-                                       "(a later run with the same directory reuses its data and models)")
+    parser.add_argument(
+        "--keep",
+        help="keep the generated data, models and predictions under this directory "
+        "(a later run with the same directory reuses its data and models)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # (training, held-out per set) cases: small held-out sets make the uncertainty metrics vary
@@ -182,30 +209,45 @@ def main() -> None:
         n_train, n_test = sizes[kind]
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.keep) / kind if args.keep else Path(tmp)
-            result[kind] = run_kind(kind, work, n_train if not args.quick else 6, n_test if not args.quick else 3,
-                                    args.ensemble, args.samples, 2 if args.quick else None, args.heldout_seed)
+            result[kind] = run_kind(
+                kind,
+                work,
+                n_train if not args.quick else 6,
+                n_test if not args.quick else 3,
+                args.ensemble,
+                args.samples,
+                2 if args.quick else None,
+                args.heldout_seed,
+            )
     from biocnn.segment.evaluate import finite_or_none
 
     result = finite_or_none(result)
     write_json(args.out, result)  # atomic, like every biocnn output
     print("\nGoals: error AUROC >= 0.85, Spearman >= 0.6, OOD AUROC >= 0.9\n")
-    print("| kind | method | Dice | HD95 | error AUROC | Spearman | ECE | OOD AUROC | Dice ID / noise / blur / intensity |")
+    print(
+        "| kind | method | Dice | HD95 | error AUROC | Spearman | ECE | OOD AUROC "
+        "| Dice ID / noise / blur / intensity |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for kind, methods in result.items():
         for method in METHODS:
             r = methods[method]
             by_set = " / ".join(_fmt(r["dice_by_set"][s]) for s in ("id", *SHIFTS))
             print(f"| {kind} | {method} | " + " | ".join(_fmt(r[k]) for k in KEYS) + f" | {by_set} |")
-    print("\nComponents of the review score (columns of uncertainty.csv), same predictions; "
-          "Spearman vs 1 - Dice / OOD AUROC; flagged: share flagged for review, ID / noise / blur / intensity; "
-          "ceiling: the best Spearman of any score that ranks every OOD input first (uses the labels)\n")
+    print(
+        "\nComponents of the review score (columns of uncertainty.csv), same predictions; "
+        "Spearman vs 1 - Dice / OOD AUROC; flagged: share flagged for review, ID / noise / blur / intensity; "
+        "ceiling: the best Spearman of any score that ranks every OOD input first (uses the labels)\n"
+    )
     print("| kind | method | " + " | ".join(COMPONENTS) + " | flagged | Spearman ceiling at OOD AUROC 1 |")
     print("|---|---|" + "---|" * (len(COMPONENTS) + 2))
     for kind, methods in result.items():
         for method in METHODS:
             comp = methods[method]["components"]
-            cells = [f"{_fmt(comp[c]['spearman'])} / {_fmt(comp[c]['ood_auroc'])}" if c in comp else "n/a"
-                     for c in COMPONENTS]
+            cells = [
+                f"{_fmt(comp[c]['spearman'])} / {_fmt(comp[c]['ood_auroc'])}" if c in comp else "n/a"
+                for c in COMPONENTS
+            ]
             flagged = " / ".join(_fmt(methods[method]["flagged"][s]) for s in ("id", *SHIFTS))
             ceiling = _fmt(methods[method]["spearman_ceiling_at_ood_auroc_1"])
             print(f"| {kind} | {method} | " + " | ".join(cells) + f" | {flagged} | {ceiling} |")

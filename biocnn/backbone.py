@@ -16,7 +16,7 @@ which is what makes Monte Carlo dropout sampling give spatially coherent uncerta
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution

@@ -11,9 +11,10 @@ import hashlib
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -52,8 +53,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read weights: {exc}") from None
 
 
-def save_model(directory: str | Path, model: nn.Module, config: dict[str, Any],
-               metrics: dict[str, Any] | None = None) -> Path:
+def save_model(
+    directory: str | Path, model: nn.Module, config: dict[str, Any], metrics: dict[str, Any] | None = None
+) -> Path:
     """Write a model directory. ``config`` must hold ``config["model"]`` for :func:`build_model`."""
     directory = Path(directory)
     if "model" not in config or "name" not in config["model"]:
@@ -100,8 +102,10 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         problems.append(f"unexpected weights {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     for key in sorted(set(expected) & set(state)):
         if tuple(expected[key].shape) != tuple(state[key].shape):
-            problems.append(f"{key} has shape {tuple(state[key].shape)} in the weights but "
-                            f"{tuple(expected[key].shape)} in the config")
+            problems.append(
+                f"{key} has shape {tuple(state[key].shape)} in the weights but "
+                f"{tuple(expected[key].shape)} in the config"
+            )
     if problems:
         raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(problems))
 
@@ -150,7 +154,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def provenance(seed: int, data_files: Iterable[str | Path] = (), config_file: str | Path | None = None) -> dict[str, Any]:
+def provenance(
+    seed: int, data_files: Iterable[str | Path] = (), config_file: str | Path | None = None
+) -> dict[str, Any]:
     """What a trained model records about how it was made: seed, versions, data hash."""
     files = [Path(p) for p in data_files]
     return {

@@ -59,8 +59,10 @@ def _report_check(args: argparse.Namespace) -> int:
         write_json(args.out, result)
     print(json.dumps(result))
     if result["broken_images"] or not result["images"]:
-        print(f"biocnn: error: {args.report}: {result['broken_images']} of {result['images']} images did not load",
-              file=sys.stderr)
+        print(
+            f"biocnn: error: {args.report}: {result['broken_images']} of {result['images']} images did not load",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -72,8 +74,12 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, help="HTML file to write")
     build.add_argument("--tasks", nargs="*", help="tasks to include (default: every task directory present)")
     build.add_argument("--title", default="biocnn demo report")
-    check = add_verb(verbs, "check", _report_check,
-                     "render a report in headless Chromium, save a screenshot, fail if an image did not load")
+    check = add_verb(
+        verbs,
+        "check",
+        _report_check,
+        "render a report in headless Chromium, save a screenshot, fail if an image did not load",
+    )
     check.add_argument("--report", required=True, help="HTML report")
     check.add_argument("--screenshot", required=True, help="PNG screenshot to write")
     check.add_argument("--out", help="JSON file for the image counts")
@@ -95,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biocnn",
         description="Convolutional networks for mammography, segmentation with uncertainty and "
-                    "DeepBind-style binding models. Run 'biocnn <task> <verb> --help' for details.",
+        "DeepBind-style binding models. Run 'biocnn <task> <verb> --help' for details.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"biocnn {__version__}")
@@ -115,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         return int(args.handler(args) or 0)
     except BiocnnError as exc:
         print(f"biocnn: error: {exc}", file=sys.stderr)

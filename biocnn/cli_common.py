@@ -7,8 +7,8 @@ their heavy imports inside the function so ``biocnn --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from biocnn.errors import InputError
 

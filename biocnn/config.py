@@ -57,7 +57,7 @@ class TrainConfig(StrictModel):
     progress: bool = True
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
+    def _warmup_fits(self) -> TrainConfig:
         if self.warmup_epochs and self.scheduler == "plateau":
             raise ValueError("warmup_epochs cannot be combined with scheduler: plateau")
         if self.warmup_epochs >= self.epochs:

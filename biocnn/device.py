@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -48,8 +48,12 @@ def deterministic() -> Iterator[None]:
     CUDA kernel warn rather than fail. ``CUBLAS_WORKSPACE_CONFIG`` makes cuBLAS reproducible
     where it is read (set only when the caller has not set it).
     """
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
@@ -51,8 +51,14 @@ class ClassificationHead(nn.Module):
         pool: ``"avg"``, ``"max"`` or ``"avgmax"`` (both, concatenated).
     """
 
-    def __init__(self, in_channels: int, num_outputs: int = 1, hidden: Sequence[int] = (64,),
-                 dropout: float = 0.0, pool: str = "avg"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_outputs: int = 1,
+        hidden: Sequence[int] = (64,),
+        dropout: float = 0.0,
+        pool: str = "avg",
+    ):
         super().__init__()
         self.pool = pool
         features = in_channels * (2 if pool == "avgmax" else 1)
@@ -103,8 +109,17 @@ class UNetDecoder(nn.Module):
         for i, rate in zip(range(levels - 1, -1, -1), rates):
             stride = int(encoder_strides[i + 1])
             self.ups.append(
-                Convolution(spatial_dims, chans[i + 1], chans[i], strides=stride, kernel_size=stride,
-                            is_transposed=True, conv_only=True, padding=0, output_padding=0)
+                Convolution(
+                    spatial_dims,
+                    chans[i + 1],
+                    chans[i],
+                    strides=stride,
+                    kernel_size=stride,
+                    is_transposed=True,
+                    conv_only=True,
+                    padding=0,
+                    output_padding=0,
+                )
                 if stride > 1
                 else Convolution(spatial_dims, chans[i + 1], chans[i], kernel_size=1, conv_only=True)
             )

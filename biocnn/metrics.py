@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,8 +18,9 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     return float(roc_auc_score(labels, np.asarray(scores)))
 
 
-def calibration_bins(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                     bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibration_bins(
+    labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width probability bin: mean predicted probability, observed rate of
     ``labels == 1`` and count (empty bins: 0, 0, 0).
 
@@ -38,8 +39,9 @@ def calibration_bins(labels: Sequence[float] | np.ndarray, probs: Sequence[float
     return conf, acc, count
 
 
-def expected_calibration_error(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                               bins: int) -> float:
+def expected_calibration_error(
+    labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray, bins: int
+) -> float:
     """ECE: the bin-size-weighted mean of |observed rate - mean probability| over ``bins``
     equal-width probability bins (:func:`calibration_bins`)."""
     conf, acc, count = calibration_bins(labels, probs, bins)

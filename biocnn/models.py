@@ -9,7 +9,8 @@ segmentation model never imports the DeepBind code.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,14 +52,26 @@ class Classifier(nn.Module):
         hidden, head_dropout, pool: head settings (see :class:`~biocnn.heads.ClassificationHead`).
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, num_outputs: int = 1,
-                 channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] | None = None,
-                 kernel_size: int = 3, convs_per_stage: int = 2, norm: str | None = "batch",
-                 act: str | None = "relu", dropout: float | Sequence[float] = 0.0,
-                 hidden: Sequence[int] = (64,), head_dropout: float = 0.0, pool: str = "avg"):
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_outputs: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] | None = None,
+        kernel_size: int = 3,
+        convs_per_stage: int = 2,
+        norm: str | None = "batch",
+        act: str | None = "relu",
+        dropout: float | Sequence[float] = 0.0,
+        hidden: Sequence[int] = (64,),
+        head_dropout: float = 0.0,
+        pool: str = "avg",
+    ):
         super().__init__()
-        self.backbone = ConvBackbone(spatial_dims, in_channels, channels, strides, kernel_size,
-                                     convs_per_stage, norm, act, dropout)
+        self.backbone = ConvBackbone(
+            spatial_dims, in_channels, channels, strides, kernel_size, convs_per_stage, norm, act, dropout
+        )
         self.head = ClassificationHead(self.backbone.out_channels, num_outputs, hidden, head_dropout, pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,16 +93,34 @@ class UNet(nn.Module):
             deepest first).
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
-                 channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] | None = None,
-                 kernel_size: int = 3, convs_per_stage: int = 2, norm: str | None = "batch",
-                 act: str | None = "relu", dropout: float | Sequence[float] = 0.0,
-                 decoder_dropout: float | Sequence[float] = 0.0):
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] | None = None,
+        kernel_size: int = 3,
+        convs_per_stage: int = 2,
+        norm: str | None = "batch",
+        act: str | None = "relu",
+        dropout: float | Sequence[float] = 0.0,
+        decoder_dropout: float | Sequence[float] = 0.0,
+    ):
         super().__init__()
-        self.backbone = ConvBackbone(spatial_dims, in_channels, channels, strides, kernel_size,
-                                     convs_per_stage, norm, act, dropout)
-        self.decoder = UNetDecoder(spatial_dims, self.backbone.channels, self.backbone.strides, out_channels,
-                                   convs_per_stage, norm, act, decoder_dropout)
+        self.backbone = ConvBackbone(
+            spatial_dims, in_channels, channels, strides, kernel_size, convs_per_stage, norm, act, dropout
+        )
+        self.decoder = UNetDecoder(
+            spatial_dims,
+            self.backbone.channels,
+            self.backbone.strides,
+            out_channels,
+            convs_per_stage,
+            norm,
+            act,
+            decoder_dropout,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.backbone(x))

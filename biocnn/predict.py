@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | None = None,
-            amp: bool = True) -> torch.Tensor:
+def predict(
+    model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | None = None, amp: bool = True
+) -> torch.Tensor:
     """Outputs of ``model`` for each batch of inputs, concatenated along the batch axis.
 
     Args:
@@ -52,6 +53,7 @@ def batched(x: torch.Tensor | Sequence[np.ndarray], batch_size: int) -> Iterator
     """Consecutive batches of ``batch_size`` items from a tensor, or from a list of equally
     shaped arrays (stacked as float32)."""
     for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
-        yield chunk if torch.is_tensor(chunk) else torch.from_numpy(np.stack([np.asarray(c, np.float32)
-                                                                              for c in chunk]))
+        chunk = x[start : start + batch_size]
+        yield (
+            chunk if torch.is_tensor(chunk) else torch.from_numpy(np.stack([np.asarray(c, np.float32) for c in chunk]))
+        )

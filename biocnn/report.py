@@ -89,8 +89,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         columns = list(dict.fromkeys(k for v in value for k in v))
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v.get(c, '')))}</td>" for c in columns) + "</tr>"
-                       for v in value)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_fmt(v.get(c, '')))}</td>" for c in columns) + "</tr>" for v in value
+        )
         return f"<td><table>{'<tr>' + head + '</tr>'}{rows}</table></td>"
     return f"<td class=num>{html.escape(_fmt(value))}</td>"
 
@@ -109,7 +110,8 @@ def metrics_table(data: dict[str, Any]) -> str:
         head = "".join(f"<th>{html.escape(str(name))}</th>" for name in flat)
         body = "".join(
             f"<tr><th>{html.escape(row)}</th>" + "".join(_cell(v.get(row, "")) for v in flat.values()) + "</tr>"
-            for row in rows)
+            for row in rows
+        )
         return f"<table><tr><th></th>{head}</tr>{body}</table>"
     body = "".join(f"<tr><th>{html.escape(k)}</th>{_cell(v)}</tr>" for k, v in _flatten(data))
     return f"<table>{body}</table>"
@@ -117,8 +119,10 @@ def metrics_table(data: dict[str, Any]) -> str:
 
 def _image(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -143,9 +147,11 @@ def _provenance(task_dir: Path) -> str:
             "training data sha256": (prov.get("data_sha256") or "")[:16] + ("..." if prov.get("data_sha256") else ""),
             "versions": ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items()),
         }
-        parts.append(f"<details><summary>model <code>{html.escape(str(rel))}</code>: seed {summary['seed']}, "
-                     f"data {html.escape(summary['training data sha256'] or 'n/a')}</summary>"
-                     f"{metrics_table(summary)}<pre>{html.escape(json.dumps(config, indent=2))}</pre></details>")
+        parts.append(
+            f"<details><summary>model <code>{html.escape(str(rel))}</code>: seed {summary['seed']}, "
+            f"data {html.escape(summary['training data sha256'] or 'n/a')}</summary>"
+            f"{metrics_table(summary)}<pre>{html.escape(json.dumps(config, indent=2))}</pre></details>"
+        )
     return "".join(parts)
 
 
@@ -154,8 +160,10 @@ def task_section(task: str, task_dir: Path) -> str:
     title = TASK_TITLES.get(task, task)
     report_dir = task_dir / "report"
     if not report_dir.is_dir():
-        return (f'<section class=task id="{task}"><h2>{html.escape(title)}</h2>'
-                f'<p class=missing>No report outputs in {html.escape(str(report_dir))}.</p></section>')
+        return (
+            f'<section class=task id="{task}"><h2>{html.escape(title)}</h2>'
+            f"<p class=missing>No report outputs in {html.escape(str(report_dir))}.</p></section>"
+        )
     out = [f'<section class=task id="{task}"><h2>{html.escape(title)}</h2>']
     summary = report_dir / "summary.json"
     if summary.is_file():
@@ -183,8 +191,9 @@ def task_section(task: str, task_dir: Path) -> str:
     return "".join(out)
 
 
-def build_report(results: str | Path, out: str | Path, tasks: list[str] | None = None,
-                 title: str = "biocnn report") -> Path:
+def build_report(
+    results: str | Path, out: str | Path, tasks: list[str] | None = None, title: str = "biocnn report"
+) -> Path:
     """Write the self-contained HTML report of ``results`` to ``out`` (atomically)."""
     results = Path(results)
     if not results.is_dir():
@@ -193,15 +202,14 @@ def build_report(results: str | Path, out: str | Path, tasks: list[str] | None =
     env = _read_json(results / "environment.json") if (results / "environment.json").is_file() else {}
     nav = " · ".join(f'<a style="color:#fff" href="#{t}">{html.escape(TASK_TITLES.get(t, t))}</a>' for t in tasks)
     body = "".join(task_section(t, results / t) for t in tasks)
-    env_html = (f"<section class=task id=environment><h2>Environment</h2>{metrics_table(env)}</section>"
-                if env else "")
+    env_html = f"<section class=task id=environment><h2>Environment</h2>{metrics_table(env)}</section>" if env else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style>
 <script>{_IMAGE_CHECK}</script></head>
 <body><header><h1>{html.escape(title)}</h1>
 <div>results: {html.escape(str(results))} · biocnn {__version__} ·
-generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</div><div>{nav}</div></header>
+generated {_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}</div><div>{nav}</div></header>
 <main>{body}{env_html}</main></body></html>
 """
     write_text(out, page)
@@ -217,8 +225,9 @@ def find_chromium() -> str | None:
     return None
 
 
-def check_in_browser(report: str | Path, screenshot: str | Path, width: int = 1400, height: int = 6000,
-                     timeout: int = 120) -> dict[str, int]:
+def check_in_browser(
+    report: str | Path, screenshot: str | Path, width: int = 1400, height: int = 6000, timeout: int = 120
+) -> dict[str, int]:
     """Render ``report`` in headless Chromium: save a screenshot, count images and broken images.
 
     Raises :class:`BiocnnError` when Chromium is missing or the page did not record its
@@ -228,16 +237,25 @@ def check_in_browser(report: str | Path, screenshot: str | Path, width: int = 14
     if chromium is None:
         raise BiocnnError("headless Chromium not found (Debian: apt-get install chromium)")
     url = Path(report).resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--window-size={width},{height}", "--virtual-time-budget=5000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=5000",
+    ]
     with tempfile.TemporaryDirectory() as profile:
         flags.append(f"--user-data-dir={profile}")
         dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
         shot = Path(screenshot).resolve()
         shot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, text=True,
-                       timeout=timeout)
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=timeout)
     match = re.search(r'data-images="(\d+)"[^>]*data-broken-images="(\d+)"', dom.stdout)
     if not match:
         raise BiocnnError(f"{report}: Chromium did not finish rendering the page ({dom.stderr.strip()[-200:]})")

@@ -29,9 +29,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -82,8 +83,14 @@ def default_prepare_batch(batch: Batch, device: torch.device) -> tuple[Any, Any]
     return to_device(batch[0], device), to_device(batch[1], device)
 
 
-def gather_outputs(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool,
-                   prepare_batch: PrepareBatch = default_prepare_batch) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_outputs(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool,
+    prepare_batch: PrepareBatch = default_prepare_batch,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` over ``loader`` (:func:`biocnn.predict.predict`, AMP as ``amp``, pass
     ``train.amp``); return all outputs (float32, CPU) and targets, concatenated.
 
@@ -134,8 +141,7 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.op
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     raise ConfigError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; choose adam, adamw or sgd")
 
 
@@ -160,7 +166,8 @@ def _main_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.scheduler == "plateau":
         es = cfg.early_stopping
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=es.mode, factor=cfg.gamma, patience=max(1, es.patience // 2))
+            optimizer, mode=es.mode, factor=cfg.gamma, patience=max(1, es.patience // 2)
+        )
     if cfg.scheduler in (None, "none"):
         return None
     raise ConfigError(f"train.scheduler: unknown schedule {cfg.scheduler!r}; choose none, cosine, step or plateau")
@@ -180,7 +187,7 @@ class _Distributed:
         self.enabled = self.world_size > 1
         self._owns_group = False
 
-    def __enter__(self) -> "_Distributed":
+    def __enter__(self) -> _Distributed:
         if self.enabled and not dist.is_initialized():
             # The backend follows the training device, not CUDA's presence: a CPU run
             # (``train.device: cpu``) on a GPU machine needs gloo, NCCL handles CUDA tensors only.
@@ -198,7 +205,8 @@ class _Distributed:
         if not self.enabled:
             return model
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
     @property
     def is_main(self) -> bool:
@@ -270,10 +278,19 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 class Trainer:
     """The training loop; most callers use :func:`fit`, which builds and runs one."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], config: TrainConfig, *,
-                 out_dir: str | Path | None = None, model_config: dict[str, Any] | None = None,
-                 validate: Validate | None = None, prepare_batch: PrepareBatch = default_prepare_batch,
-                 callbacks: Sequence[Callback] = (), collate_fn: Callable | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        config: TrainConfig,
+        *,
+        out_dir: str | Path | None = None,
+        model_config: dict[str, Any] | None = None,
+        validate: Validate | None = None,
+        prepare_batch: PrepareBatch = default_prepare_batch,
+        callbacks: Sequence[Callback] = (),
+        collate_fn: Callable | None = None,
+    ):
         self.cfg = config
         self.loss_fn = loss_fn
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -315,17 +332,30 @@ class Trainer:
             sampler = WeightedRandomSampler(list(sample_weights), num_samples=len(data), generator=generator)
         elif train:
             sampler = RandomSampler(data, generator=generator)
-        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.cfg.num_workers, worker_init_fn=_worker_init, generator=generator,
-                          pin_memory=self.device.type == "cuda", collate_fn=self.collate_fn,
-                          persistent_workers=False)
+        return DataLoader(
+            data,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.cfg.num_workers,
+            worker_init_fn=_worker_init,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=self.collate_fn,
+            persistent_workers=False,
+        )
 
     # ----------------------------------------------------------------------------- epochs
     def _train_epoch(self, loader: DataLoader, epoch: int) -> float:
         self.net.train()
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
-                   disable=not (self.cfg.progress and self.dist.is_main))
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not (self.cfg.progress and self.dist.is_main),
+        )
         for batch in bar:
             inputs, targets = self.prepare_batch(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
@@ -411,10 +441,12 @@ class Trainer:
             return False
         meta = json.loads(latest.read_text())
         if meta.get("seed") != self.cfg.seed:
-            raise CheckpointError(f"{latest}: saved with seed {meta.get('seed')}, config has seed {self.cfg.seed}; "
-                                  "resume with the same config or start a new output directory")
+            raise CheckpointError(
+                f"{latest}: saved with seed {meta.get('seed')}, config has seed {self.cfg.seed}; "
+                "resume with the same config or start a new output directory"
+            )
         tensors = load_weights(self._state_dir() / meta["weights"])
-        model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(_join_optimizer_state(tensors, meta["optimizer"]))
         if self.scheduler is not None and meta["scheduler"] is not None:
@@ -449,8 +481,14 @@ class Trainer:
             save_weights(self._state_dir() / self._best_file(), self.best_weights)
 
     # ----------------------------------------------------------------------------- main
-    def fit(self, train_data: Dataset, val_data: Dataset | None = None, *, resume: bool = False,
-            sample_weights: Sequence[float] | None = None) -> FitResult:
+    def fit(
+        self,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        *,
+        resume: bool = False,
+        sample_weights: Sequence[float] | None = None,
+    ) -> FitResult:
         """Train until ``epochs`` or early stopping; returns the best epoch and history.
 
         Deterministic kernels, the CUDA device and the process group (under torchrun) are set
@@ -480,8 +518,13 @@ class Trainer:
             start = time.perf_counter()
             train_loss = self._train_epoch(self._loader(train_data, epoch, True, sample_weights), epoch)
             metrics = self.dist.broadcast(self._validate(val_loader) if self.dist.is_main else None)
-            row = {"epoch": epoch, "train_loss": train_loss, **metrics,
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **metrics,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
             if monitor not in row:
                 raise ValueError(f"early_stopping.monitor is {monitor!r} but the epoch produced {sorted(row)}")
             if self.scheduler is not None:
@@ -497,8 +540,9 @@ class Trainer:
                 if self.out_dir is not None:
                     self._save_state(epoch)
                     self._write_metrics()
-                log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                          if isinstance(v, float)))
+                log.info(
+                    "epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+                )
             self.dist.barrier()
             for callback in self.callbacks:
                 callback(epoch, row)
@@ -519,12 +563,22 @@ class Trainer:
         return FitResult(self.stopper.best_epoch, dict(self.best_row), self.history, stopped_early)
 
 
-def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, *,
-        loss_fn: Callable[[Any, Any], torch.Tensor], config: TrainConfig, out_dir: str | Path | None = None,
-        model_config: dict[str, Any] | None = None, validate: Validate | None = None,
-        prepare_batch: PrepareBatch = default_prepare_batch, resume: bool = False,
-        sample_weights: Sequence[float] | None = None, callbacks: Sequence[Callback] = (),
-        collate_fn: Callable | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    *,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    model_config: dict[str, Any] | None = None,
+    validate: Validate | None = None,
+    prepare_batch: PrepareBatch = default_prepare_batch,
+    resume: bool = False,
+    sample_weights: Sequence[float] | None = None,
+    callbacks: Sequence[Callback] = (),
+    collate_fn: Callable | None = None,
+) -> FitResult:
     """Train ``model`` with the shared loop.
 
     Args:
@@ -547,6 +601,15 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, *,
     Returns:
         :class:`FitResult`; the model holds the best epoch's weights afterwards.
     """
-    trainer = Trainer(model, loss_fn, config, out_dir=out_dir, model_config=model_config, validate=validate,
-                      prepare_batch=prepare_batch, callbacks=callbacks, collate_fn=collate_fn)
+    trainer = Trainer(
+        model,
+        loss_fn,
+        config,
+        out_dir=out_dir,
+        model_config=model_config,
+        validate=validate,
+        prepare_batch=prepare_batch,
+        callbacks=callbacks,
+        collate_fn=collate_fn,
+    )
     return trainer.fit(train_data, val_data, resume=resume, sample_weights=sample_weights)

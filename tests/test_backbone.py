@@ -26,8 +26,9 @@ def test_same_class_serves_every_dimensionality(spatial_dims, shape):
 
 
 def test_valid_padding_gives_deepbind_positions():
-    backbone = ConvBackbone(1, 4, channels=(16,), strides=(1,), kernel_size=24, convs_per_stage=1,
-                            norm=None, act="relu", padding="valid")
+    backbone = ConvBackbone(
+        1, 4, channels=(16,), strides=(1,), kernel_size=24, convs_per_stage=1, norm=None, act="relu", padding="valid"
+    )
     (out,) = backbone(torch.randn(3, 4, 101 + 2 * 23))
     assert out.shape == (3, 16, 101 + 23)
     assert (out >= 0).all()  # rectified
@@ -67,8 +68,9 @@ def test_gradients_reach_every_parameter(spatial_dims, shape):
 
 def test_binding_head_gradients_and_pooling():
     torch.manual_seed(0)
-    backbone = ConvBackbone(1, 4, channels=(6,), strides=(1,), kernel_size=5, convs_per_stage=1, norm=None,
-                            padding="valid")
+    backbone = ConvBackbone(
+        1, 4, channels=(6,), strides=(1,), kernel_size=5, convs_per_stage=1, norm=None, padding="valid"
+    )
     head = BindingHead(6, pool="maxavg", hidden=32, dropout=0.0)
     model = nn.Sequential()
     model.backbone, model.head = backbone, head

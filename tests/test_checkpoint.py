@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from biocnn.checkpoint import (load_model, provenance, read_model_config, save_model, save_weights,
-                               update_metrics)
+from biocnn.checkpoint import load_model, provenance, read_model_config, save_model, save_weights, update_metrics
 from biocnn.errors import CheckpointError
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.models import build_model

@@ -64,7 +64,15 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
 
 
 def test_missing_input_file_is_one_line_error(tmp_path):
-    run = _run("deepbind", "evaluate", "--model", str(tmp_path / "no_model"), "--test", str(tmp_path / "absent.seq.gz"),
-               "--out", str(tmp_path / "m.json"))
+    run = _run(
+        "deepbind",
+        "evaluate",
+        "--model",
+        str(tmp_path / "no_model"),
+        "--test",
+        str(tmp_path / "absent.seq.gz"),
+        "--out",
+        str(tmp_path / "m.json"),
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "biocnn: error:" in run.stderr

@@ -18,8 +18,9 @@ def _write(tmp_path, text):
 
 
 def test_valid_config_and_defaults(tmp_path):
-    cfg = load_config(_write(tmp_path, "name: x\ntrain:\n  lr: 0.01\n  early_stopping: {monitor: val_auc, mode: max}\n"),
-                      DemoConfig)
+    cfg = load_config(
+        _write(tmp_path, "name: x\ntrain:\n  lr: 0.01\n  early_stopping: {monitor: val_auc, mode: max}\n"), DemoConfig
+    )
     assert cfg.train.lr == 0.01 and cfg.train.early_stopping.monitor == "val_auc" and cfg.train.epochs == 20
 
 

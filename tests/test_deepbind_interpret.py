@@ -6,16 +6,23 @@ import numpy as np
 import pytest
 import torch
 
+from biocnn.checkpoint import load_model, save_model
+from biocnn.cli import main
 from biocnn.deepbind.model import DeepBind
 from biocnn.deepbind.motifs import detector_sites
 from biocnn.deepbind.mutation import mutation_map
 from biocnn.deepbind.scan import WindowScorer, scan_fasta
-from biocnn.checkpoint import load_model, save_model
-from biocnn.cli import main
 from biocnn.io.sequences import codes, one_hot, reverse_complement
 
-SPEC = {"num_motifs": 3, "motif_len": 6, "pool": "max", "hidden": 4, "dropout": 0.0, "init_scale": None,
-        "both_strands": True}
+SPEC = {
+    "num_motifs": 3,
+    "motif_len": 6,
+    "pool": "max",
+    "hidden": 4,
+    "dropout": 0.0,
+    "init_scale": None,
+    "both_strands": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +90,7 @@ def test_mutation_map_matches_one_by_one_scoring(model_dir, tmp_path):
     with torch.no_grad():
         assert ref == pytest.approx(float(model(torch.from_numpy(one_hot(seq))[None])), abs=1e-5)
         for pos, base in ((0, "A"), (16, "G"), (20, "T"), (35, "C")):
-            mutant = seq[:pos] + base + seq[pos + 1:]
+            mutant = seq[:pos] + base + seq[pos + 1 :]
             expected = float(model(torch.from_numpy(one_hot(mutant))[None])) - ref
             assert delta["ACGT".index(base), pos] == pytest.approx(expected, abs=1e-5)
     for i, ch in enumerate(seq):
@@ -105,22 +112,45 @@ def test_variants_scores_both_strands_and_reports_ref_mismatch(tmp_path, model_d
     ref = tmp_path / "ref.fa"
     ref.write_text(">chr1\n" + genome + "\n")
     vcf = tmp_path / "v.vcf"
-    lines = ["##fileformat=VCFv4.2", "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO",
-             "chr1\t101\tsite\tG\tC\t.\t.\t.",  # breaks the motif
-             f"chr1\t150\tmm\t{'A' if genome[149] != 'A' else 'C'}\tT\t.\t.\t.",  # wrong REF
-             f"chr1\t60\tins\t{genome[59]}\t{genome[59]}TT,{genome[59]}G\t.\t.\t.",  # multi-ALT insertion
-             "chr9\t10\tnochrom\tA\tC\t.\t.\t."]
+    lines = [
+        "##fileformat=VCFv4.2",
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO",
+        "chr1\t101\tsite\tG\tC\t.\t.\t.",  # breaks the motif
+        f"chr1\t150\tmm\t{'A' if genome[149] != 'A' else 'C'}\tT\t.\t.\t.",  # wrong REF
+        f"chr1\t60\tins\t{genome[59]}\t{genome[59]}TT,{genome[59]}G\t.\t.\t.",  # multi-ALT insertion
+        "chr9\t10\tnochrom\tA\tC\t.\t.\t.",
+    ]
     vcf.write_text("\n".join(lines) + "\n")
     out = tmp_path / "v.tsv"
-    assert main(["deepbind", "variants", "--model", str(model_dir), "--vcf", str(vcf), "--reference", str(ref),
-                 "--out", str(out)]) == 0
-    rows = [dict(zip(*(l.split("\t") for l in (out.read_text().splitlines()[0], line))))
-            for line in out.read_text().splitlines()[1:]]
+    assert (
+        main(
+            [
+                "deepbind",
+                "variants",
+                "--model",
+                str(model_dir),
+                "--vcf",
+                str(vcf),
+                "--reference",
+                str(ref),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = [
+        dict(zip(*(row.split("\t") for row in (out.read_text().splitlines()[0], line))))
+        for line in out.read_text().splitlines()[1:]
+    ]
     assert [r["id"] for r in rows] == ["site", "mm", "ins", "ins", "nochrom"]
     site = rows[0]
     model = _load(model_dir)
     with torch.no_grad():
-        win = lambda s: torch.from_numpy(one_hot(s))[None]
+
+        def win(s):
+            return torch.from_numpy(one_hot(s))[None]
+
         r, a = genome[80:121], genome[80:100] + "C" + genome[101:121]
         expected = float(model.eval()(win(a))) - float(model(win(r)))
         expected_fwd = float(model.strand_scores(win(a))) - float(model.strand_scores(win(r)))
@@ -142,7 +172,7 @@ def test_window_scorer_equals_model_on_each_window(pool):
         assert scorer.backend == backend  # the kernels are built: they are tested
         got = scorer.score(x if backend == "torch" else codes(seq))
         with torch.no_grad():
-            expected = model(torch.stack([x[:, a:a + 40] for a in range(0, 400 - 40 + 1, 13)]))
+            expected = model(torch.stack([x[:, a : a + 40] for a in range(0, 400 - 40 + 1, 13)]))
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -150,25 +180,46 @@ def test_scan_streams_records_in_chunks_and_writes_bedgraph_and_peaks(tmp_path, 
     genome = _random(3000, 11)
     genome = genome[:1500] + "GATTAC" + genome[1506:]
     fa = tmp_path / "g.fa"
-    wrapped = "\n".join(genome[i:i + 70] for i in range(0, len(genome), 70))
+    wrapped = "\n".join(genome[i : i + 70] for i in range(0, len(genome), 70))
     fa.write_text(f">chrA desc\n{wrapped}\n>chrB\n{_random(30, 12)}\n>chrC\nACG\n")
     prefix = tmp_path / "scan"
     stats = scan_fasta(DeepBind(**SPEC), fa, prefix, window=40, stride=20, chunk=200)  # random model first
     small_chunks = (tmp_path / "scan.bedgraph").read_text()
-    assert main(["deepbind", "scan", "--model", str(model_dir), "--fasta", str(fa), "--out", str(prefix),
-                 "--window", "40", "--stride", "20", "--chunk", "200", "--threshold", "0"]) == 0
+    assert (
+        main(
+            [
+                "deepbind",
+                "scan",
+                "--model",
+                str(model_dir),
+                "--fasta",
+                str(fa),
+                "--out",
+                str(prefix),
+                "--window",
+                "40",
+                "--stride",
+                "20",
+                "--chunk",
+                "200",
+                "--threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     stats = json.loads((tmp_path / "scan.json").read_text())
     assert stats["bp"] == 3033 and stats["short_records"] == ["chrC"]
-    lines = [l.split("\t") for l in (tmp_path / "scan.bedgraph").read_text().splitlines()]
-    chr_a = [l for l in lines if l[0] == "chrA"]
+    lines = [row.split("\t") for row in (tmp_path / "scan.bedgraph").read_text().splitlines()]
+    chr_a = [row for row in lines if row[0] == "chrA"]
     assert len(chr_a) == (3000 - 40) // 20 + 1 and stats["windows"] == len(chr_a) + 1  # chrB: one short window
     model = _load(model_dir)
     with torch.no_grad():
         x = torch.from_numpy(one_hot(genome))
-        expected = model.eval()(torch.stack([x[:, a:a + 40] for a in range(0, 3000 - 40 + 1, 20)])).numpy()
-    np.testing.assert_allclose([float(l[3]) for l in chr_a], expected, atol=1e-3)
-    assert [int(l[1]) for l in chr_a[:2]] == [10, 30]  # central stride of each window
-    peaks = [l.split("\t") for l in (tmp_path / "scan.bed").read_text().splitlines()]
+        expected = model.eval()(torch.stack([x[:, a : a + 40] for a in range(0, 3000 - 40 + 1, 20)])).numpy()
+    np.testing.assert_allclose([float(row[3]) for row in chr_a], expected, atol=1e-3)
+    assert [int(row[1]) for row in chr_a[:2]] == [10, 30]  # central stride of each window
+    peaks = [row.split("\t") for row in (tmp_path / "scan.bed").read_text().splitlines()]
     planted = [p for p in peaks if p[0] == "chrA" and int(p[1]) <= 1500 and int(p[2]) >= 1506]
     assert planted, "the planted site should be inside a peak"
     assert small_chunks.count("\n") == len(lines)  # same windows whatever the model

@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from biocnn.deepbind.search import calibrated_config, sample_trials, select_best
+from biocnn.cli import main
 from biocnn.deepbind.config import DeepBindConfig
 from biocnn.deepbind.model import DeepBind, reverse_complement_onehot
-from biocnn.cli import main
+from biocnn.deepbind.search import calibrated_config, sample_trials, select_best
 from biocnn.io.sequences import one_hot, reverse_complement
 from biocnn.models import build_model
 from biocnn.synthetic.sequences import write_demo_binding
@@ -18,8 +18,9 @@ from biocnn.synthetic.sequences import write_demo_binding
 
 def test_reverse_complement_of_one_hot_matches_string():
     seq = "AACGTTTGCAN"
-    np.testing.assert_array_equal(reverse_complement_onehot(torch.from_numpy(one_hot(seq))[None])[0].numpy(),
-                                  one_hot(reverse_complement(seq)))
+    np.testing.assert_array_equal(
+        reverse_complement_onehot(torch.from_numpy(one_hot(seq))[None])[0].numpy(), one_hot(reverse_complement(seq))
+    )
 
 
 def test_both_strands_give_the_same_score_and_the_max_of_each():
@@ -53,11 +54,20 @@ def demo(tmp_path_factory):
 
 
 def _config(path, demo, **calibration):
-    cfg = {"data": {"train": str(demo["train"]), "test": str(demo["test"]), "negatives_per_positive": 1},
-           "model": {"num_motifs": 8, "motif_len": 16, "hidden": 0},
-           "train": {"epochs": 6, "batch_size": 32, "lr": 0.01, "progress": False, "device": "cpu", "seed": 3,
-                     "early_stopping": {"monitor": "val_auc", "mode": "max", "patience": 6}},
-           "calibration": {"trials": 2, "folds": 2, "epochs": 2, **calibration}}
+    cfg = {
+        "data": {"train": str(demo["train"]), "test": str(demo["test"]), "negatives_per_positive": 1},
+        "model": {"num_motifs": 8, "motif_len": 16, "hidden": 0},
+        "train": {
+            "epochs": 6,
+            "batch_size": 32,
+            "lr": 0.01,
+            "progress": False,
+            "device": "cpu",
+            "seed": 3,
+            "early_stopping": {"monitor": "val_auc", "mode": "max", "patience": 6},
+        },
+        "calibration": {"trials": 2, "folds": 2, "epochs": 2, **calibration},
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -70,8 +80,9 @@ def test_train_and_evaluate_cli_learns_a_planted_motif(tmp_path, demo):
     assert config["provenance"]["seed"] == 3 and config["model"]["name"] == "deepbind"
     assert json.loads((model_dir / "metrics.json").read_text())["n_train"] > 0
     out = tmp_path / "metrics.json"
-    assert main(["deepbind", "evaluate", "--model", str(model_dir), "--test", str(demo["test"]),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["deepbind", "evaluate", "--model", str(model_dir), "--test", str(demo["test"]), "--out", str(out)]) == 0
+    )
     metrics = json.loads(out.read_text())
     assert metrics["roc_auc"] > 0.9 and 0 < metrics["pr_auc"] <= 1
     assert metrics["n_positive"] == metrics["n_negative"] == 100
@@ -94,8 +105,21 @@ def test_calibration_trials_select_and_retrain(tmp_path, demo):
     assert best["trial"] == max(trials, key=lambda t: t["mean_auc"])["trial"]
     assert len(trials[0]["fold_aucs"]) == 2
     model_dir = tmp_path / "final"
-    assert main(["deepbind", "train", "--config", str(cfg), "--out", str(model_dir),
-                 "--calibration", str(cal / "best.json")]) == 0
+    assert (
+        main(
+            [
+                "deepbind",
+                "train",
+                "--config",
+                str(cfg),
+                "--out",
+                str(model_dir),
+                "--calibration",
+                str(cal / "best.json"),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((model_dir / "config.json").read_text())
     assert saved["calibration"]["trial"] == best["trial"]
     assert saved["model"]["hidden"] == best["params"]["hidden"]
@@ -103,8 +127,12 @@ def test_calibration_trials_select_and_retrain(tmp_path, demo):
 
 
 def test_select_best_prefers_highest_mean_auc_and_trial0_is_the_config():
-    results = [{"trial": 0, "mean_auc": 0.8}, {"trial": 1, "mean_auc": 0.9}, {"trial": 2, "mean_auc": float("nan")},
-               {"trial": 3, "mean_auc": 0.9}]
+    results = [
+        {"trial": 0, "mean_auc": 0.8},
+        {"trial": 1, "mean_auc": 0.9},
+        {"trial": 2, "mean_auc": float("nan")},
+        {"trial": 3, "mean_auc": 0.9},
+    ]
     best = select_best(results)
     assert best["trial"] == 1 and [r["trial"] for r in best["ranking"]][:2] == [1, 3]
     cfg = DeepBindConfig(calibration={"trials": 4, "space": {"hidden": [0, 32], "num_motifs": [8, 16]}})

@@ -19,17 +19,38 @@ def test_deepbind_workflow_runs_end_to_end(tmp_path):
     train_cfg["calibration"].update(trials=2, folds=2, epochs=1)
     train_cfg["calibration"]["space"].update(num_motifs=[4], hidden=[0])
     (tmp_path / "deepbind.yaml").write_text(yaml.safe_dump(train_cfg))
-    config = {"results": "results", "tasks": ["deepbind"],
-              "deepbind": {"config": str(tmp_path / "deepbind.yaml"), "seed": 1,
-                           "demo": {"n_train": 150, "n_test": 40, "genome_bp": 20000},
-                           "scan": {"window": 60, "stride": 30, "threshold": 0.0},
-                           # A small JASPAR group keeps the Tomtom step quick (94 targets).
-                           "motifs": {"tax_group": "urochordates"},
-                           "experiments": {"CTCF": {"motif": "MA0139"}}}}
+    config = {
+        "results": "results",
+        "tasks": ["deepbind"],
+        "deepbind": {
+            "config": str(tmp_path / "deepbind.yaml"),
+            "seed": 1,
+            "demo": {"n_train": 150, "n_test": 40, "genome_bp": 20000},
+            "scan": {"window": 60, "stride": 30, "threshold": 0.0},
+            # A small JASPAR group keeps the Tomtom step quick (94 targets).
+            "motifs": {"tax_group": "urochordates"},
+            "experiments": {"CTCF": {"motif": "MA0139"}},
+        },
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2"],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "tiny.yaml"),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "results" / "deepbind"
     check_selection_and_metrics(out / "CTCF", n_trials=2)
@@ -60,8 +81,11 @@ def check_selection_and_metrics(exp, n_trials):
     for name in ("num_motifs", "hidden"):
         assert config["model"][name] == best["params"][name]
     metrics = json.loads((exp / "metrics.json").read_text())
-    test = labelled(read_set(exp / "data" / "test.seq.gz", config["model"]["motif_len"]),
-                    config["data"].get("negatives_per_positive", 1), 0)  # the evaluate verb's default seed
+    test = labelled(
+        read_set(exp / "data" / "test.seq.gz", config["model"]["motif_len"]),
+        config["data"].get("negatives_per_positive", 1),
+        0,
+    )  # the evaluate verb's default seed
     x, y = test.tensors()
     assert metrics["n"] == len(y) == 80
     # The tiny run here (one epoch, as its trials chose) does not learn the motif yet: the AUC is

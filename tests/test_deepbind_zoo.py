@@ -22,8 +22,9 @@ from biocnn.io.dna import one_hot
 DEEPBIND = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "deepbind"
 DB = DEEPBIND / "db"
 EXAMPLES = DEEPBIND / "examples"
-pytestmark = pytest.mark.skipif(not (DB / "db.tsv").is_file(),
-                                reason=f"the DeepBind release is not at {DEEPBIND} (shared data absent)")
+pytestmark = pytest.mark.skipif(
+    not (DB / "db.tsv").is_file(), reason=f"the DeepBind release is not at {DEEPBIND} (shared data absent)"
+)
 TOLERANCE = 1e-5
 
 
@@ -63,8 +64,16 @@ def test_import_writes_every_model_with_provenance(zoo_dir):
 @pytest.mark.parametrize("mode", ["max", "average"])
 def test_predict_reproduces_the_original_tool_on_all_927_models(zoo_dir, tmp_path, mode):
     out = tmp_path / f"{mode}.tsv"
-    args = ["deepbind", "predict", "--model", str(zoo_dir), "--sequences", str(EXAMPLES / "golden_inputs.seq"),
-            "--out", str(out)] + (["--average"] if mode == "average" else [])
+    args = [
+        "deepbind",
+        "predict",
+        "--model",
+        str(zoo_dir),
+        "--sequences",
+        str(EXAMPLES / "golden_inputs.seq"),
+        "--out",
+        str(out),
+    ] + (["--average"] if mode == "average" else [])
     assert main(args) == 0
     assert _max_error(out, EXAMPLES / f"golden_tool_v0.11_{mode}.tsv") < TOLERANCE
 
@@ -93,8 +102,9 @@ def test_rna_model_reads_u_as_t_and_scores_one_strand(zoo_dir):
     assert scores[0] == pytest.approx(7.451420, abs=TOLERANCE) and scores[1] == scores[0]
     assert scores[2] < 0  # the other strand does not bind: only the given strand counts
     dna_model, dna_config = load_model(zoo_dir / "D00328.003")  # CTCF, both strands
-    both = original.score_models([dna_model], [original.encode(s) for s in (dna, rc)],
-                                 original.Scoring.from_config(dna_config))[:, 0]
+    both = original.score_models(
+        [dna_model], [original.encode(s) for s in (dna, rc)], original.Scoring.from_config(dna_config)
+    )[:, 0]
     assert both[0] == both[1]
 
 
@@ -119,10 +129,24 @@ def test_a_broken_parameter_file_is_named_with_its_field_and_the_import_goes_on(
     assert "\n" not in message and "D00650.007.txt" in message
     assert "field 'detectors': expected 1536 values" in message and "got 1535" in message
     (db / "params" / "D00328.003.txt").write_text(
-        (DB / "params" / "D00328.003.txt").read_text().replace("num_hidden = ", "num_hidden = x"))
+        (DB / "params" / "D00328.003.txt").read_text().replace("num_hidden = ", "num_hidden = x")
+    )
     out = tmp_path / "zoo"
-    code = main(["deepbind", "import", "--db", str(db), "--out", str(out),
-                 "--ids", "D00210.001", "D00650.007", "D00328.003", "D99999.001"])
+    code = main(
+        [
+            "deepbind",
+            "import",
+            "--db",
+            str(db),
+            "--out",
+            str(out),
+            "--ids",
+            "D00210.001",
+            "D00650.007",
+            "D00328.003",
+            "D99999.001",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 1
     assert "4 models seen: 1 written" in printed and "3 failed" in printed
@@ -138,11 +162,14 @@ def test_selection_by_id_protein_and_experiment(tmp_path):
     expected = [i for i, e in index.items() if e.protein == "SP1" and e.experiment == "ChIP-seq" and not e.labels]
     assert chosen == expected and "D00650.007" in chosen
     out = tmp_path / "zoo"
-    assert main(["deepbind", "import", "--db", str(DB), "--out", str(out), "--protein", "CTCF",
-                 "--experiment", "SELEX"]) == 0
+    assert (
+        main(["deepbind", "import", "--db", str(DB), "--out", str(out), "--protein", "CTCF", "--experiment", "SELEX"])
+        == 0
+    )
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(i for i, e in index.items()
-                             if e.protein == "CTCF" and e.experiment == "SELEX" and not e.labels)
+    assert written == sorted(
+        i for i, e in index.items() if e.protein == "CTCF" and e.experiment == "SELEX" and not e.labels
+    )
     chosen, problems = zoo.select(index, ids=["D00210.001", "D00650.007"], experiments=["RNAcompete"])
     assert chosen == ["D00210.001"] and not problems
     deprecated = next(i for i, e in index.items() if e.deprecated)
@@ -153,14 +180,17 @@ def test_original_rule_matches_the_model_on_each_padded_window(tmp_path):
     """The stacked float64 rule equals the torch model run window by window (biocnn's own model)."""
     torch.manual_seed(0)
     model = DeepBind(num_motifs=4, motif_len=6, pool="maxavg", hidden=8).eval()
-    model_dir = save_model(tmp_path / "own", model, {"model": {"name": "deepbind", "num_motifs": 4, "motif_len": 6,
-                                                               "pool": "maxavg", "hidden": 8}})
+    model_dir = save_model(
+        tmp_path / "own",
+        model,
+        {"model": {"name": "deepbind", "num_motifs": 4, "motif_len": 6, "pool": "maxavg", "hidden": 8}},
+    )
     rng = np.random.default_rng(0)
     seqs = ["".join(rng.choice(list("ACGTN"), n)) for n in (3, 9, 25, 40)]
     window = 9
 
     def strands(seq):  # each window's score on the given strand and on the reverse complement
-        x = torch.from_numpy(np.stack([one_hot(seq[i:i + window]) for i in range(max(1, len(seq) - window + 1))]))
+        x = torch.from_numpy(np.stack([one_hot(seq[i : i + window]) for i in range(max(1, len(seq) - window + 1))]))
         with torch.no_grad():
             return model.strand_scores(x).numpy(), model.strand_scores(reverse_complement_onehot(x)).numpy()
 
@@ -172,12 +202,18 @@ def test_original_rule_matches_the_model_on_each_padded_window(tmp_path):
     mean = [max(f.sum(), r.sum()) / (len(s) if len(f) > 1 else 1) for (f, r), s in zip(by_window, seqs)]
     fasta = tmp_path / "seqs.fa"
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
-    for args, expected in (([], whole),
-                           (["--rule", "original", "--window-size", str(window)], best),
-                           (["--window-size", str(window), "--average"], mean)):
+    for args, expected in (
+        ([], whole),
+        (["--rule", "original", "--window-size", str(window)], best),
+        (["--window-size", str(window), "--average"], mean),
+    ):
         out = tmp_path / "scores.tsv"
-        assert main(["deepbind", "predict", "--model", str(model_dir), "--sequences", str(fasta),
-                     "--out", str(out)] + args) == 0
+        assert (
+            main(
+                ["deepbind", "predict", "--model", str(model_dir), "--sequences", str(fasta), "--out", str(out)] + args
+            )
+            == 0
+        )
         names, scores = _table(out)
         assert names == ["own"]
         np.testing.assert_allclose(scores[:, 0], expected, atol=1e-5)
@@ -185,8 +221,10 @@ def test_original_rule_matches_the_model_on_each_padded_window(tmp_path):
     codes = [original.encode(s) for s in seqs]
     narrow = original.score_models([model], codes, original.Scoring(window_size=4))[:, 0]
     with torch.no_grad():
-        manual = [max(model(torch.from_numpy(one_hot(s[i:i + 4]))[None]).item() for i in range(max(1, len(s) - 3)))
-                  for s in seqs]
+        manual = [
+            max(model(torch.from_numpy(one_hot(s[i : i + 4]))[None]).item() for i in range(max(1, len(s) - 3)))
+            for s in seqs
+        ]
     np.testing.assert_allclose(narrow, manual, atol=1e-5)
     many = original.score_models([model] * 3, codes, original.Scoring(window_size=window))
     np.testing.assert_allclose(many, np.repeat(many[:, :1], 3, axis=1), atol=1e-12)
@@ -200,7 +238,9 @@ def test_evaluate_runs_on_an_imported_model(zoo_dir, tmp_path):
     rows = [f"A\tseq{i}\t{s}\t{i % 2}" for i, s in enumerate(dna)]
     table.write_text("FoldID\tEventID\tseq\tBound\n" + "\n".join(rows) + "\n")
     out = tmp_path / "metrics.json"
-    assert main(["deepbind", "evaluate", "--model", str(zoo_dir / "D00650.007"), "--test", str(table),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["deepbind", "evaluate", "--model", str(zoo_dir / "D00650.007"), "--test", str(table), "--out", str(out)])
+        == 0
+    )
     metrics = json.loads(out.read_text())
     assert 0 <= metrics["roc_auc"] <= 1 and metrics["scoring"]["rule"] == "original"

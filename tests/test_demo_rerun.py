@@ -32,17 +32,39 @@ TRAIN_CONFIG["train"].update(epochs=10, early_stopping={"monitor": "val_auc", "m
 
 
 def _snakemake(workdir: Path, *args: str, **kwargs):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "tiny.yaml"), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
 
 
 @pytest.fixture()
 def workdir(tmp_path):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
-    config = {"results": "results", "tasks": ["mammo"], "biocnn": f"{sys.executable} -m biocnn", "browser_check": False,
-              "mammo": {"config": str(tmp_path / "train.yaml"), "train_exams": 8, "heldout_exams": 2,
-                        "heldout_tomo": 0, "seed": 3}}
+    config = {
+        "results": "results",
+        "tasks": ["mammo"],
+        "biocnn": f"{sys.executable} -m biocnn",
+        "browser_check": False,
+        "mammo": {
+            "config": str(tmp_path / "train.yaml"),
+            "train_exams": 8,
+            "heldout_exams": 2,
+            "heldout_tomo": 0,
+            "seed": 3,
+        },
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
@@ -51,8 +73,19 @@ def workdir(tmp_path):
 def test_killed_training_resumes_then_reruns_do_only_what_is_needed(workdir):
     # 1. Start the workflow, kill it (SIGKILL, whole process group) once epoch 2 is on disk.
     latest = workdir / MODEL / "state" / "latest.json"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "tiny.yaml"), "--cores", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        "--cores",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     before_kill = None

@@ -18,8 +18,12 @@ from biocnn.train import Trainer, make_optimizer
 
 
 def _flags():
-    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-            torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    return (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
 
 
 def test_trainer_sets_determinism_only_while_fitting():

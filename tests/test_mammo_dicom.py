@@ -20,9 +20,19 @@ from biocnn.mammo.data import decode_file
 from biocnn.mammo.preprocess import preprocess
 from biocnn.synthetic import mammo as synth
 
-IDS = {"patient_id": "PID1", "patient_name": "Doe^Jane", "birth_date": "19600101", "study_date": "20240101",
-       "accession": "A1", "study_number": "1", "study": "1.2.3.4", "frame_of_reference": "1.2.3.5",
-       "sop": "1.2.3.6", "series": "1.2.3.7", "series_number": 1}
+IDS = {
+    "patient_id": "PID1",
+    "patient_name": "Doe^Jane",
+    "birth_date": "19600101",
+    "study_date": "20240101",
+    "accession": "A1",
+    "study_number": "1",
+    "study": "1.2.3.4",
+    "frame_of_reference": "1.2.3.5",
+    "sop": "1.2.3.6",
+    "series": "1.2.3.7",
+    "series_number": 1,
+}
 
 
 def ramp_image(rows: int = 96, cols: int = 64) -> np.ndarray:
@@ -32,8 +42,16 @@ def ramp_image(rows: int = 96, cols: int = 64) -> np.ndarray:
     return np.where(disc, 0.2 + 0.6 * xx / cols, 0.0).astype(np.float32)
 
 
-def write(tmp_path: Path, name: str, stored: np.ndarray, attrs: dict, bits: int = 12, laterality: str = "L",
-          view: str = "CC", **changes) -> Path:
+def write(
+    tmp_path: Path,
+    name: str,
+    stored: np.ndarray,
+    attrs: dict,
+    bits: int = 12,
+    laterality: str = "L",
+    view: str = "CC",
+    **changes,
+) -> Path:
     ds = synth.mg_dataset(stored, attrs, bits, IDS, laterality, view, synth.MG_PRESENTATION)
     for key, value in changes.items():
         if value is None:
@@ -64,8 +82,12 @@ def test_monochrome1_and_monochrome2_read_the_same(tmp_path):
 
 def test_window_follows_the_dicom_linear_formula(tmp_path):
     stored = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
-    path = write(tmp_path, "w.dcm", stored, {"PhotometricInterpretation": "MONOCHROME2",
-                                             "WindowCenter": "2048", "WindowWidth": "1025"})
+    path = write(
+        tmp_path,
+        "w.dcm",
+        stored,
+        {"PhotometricInterpretation": "MONOCHROME2", "WindowCenter": "2048", "WindowWidth": "1025"},
+    )
     px = read_mammogram(path).pixels
     expected = np.clip((stored - (2048 - 0.5)) / 1024 + 0.5, 0, 1)
     np.testing.assert_allclose(px, expected, atol=1e-6)
@@ -75,9 +97,19 @@ def test_window_follows_the_dicom_linear_formula(tmp_path):
 def test_rescale_slope_intercept_applies_before_the_window(tmp_path):
     stored = np.arange(0, 1024, 4, dtype=np.uint16).reshape(16, 16)
     # Modality values = 2 * stored - 100; the window is given in modality units.
-    path = write(tmp_path, "r.dcm", stored, {"PhotometricInterpretation": "MONOCHROME2", "RescaleSlope": "2",
-                                             "RescaleIntercept": "-100", "WindowCenter": "924",
-                                             "WindowWidth": "2049"}, bits=10)
+    path = write(
+        tmp_path,
+        "r.dcm",
+        stored,
+        {
+            "PhotometricInterpretation": "MONOCHROME2",
+            "RescaleSlope": "2",
+            "RescaleIntercept": "-100",
+            "WindowCenter": "924",
+            "WindowWidth": "2049",
+        },
+        bits=10,
+    )
     px = read_mammogram(path).pixels
     modality = 2.0 * stored - 100
     np.testing.assert_allclose(px, np.clip((modality - 923.5) / 2048 + 0.5, 0, 1), atol=1e-6)
@@ -178,8 +210,12 @@ def test_breast_is_cropped_and_the_marker_removed(tmp_path):
 
 
 def test_blank_image_is_a_failure(tmp_path):
-    path = write(tmp_path, "blank.dcm", np.zeros((64, 64), np.uint16),
-                 {"PhotometricInterpretation": "MONOCHROME2", "WindowCenter": "100", "WindowWidth": "200"})
+    path = write(
+        tmp_path,
+        "blank.dcm",
+        np.zeros((64, 64), np.uint16),
+        {"PhotometricInterpretation": "MONOCHROME2", "WindowCenter": "100", "WindowWidth": "200"},
+    )
     d = decode_file(path, (64, 48), None, 2)
     assert d.image is None and "no breast tissue" in d.reason
 
@@ -229,9 +265,15 @@ def test_jpeg_baseline_is_decoded(tmp_path):
     grey = (img * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(grey).save(buf, format="JPEG", quality=95)
-    ds = synth.mg_dataset(grey.astype(np.uint16), {"PhotometricInterpretation": "MONOCHROME2",
-                                                   "WindowCenter": "127.5", "WindowWidth": "256"},
-                          8, IDS, "R", "CC", synth.MG_PRESENTATION)
+    ds = synth.mg_dataset(
+        grey.astype(np.uint16),
+        {"PhotometricInterpretation": "MONOCHROME2", "WindowCenter": "127.5", "WindowWidth": "256"},
+        8,
+        IDS,
+        "R",
+        "CC",
+        synth.MG_PRESENTATION,
+    )
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([buf.getvalue()])
@@ -278,9 +320,14 @@ def test_failure_reasons(tmp_path):
     (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 2000])
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "cut.dcm").write_bytes(data[:200])
-    expected = {"ct.dcm": "not a mammogram (Modality CT)", "nopix.dcm": "no pixel data",
-                "rgb.dcm": "unsupported photometric interpretation RGB", "trunc.dcm": "truncated",
-                "notes.txt": "not a DICOM file", "cut.dcm": "no Modality and no SOP Class UID"}
+    expected = {
+        "ct.dcm": "not a mammogram (Modality CT)",
+        "nopix.dcm": "no pixel data",
+        "rgb.dcm": "unsupported photometric interpretation RGB",
+        "trunc.dcm": "truncated",
+        "notes.txt": "not a DICOM file",
+        "cut.dcm": "no Modality and no SOP Class UID",
+    }
     for name, reason in expected.items():
         d = decode_file(tmp_path / name, (64, 48), None, 2)
         assert d.image is None and reason in d.reason, (name, d.reason)

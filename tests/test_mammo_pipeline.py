@@ -38,8 +38,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- split and manifest
 def test_patient_split_never_puts_a_patient_in_two_splits():
     rng = np.random.default_rng(0)
-    records = [Record(Path(f"p{p}_{v}.dcm"), f"P{p}", f"S{p}", lat, view, int(p % 3 == 0 and lat == "L"))
-               for p in range(60) for v, (lat, view) in enumerate([("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")])]
+    records = [
+        Record(Path(f"p{p}_{v}.dcm"), f"P{p}", f"S{p}", lat, view, int(p % 3 == 0 and lat == "L"))
+        for p in range(60)
+        for v, (lat, view) in enumerate([("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")])
+    ]
     rng.shuffle(records)
     split = patient_split(records, 0.2, 0.2, seed=4)
     by_split: dict[str, set[str]] = {}
@@ -87,9 +90,11 @@ def test_metrics_on_known_cases():
 
 
 def test_breast_and_exam_aggregation():
-    rows = [{"study": "S1", "patient": "P", "laterality": "L", "view": "CC", "probability": 0.2, "label": 0},
-            {"study": "S1", "patient": "P", "laterality": "L", "view": "MLO", "probability": 0.4, "label": 0},
-            {"study": "S1", "patient": "P", "laterality": "R", "view": "CC", "probability": 0.9, "label": 1}]
+    rows = [
+        {"study": "S1", "patient": "P", "laterality": "L", "view": "CC", "probability": 0.2, "label": 0},
+        {"study": "S1", "patient": "P", "laterality": "L", "view": "MLO", "probability": 0.4, "label": 0},
+        {"study": "S1", "patient": "P", "laterality": "R", "view": "CC", "probability": 0.9, "label": 1},
+    ]
     breasts, exams = M.aggregate(rows, "mean")
     assert [b["probability"] for b in breasts] == pytest.approx([0.3, 0.9])
     assert exams[0]["probability"] == pytest.approx(0.9) and exams[0]["label"] == 1
@@ -140,8 +145,29 @@ def test_pseudonyms_are_keyed_and_stable():
 @pytest.mark.slow
 def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
     data = tmp_path / "data"
-    assert main(["mammo", "synth", "--out", str(data), "--exams", "12", "--seed", "5", "--rows", "160",
-                 "--cols", "128", "--tomo", "1", "--tomo-frames", "4"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "synth",
+                "--out",
+                str(data),
+                "--exams",
+                "12",
+                "--seed",
+                "5",
+                "--rows",
+                "160",
+                "--cols",
+                "128",
+                "--tomo",
+                "1",
+                "--tomo-frames",
+                "4",
+            ]
+        )
+        == 0
+    )
     manifest = read_csv(data / "manifest.csv")
     assert len(manifest) == 48 and {r["view"] for r in manifest} == {"CC", "MLO"}
     config = tmp_path / "tiny.yaml"
@@ -162,8 +188,23 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
     assert all(len(s) == 1 for s in patients.values())
 
     ev = tmp_path / "eval"
-    assert main(["mammo", "evaluate", "--model", str(model_dir), "--manifest", str(data / "manifest.csv"),
-                 "--out", str(ev), "--heatmaps", "2"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "evaluate",
+                "--model",
+                str(model_dir),
+                "--manifest",
+                str(data / "manifest.csv"),
+                "--out",
+                str(ev),
+                "--heatmaps",
+                "2",
+            ]
+        )
+        == 0
+    )
     result = json.loads((ev / "metrics.json").read_text())
     for key in ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece", "pointing_game"):
         assert key in result
@@ -176,8 +217,24 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
     (data / "dicom" / "junk.dcm").write_bytes(b"\x00" * 300)
     out = tmp_path / "scores"
     capsys.readouterr()
-    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data), "--out", str(out),
-                 "--heatmaps", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "score",
+                "--model",
+                str(model_dir),
+                "--input",
+                str(data),
+                "--out",
+                str(out),
+                "--heatmaps",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     n_files = sum(1 for p in data.rglob("*") if p.is_file())
     scores, failures = read_csv(out / "scores.csv"), read_csv(out / "failures.csv")
@@ -191,8 +248,11 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
     assert len(exams) == 24 and {r["laterality"] for r in exams} == {"L", "R"}
     threshold = op["threshold"]
     # flagged is decided on the unrounded probability; the CSV holds 6 decimals.
-    assert all(int(r["flagged"]) == (float(r["probability"]) >= threshold) for r in scores
-               if abs(float(r["probability"]) - threshold) > 1e-6)
+    assert all(
+        int(r["flagged"]) == (float(r["probability"]) >= threshold)
+        for r in scores
+        if abs(float(r["probability"]) - threshold) > 1e-6
+    )
     heatmaps = [out / r["heatmap"] for r in scores]
     assert all(h.is_file() for h in heatmaps)
     # Pseudonymised: no patient ID, study UID or patient name anywhere in the outputs.
@@ -204,21 +264,56 @@ def test_synth_train_evaluate_score_end_to_end(tmp_path, capsys):
 
     # A second run scores nothing again; --force does; --keep-ids keeps the IDs.
     before = (out / "scores.csv").read_text()
-    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data), "--out", str(out),
-                 "--workers", "0"]) == 0
+    assert (
+        main(["mammo", "score", "--model", str(model_dir), "--input", str(data), "--out", str(out), "--workers", "0"])
+        == 0
+    )
     again = json.loads((out / "summary.json").read_text())
     assert again["this_run"]["scored"] == 0 and again["this_run"]["skipped_done"] == n_files
     assert (out / "scores.csv").read_text() == before
     kept = tmp_path / "kept"
-    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data / "manifest.csv"),
-                 "--out", str(kept), "--keep-ids", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "score",
+                "--model",
+                str(model_dir),
+                "--input",
+                str(data / "manifest.csv"),
+                "--out",
+                str(kept),
+                "--keep-ids",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     kept_scores = read_csv(kept / "scores.csv")
     assert {r["patient"] for r in kept_scores} == {r["patient_id"] for r in manifest}
     probs = {r["file"]: float(r["probability"]) for r in scores}
     for r in kept_scores:  # same model, same files: same probabilities
         assert float(r["probability"]) == pytest.approx(probs[r["file"]], abs=1e-5)
-    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data / "manifest.csv"),
-                 "--out", str(kept), "--keep-ids", "--force", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "score",
+                "--model",
+                str(model_dir),
+                "--input",
+                str(data / "manifest.csv"),
+                "--out",
+                str(kept),
+                "--keep-ids",
+                "--force",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads((kept / "summary.json").read_text())["this_run"]["scored"] == 48
 
 
@@ -227,7 +322,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["mammo", "train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "model.channels" in err
-    assert main(["mammo", "score", "--model", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["mammo", "score", "--model", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    )
     assert "config.json" in capsys.readouterr().err
 
 
@@ -235,20 +332,60 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_tomosynthesis_3d_model_trains_and_scores(tmp_path):
     """The 3D variant: the same backbone with spatial_dims 3, on tomosynthesis volumes."""
     data = tmp_path / "data"
-    assert main(["mammo", "synth", "--out", str(data), "--exams", "8", "--seed", "8", "--rows", "128",
-                 "--cols", "96", "--tomo", "8", "--tomo-frames", "6"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "synth",
+                "--out",
+                str(data),
+                "--exams",
+                "8",
+                "--seed",
+                "8",
+                "--rows",
+                "128",
+                "--cols",
+                "96",
+                "--tomo",
+                "8",
+                "--tomo-frames",
+                "6",
+            ]
+        )
+        == 0
+    )
     volumes = read_csv(data / "tomo_manifest.csv")
     assert len(volumes) == 16 and {r["label"] for r in volumes} == {"0", "1"}
     config = tmp_path / "tomo.yaml"
-    config.write_text(TINY_CONFIG.format(manifest=data / "tomo_manifest.csv").replace(
-        "input: {height: 64, width: 48}", "input: {height: 40, width: 32, depth: 4}").replace(
-        "model: {channels: [4, 8, 8]", "model: {spatial_dims: 3, channels: [4, 8, 8]").replace("epochs: 2", "epochs: 1"))
+    config.write_text(
+        TINY_CONFIG.format(manifest=data / "tomo_manifest.csv")
+        .replace("input: {height: 64, width: 48}", "input: {height: 40, width: 32, depth: 4}")
+        .replace("model: {channels: [4, 8, 8]", "model: {spatial_dims: 3, channels: [4, 8, 8]")
+        .replace("epochs: 2", "epochs: 1")
+    )
     model_dir = tmp_path / "model3d"
     assert main(["mammo", "train", "--config", str(config), "--out", str(model_dir)]) == 0
     assert json.loads((model_dir / "config.json").read_text())["model"]["spatial_dims"] == 3
     out = tmp_path / "scores"
-    assert main(["mammo", "score", "--model", str(model_dir), "--input", str(data / "dicom"), "--out", str(out),
-                 "--heatmaps", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "mammo",
+                "score",
+                "--model",
+                str(model_dir),
+                "--input",
+                str(data / "dicom"),
+                "--out",
+                str(out),
+                "--heatmaps",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     scores, failures = read_csv(out / "scores.csv"), read_csv(out / "failures.csv")
     assert len(scores) == 16 and all(r["file"].endswith("_tomo.dcm") for r in scores)
     assert len(failures) == 32 and all("2D view" in r["reason"] for r in failures)

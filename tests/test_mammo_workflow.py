@@ -21,22 +21,52 @@ TRAIN_CONFIG = {
     "data": {"manifest": "unused.csv", "val_fraction": 0.34, "split_seed": 1},
     "input": {"height": 64, "width": 48},
     "model": {"channels": [4, 8, 8], "strides": [2, 2, 1], "hidden": [8]},
-    "train": {"epochs": 2, "batch_size": 8, "seed": 0, "progress": False,
-              "early_stopping": {"monitor": "val_auc", "mode": "max", "patience": 5}},
+    "train": {
+        "epochs": 2,
+        "batch_size": 8,
+        "seed": 0,
+        "progress": False,
+        "early_stopping": {"monitor": "val_auc", "mode": "max", "patience": 5},
+    },
 }
 
 
 @pytest.mark.slow
 def test_mammo_workflow_runs(tmp_path):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
-    config = {"results": "results", "tasks": ["mammo"], "biocnn": f"{sys.executable} -m biocnn",
-              "mammo": {"config": str(tmp_path / "train.yaml"), "train_exams": 10, "heldout_exams": 3,
-                        "heldout_tomo": 1, "seed": 2}}
+    config = {
+        "results": "results",
+        "tasks": ["mammo"],
+        "biocnn": f"{sys.executable} -m biocnn",
+        "mammo": {
+            "config": str(tmp_path / "train.yaml"),
+            "train_exams": 10,
+            "heldout_exams": 3,
+            "heldout_tomo": 1,
+            "seed": 2,
+        },
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     target = "results/mammo/report/summary.json"
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2", target],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "tiny.yaml"),
+            "--cores",
+            "2",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "mammo"
     summary = json.loads((results / "report" / "summary.json").read_text())
@@ -51,9 +81,26 @@ def test_mammo_workflow_runs(tmp_path):
         assert (tmp_path / "results" / "logs" / "mammo" / f"{log}.log").is_file()
     assert (results / "model" / "operating_point.json").is_file()
     # Nothing left to do on a second run.
-    again = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                            str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2", "-n",
-                            target], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "tiny.yaml"),
+            "--cores",
+            "2",
+            "-n",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -20,9 +20,15 @@ def _results(tmp_path):
     results = tmp_path / "results"
     report_dir = results / "mammo" / "report"
     report_dir.mkdir(parents=True)
-    (report_dir / "summary.json").write_text(json.dumps(
-        {"auc": 0.931, "images": 40, "methods": {"mc_dropout": {"dice": 0.8, "ece": 0.05},
-                                                 "tta": {"dice": 0.79, "ece": 0.07}}}))
+    (report_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "auc": 0.931,
+                "images": 40,
+                "methods": {"mc_dropout": {"dice": 0.8, "ece": 0.05}, "tta": {"dice": 0.79, "ece": 0.07}},
+            }
+        )
+    )
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0, 1], [0, 1])
     fig.savefig(report_dir / "roc_curve.png")
@@ -45,7 +51,7 @@ def test_report_embeds_metrics_figures_and_provenance(tmp_path):
     src = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     assert base64.b64decode(src)[:8] == b"\x89PNG\r\n\x1a\n"  # the image is inside the file
     assert "seed 11" in page and "torch" in page  # provenance of the model directory
-    assert "src=\"http" not in page and "href=\"http" not in page  # self-contained
+    assert 'src="http' not in page and 'href="http' not in page  # self-contained
 
 
 def test_missing_task_outputs_are_shown_not_hidden(tmp_path):

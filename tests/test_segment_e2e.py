@@ -53,8 +53,27 @@ def _rows(path):
 def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, caplog):
     data, test = tmp_path / "train", tmp_path / "test"
     assert main(["segment", "synth", "--kind", "malaria", "--out", str(data), "--n", "4", "--size", "48"]) == 0
-    assert main(["segment", "synth", "--kind", "malaria", "--out", str(test), "--n", "3", "--size", "40",
-                 "--seed", "5", "--format", "tif"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "synth",
+                "--kind",
+                "malaria",
+                "--out",
+                str(test),
+                "--n",
+                "3",
+                "--size",
+                "40",
+                "--seed",
+                "5",
+                "--format",
+                "tif",
+            ]
+        )
+        == 0
+    )
     models = []
     for seed in (0, 1):
         cfg = tmp_path / f"cfg{seed}.yaml"
@@ -76,8 +95,19 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     # A corrupt image among the inputs: reported, the others still predicted.
     (test / "images" / "broken.png").write_bytes(b"\x89PNG broken")
     pred = tmp_path / "pred"
-    args = ["segment", "predict", "--input", str(test), "--out", str(pred), "--mc-samples", "4", "--tta",
-            "--reference", str(data)]
+    args = [
+        "segment",
+        "predict",
+        "--input",
+        str(test),
+        "--out",
+        str(pred),
+        "--mc-samples",
+        "4",
+        "--tta",
+        "--reference",
+        str(data),
+    ]
     for m in models:
         args += ["--model", str(m)]
     assert main(args) == 1
@@ -89,11 +119,30 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     # the largest of the 4 values (conformal 0.9 quantile) that predict gives for them.
     assert info["review_reference"] == {"source": str(data), "images": 4, "failures": []}
     ref = tmp_path / "p_ref"
-    assert main(["segment", "predict", "--input", str(data), "--out", str(ref), "--mc-samples", "4", "--tta",
-                 "--model", str(models[0]), "--model", str(models[1])]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "predict",
+                "--input",
+                str(data),
+                "--out",
+                str(ref),
+                "--mc-samples",
+                "4",
+                "--tta",
+                "--model",
+                str(models[0]),
+                "--model",
+                str(models[1]),
+            ]
+        )
+        == 0
+    )
     assert info["review_threshold"] == max(float(r["structure_uncertainty"]) for r in _rows(ref / "uncertainty.csv"))
-    assert info["temperatures"] == [json.loads((m / "config.json").read_text())["inference"]["temperature"]
-                                    for m in models]
+    assert info["temperatures"] == [
+        json.loads((m / "config.json").read_text())["inference"]["temperature"] for m in models
+    ]
     rows = _rows(pred / "uncertainty.csv")
     assert [r["case"] for r in rows] == ["field_000", "field_001", "field_002"]
     assert all(float(r["score"]) >= 0 for r in rows)
@@ -137,24 +186,94 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     old = tmp_path / "old_model"
     shutil.copytree(models[1], old)
     (old / "feature_stats.safetensors").unlink()
-    assert main(["segment", "predict", "--model", str(old), "--input", str(test), "--out", str(tmp_path / "p_old"),
-                 "--mc-samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "predict",
+                "--model",
+                str(old),
+                "--input",
+                str(test),
+                "--out",
+                str(tmp_path / "p_old"),
+                "--mc-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     for r in _rows(tmp_path / "p_old" / "uncertainty.csv"):
         assert r["feature_distance"] == r["noise_percentile"] == r["ood_percentile"] == r["flag"] == ""
         assert float(r["score"]) == float(r["structure_uncertainty"])
 
     # An intensity-shifted input lies farther from the training images' features than they do.
     shifted = tmp_path / "shifted"
-    assert main(["segment", "synth", "--kind", "malaria", "--out", str(shifted), "--n", "2", "--size", "48",
-                 "--seed", "8", "--shift", "intensity", "--severity", "2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "synth",
+                "--kind",
+                "malaria",
+                "--out",
+                str(shifted),
+                "--n",
+                "2",
+                "--size",
+                "48",
+                "--seed",
+                "8",
+                "--shift",
+                "intensity",
+                "--severity",
+                "2",
+            ]
+        )
+        == 0
+    )
     # A noisier one has noise levels beyond the training images' (the same fields, seed 8).
     noisy = tmp_path / "noisy"
-    assert main(["segment", "synth", "--kind", "malaria", "--out", str(noisy), "--n", "2", "--size", "48",
-                 "--seed", "8", "--shift", "noise", "--severity", "2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "synth",
+                "--kind",
+                "malaria",
+                "--out",
+                str(noisy),
+                "--n",
+                "2",
+                "--size",
+                "48",
+                "--seed",
+                "8",
+                "--shift",
+                "noise",
+                "--severity",
+                "2",
+            ]
+        )
+        == 0
+    )
     dist, noise = {}, {}
     for name, inputs in (("train", data), ("shifted", shifted), ("noisy", noisy)):
-        assert main(["segment", "predict", "--model", str(models[0]), "--input", str(inputs),
-                     "--out", str(tmp_path / f"p_{name}")]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    "predict",
+                    "--model",
+                    str(models[0]),
+                    "--input",
+                    str(inputs),
+                    "--out",
+                    str(tmp_path / f"p_{name}"),
+                ]
+            )
+            == 0
+        )
         rows_ = _rows(tmp_path / f"p_{name}" / "uncertainty.csv")
         dist[name] = [float(r["feature_distance"]) for r in rows_]
         noise[name] = [float(r["noise_percentile"]) for r in rows_]
@@ -167,31 +286,74 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     again_unc = [float(r["structure_uncertainty"]) for r in _rows(tmp_path / "p_train" / "uncertainty.csv")]
     assert sorted(again_unc) == pytest.approx(sorted(stored), rel=1e-9, abs=0)
     # Monte Carlo samples are seeded per case: predicting again gives the same numbers.
-    assert main(["segment", "predict", "--model", str(models[0]), "--input", str(data),
-                 "--out", str(tmp_path / "p_again")]) == 0
-    assert (tmp_path / "p_again" / "uncertainty.csv").read_text() == (tmp_path / "p_train" / "uncertainty.csv").read_text()
+    assert (
+        main(
+            ["segment", "predict", "--model", str(models[0]), "--input", str(data), "--out", str(tmp_path / "p_again")]
+        )
+        == 0
+    )
+    assert (tmp_path / "p_again" / "uncertainty.csv").read_text() == (
+        tmp_path / "p_train" / "uncertainty.csv"
+    ).read_text()
     assert json.loads((tmp_path / "p_train" / "predict.json").read_text())["review_reference"] == {
-        "source": "training statistics", "matched": True}
+        "source": "training statistics",
+        "matched": True,
+    }
     # More windows per forward pass (what a GPU wants) changes the speed, not the result.
     caplog.clear()
     for name, extra in (("p_sw_default", []), ("p_sw_7", ["--sw-batch-size", "7"])):
-        assert main(["segment", "predict", "--model", str(models[0]), "--input", str(test), "--out", str(tmp_path / name),
-                     "--mc-samples", "1", *extra]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    "predict",
+                    "--model",
+                    str(models[0]),
+                    "--input",
+                    str(test),
+                    "--out",
+                    str(tmp_path / name),
+                    "--mc-samples",
+                    "1",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     # One sample where the stored values were measured with 3: said, not silently compared.
     assert "pass --reference" in caplog.text
     assert json.loads((tmp_path / "p_sw_7" / "predict.json").read_text())["review_reference"]["matched"] is False
     assert json.loads((tmp_path / "p_sw_7" / "predict.json").read_text())["sw_batch_size"] == 7
-    for a, b in zip(_rows(tmp_path / "p_sw_default" / "uncertainty.csv"), _rows(tmp_path / "p_sw_7" / "uncertainty.csv")):
+    for a, b in zip(
+        _rows(tmp_path / "p_sw_default" / "uncertainty.csv"), _rows(tmp_path / "p_sw_7" / "uncertainty.csv")
+    ):
         assert a["case"] == b["case"] and float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-6)
-    assert main(["segment", "predict", "--model", str(models[0]), "--input", str(test), "--out", str(tmp_path / "p_sw0"),
-                 "--sw-batch-size", "0"]) == 1
+    assert (
+        main(
+            [
+                "segment",
+                "predict",
+                "--model",
+                str(models[0]),
+                "--input",
+                str(test),
+                "--out",
+                str(tmp_path / "p_sw0"),
+                "--sw-batch-size",
+                "0",
+            ]
+        )
+        == 1
+    )
 
 
 def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
     data, test = tmp_path / "train", tmp_path / "test"
     assert main(["segment", "synth", "--kind", "tumor", "--out", str(data), "--n", "3", "--size", "20"]) == 0
-    assert main(["segment", "synth", "--kind", "tumor", "--out", str(test), "--n", "2", "--size", "20",
-                 "--seed", "9"]) == 0
+    assert (
+        main(["segment", "synth", "--kind", "tumor", "--out", str(test), "--n", "2", "--size", "20", "--seed", "9"])
+        == 0
+    )
     cfg = tmp_path / "tumor.yaml"
     cfg.write_text(TUMOR_CFG.format(train=data))
     model = tmp_path / "model"
@@ -200,8 +362,9 @@ def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
     info = FeatureDensity.load(model).info
     assert len(info["training_structure_uncertainty"]) == len(info["training_structure_uncertainty_tta"]) == 3
     pred_tta = tmp_path / "pred_tta"
-    assert main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred_tta),
-                 "--tta"]) == 0
+    assert (
+        main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred_tta), "--tta"]) == 0
+    )
     threshold = json.loads((pred_tta / "predict.json").read_text())["review_threshold"]
     # The TTA values' 0.9 quantile, finite-sample: ceil(4 x 0.9) = 4 > 3 values, so the largest.
     assert threshold == pytest.approx(max(info["training_structure_uncertainty_tta"]))
@@ -221,8 +384,10 @@ def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
     labels = np.asarray(nib.load(str(pred / "case_000_label.nii.gz")).dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     assert len(_rows(pred / "uncertainty.csv")) == 2
-    assert main(["segment", "evaluate", "--pred", str(pred), "--labels", str(test),
-                 "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(["segment", "evaluate", "--pred", str(pred), "--labels", str(test), "--out", str(tmp_path / "m.json")])
+        == 0
+    )
     # A 2D image given to the 3D model: one-line error naming the file, exit 1.
     png = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)

@@ -14,8 +14,15 @@ from biocnn.errors import InputError
 from biocnn.io.images import read_image, read_label
 from biocnn.io.nifti import read_volume, save_like
 from biocnn.segment.config import DataConfig
-from biocnn.segment.data import (find_cases, index_to_label, label_to_index, load_case, preprocessing, read_case_2d,
-                                 read_case_3d)
+from biocnn.segment.data import (
+    find_cases,
+    index_to_label,
+    label_to_index,
+    load_case,
+    preprocessing,
+    read_case_2d,
+    read_case_3d,
+)
 from biocnn.synthetic.malaria import write_malaria
 from biocnn.synthetic.tumor import MODALITIES, write_tumor
 
@@ -23,8 +30,15 @@ MODS = list(MODALITIES)
 
 
 def _cfg3d(tmp_path, **kw):
-    return DataConfig(train=str(tmp_path), spatial_dims=3, in_channels=4, modalities=MODS,
-                      label_values=[0, 1, 2, 4], patch_size=[16, 16, 16], **kw)
+    return DataConfig(
+        train=str(tmp_path),
+        spatial_dims=3,
+        in_channels=4,
+        modalities=MODS,
+        label_values=[0, 1, 2, 4],
+        patch_size=[16, 16, 16],
+        **kw,
+    )
 
 
 def test_synth_malaria_png_and_tiff_read_the_same(tmp_path):
@@ -68,8 +82,9 @@ def test_2d_label_shape_mismatch_and_unknown_values(tmp_path):
         read_case_2d(case, 3)
     with pytest.raises(InputError, match=r"case a: unknown label values \[7\]"):
         label_to_index(np.array([[0, 7]]), [0, 1], "a", tmp_path / "labels" / "a.png")
-    np.testing.assert_array_equal(index_to_label(label_to_index(np.array([0, 4, 2]), [0, 1, 2, 4], "x", tmp_path),
-                                                 [0, 1, 2, 4]), [0, 4, 2])
+    np.testing.assert_array_equal(
+        index_to_label(label_to_index(np.array([0, 4, 2]), [0, 1, 2, 4], "x", tmp_path), [0, 1, 2, 4]), [0, 4, 2]
+    )
 
 
 def test_corrupt_and_wrong_dimension_files(tmp_path):
@@ -99,8 +114,8 @@ def test_synth_tumor_reads_with_checks(tmp_path):
     assert set(np.unique(item["label"].numpy())) == {0, 1, 2, 3}  # class indices
 
 
-def _write(path, data, affine=np.eye(4)):
-    nib.save(nib.Nifti1Image(data, affine), str(path))
+def _write(path, data, affine=None):
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
 
 
 def test_3d_errors_name_the_case(tmp_path):
@@ -182,8 +197,9 @@ def test_class_ratios_centre_patches_on_the_chosen_classes():
     label[0, 5:40, 5:40] = 1
     label[0, 50:52, 50:52] = 2  # the rare class
     sample = {"image": torch.rand(3, 64, 64), "label": torch.from_numpy(label)}
-    base = dict(train="x", spatial_dims=2, in_channels=3, label_values=[0, 1, 2], patch_size=[16, 16],
-                samples_per_image=8)
+    base = dict(
+        train="x", spatial_dims=2, in_channels=3, label_values=[0, 1, 2], patch_size=[16, 16], samples_per_image=8
+    )
     rare = augmentation(DataConfig(**base, class_ratios=[0, 0, 1]), seed=0)(dict(sample))
     assert all((p["label"] == 2).any() for p in rare)
     posneg = augmentation(DataConfig(**base, pos_fraction=1.0), seed=0)(dict(sample))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from biocnn.backbone import enable_mc_dropout
-from biocnn.models import UNet
 from biocnn.metrics import expected_calibration_error, roc_auc
+from biocnn.models import UNet
 from biocnn.segment.inference import UncertaintyPredictor, flip_sets, sliding_stats
 from biocnn.segment.sampling import naive_samples, unet_samples
 from biocnn.segment.uncertainty import SampleAccumulator, entropy, maps_from_stats
@@ -51,7 +51,10 @@ def test_entropy_and_mutual_information_known_case():
     # A three-class case by hand: samples (0.7, 0.2, 0.1) and (0.1, 0.2, 0.7).
     s1, s2 = np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.2, 0.7])
     mean = (s1 + s2) / 2
-    h = lambda p: -(p * np.log(p)).sum()
+
+    def h(p):
+        return -(p * np.log(p)).sum()
+
     acc = SampleAccumulator()
     acc.add_probs(torch.tensor(np.stack([s1, s2])[:, None, :, None], dtype=torch.float32))
     maps = maps_from_stats(acc.stats())
@@ -76,8 +79,15 @@ def test_streaming_chunks_equal_one_batch():
 def test_fast_sampling_matches_naive(enc, dec):
     torch.manual_seed(1)
     # Instance norm: an untrained net with batch norm in eval mode has near-zero deep features.
-    model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), norm="instance",
-                 dropout=enc, decoder_dropout=dec)
+    model = UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=2,
+        channels=(4, 8, 16),
+        norm="instance",
+        dropout=enc,
+        decoder_dropout=dec,
+    )
     x = torch.randn(2, 1, 16, 16)
     model.eval()
     # Without active dropout every fast sample is the deterministic output.
@@ -93,8 +103,9 @@ def test_fast_sampling_matches_naive(enc, dec):
 
 def test_sliding_window_predictor_tta_and_ensemble():
     torch.manual_seed(2)
-    models = [UNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), decoder_dropout=(0.3,))
-              for _ in range(2)]
+    models = [
+        UNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), decoder_dropout=(0.3,)) for _ in range(2)
+    ]
     image = torch.randn(1, 40, 29)
     assert flip_sets(2, True) == [(), (0,), (1,), (0, 1)]
     for tta in (False, True):

@@ -9,9 +9,15 @@ from scipy.stats import norm
 
 from biocnn.errors import CheckpointError
 from biocnn.models import UNet
-from biocnn.segment.ood import (FEATURE_STATS, FeatureDensity, combined_zscore, encoder_features, image_features,
-                                noise_levels)
 from biocnn.segment.config import InferenceConfig
+from biocnn.segment.ood import (
+    FEATURE_STATS,
+    FeatureDensity,
+    combined_zscore,
+    encoder_features,
+    image_features,
+    noise_levels,
+)
 from biocnn.segment.uncertainty import expected_dice_error, image_score, structure_uncertainty, threshold_from_training
 
 
@@ -152,8 +158,12 @@ def test_mahalanobis_distance_matches_a_hand_computation():
     assert density.zscore(np.exp(median + 2 * spread)) == pytest.approx(2.0)
     assert density.percentile(np.exp(median + 2.326348 * spread)) == pytest.approx(0.99, abs=1e-6)
     # One far-off training image does not move the bar much (unlike the largest distance).
-    odd = FeatureDensity(density.mean, density.scale, density.precision,
-                         np.sort(np.append(density.reference, 100 * density.reference.max())))
+    odd = FeatureDensity(
+        density.mean,
+        density.scale,
+        density.precision,
+        np.sort(np.append(density.reference, 100 * density.reference.max())),
+    )
     assert odd.percentile(density.reference.max() * 1.5) > 0.9
     # A far group of training images (3 of 24) is not called unfamiliar: the spread widens so
     # that only the farthest lies beyond the cut (the robust spread alone puts all 3 there).
@@ -244,8 +254,11 @@ def test_encoder_features_see_the_scale_that_instance_norm_removes():
 def test_older_feature_statistics_are_ignored_with_a_warning(tmp_path, caplog, version):
     from safetensors.numpy import save_file
 
-    save_file({"mean": np.zeros(2)}, str(tmp_path / FEATURE_STATS),
-              metadata={"format": f"biocnn-segment-feature-density/{version}", "info": "{}"})
+    save_file(
+        {"mean": np.zeros(2)},
+        str(tmp_path / FEATURE_STATS),
+        metadata={"format": f"biocnn-segment-feature-density/{version}", "info": "{}"},
+    )
     with caplog.at_level("WARNING"):
         assert FeatureDensity.load(tmp_path) is None
     assert "older format" in caplog.text and str(tmp_path) in caplog.text

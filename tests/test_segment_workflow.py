@@ -33,8 +33,18 @@ def test_segment_workflow_runs(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-           str(tmp_path / "tiny.yaml"), "--cores", "2", "results/segment/report/summary.json"]
+    cmd = [
+        str(snakemake),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "tiny.yaml"),
+        "--cores",
+        "2",
+        "results/segment/report/summary.json",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     res = tmp_path / "results" / "segment"

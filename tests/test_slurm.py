@@ -34,8 +34,14 @@ PARTITION = "biocnn"
 # On a cluster without accounting (no slurmdbd) job states come from squeue; the first status
 # check comes 5 s after a submission instead of 40 s. Logs of successful jobs are kept so the
 # test can read them.
-SLURM_ARGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
-              "5", "--slurm-keep-successful-logs"]
+SLURM_ARGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-no-account",
+    "--slurm-init-seconds-before-status-checks",
+    "5",
+    "--slurm-keep-successful-logs",
+]
 
 
 def _free_port() -> int:
@@ -105,9 +111,19 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
         srun = shutil.which("srun")
         (self.shim / "srun").write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec "{srun}" "$@"\n')
         (self.shim / "srun").chmod(0o755)
-        self._spawn("munged", ["munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
-                               f"--log-file={munge}/munged.log", f"--pid-file={munge}/munged.pid",
-                               f"--seed-file={munge}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={sock}",
+                f"--key-file={key}",
+                f"--log-file={munge}/munged.log",
+                f"--pid-file={munge}/munged.pid",
+                f"--seed-file={munge}/munged.seed",
+            ],
+        )
         self._wait(lambda: sock.exists(), "munged socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
@@ -159,8 +175,9 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 def cluster(tmp_path_factory):
     missing = [c for c in COMMANDS if not shutil.which(c)]
     if missing:
-        pytest.skip(f"SLURM not installed (missing {', '.join(missing)}); "
-                    "apt-get install slurmctld slurmd munge (.ci/run does)")
+        pytest.skip(
+            f"SLURM not installed (missing {', '.join(missing)}); apt-get install slurmctld slurmd munge (.ci/run does)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the test cluster's daemons run as root")
     try:
@@ -189,28 +206,52 @@ def _tiny_config(root: Path) -> dict:
     (root / "deepbind.yaml").write_text(yaml.safe_dump(deepbind))
     segment = yaml.safe_load(SEGMENT_TINY)["segment"]
     return {
-        "results": "results", "tasks": ["mammo", "segment", "deepbind"], "biocnn": f"{sys.executable} -m biocnn",
-        "train_gpus": 0, "browser_check": False,
-        "mammo": {"config": str(root / "mammo.yaml"), "train_exams": 8, "heldout_exams": 2, "heldout_tomo": 0,
-                  "seed": 2},
+        "results": "results",
+        "tasks": ["mammo", "segment", "deepbind"],
+        "biocnn": f"{sys.executable} -m biocnn",
+        "train_gpus": 0,
+        "browser_check": False,
+        "mammo": {
+            "config": str(root / "mammo.yaml"),
+            "train_exams": 8,
+            "heldout_exams": 2,
+            "heldout_tomo": 0,
+            "seed": 2,
+        },
         "segment": {**segment, "kinds": ["malaria"]},
-        "deepbind": {"config": str(root / "deepbind.yaml"), "seed": 1,
-                     "demo": {"n_train": 150, "n_test": 40, "genome_bp": 20000},
-                     "experiments": {"CTCF": {"motif": "MA0139"}}},
+        "deepbind": {
+            "config": str(root / "deepbind.yaml"),
+            "seed": 1,
+            "demo": {"n_train": 150, "n_test": 40, "genome_bp": 20000},
+            "experiments": {"CTCF": {"motif": "MA0139"}},
+        },
     }
 
 
 # One short chain of jobs per task: data -> model (-> evaluation for mammography).
-TARGETS = ["results/mammo/evaluate/metrics.json", "results/segment/malaria/model/weights.safetensors",
-           "results/deepbind/CTCF/model/weights.safetensors"]
+TARGETS = [
+    "results/mammo/evaluate/metrics.json",
+    "results/segment/malaria/model/weights.safetensors",
+    "results/deepbind/CTCF/model/weights.safetensors",
+]
 # Timings, and the checksum of a gzip file whose header holds the time it was written.
 VOLATILE = {"seconds", "images_per_second", "data_sha256"}
 
 
 def _snakemake(workdir: Path, *args: str, env=None, log: Path | None = None):
     """Snakemake on the tiny config in `workdir`; started in the background when `log` is given."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "tiny.yaml"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+        *args,
+    ]
     if log:
         with open(log, "w") as out:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -221,10 +262,12 @@ def _content(path: Path):
     """What must be reproduced of an output: JSON without timings, tensors and their metadata,
     the uncompressed bytes of a gzip file, else the bytes."""
     if path.suffix == ".json":
+
         def strip(value):
             if isinstance(value, dict):
                 return {k: strip(v) for k, v in value.items() if k not in VOLATILE}
             return [strip(v) for v in value] if isinstance(value, list) else value
+
         return strip(json.loads(path.read_text()))
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -298,8 +341,12 @@ def _workflow_rules(workdir: Path):
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
     with SnakemakeApi(OutputSettings(dryrun=True)) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=REPO / "Snakefile", workdir=workdir,
-                                config_settings=ConfigSettings(configfiles=[workdir / "tiny.yaml"]))
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            snakefile=REPO / "Snakefile",
+            workdir=workdir,
+            config_settings=ConfigSettings(configfiles=[workdir / "tiny.yaml"]),
+        )
         return list(workflow._workflow.rules)
 
 
@@ -316,12 +363,13 @@ def _minutes(limit: str) -> int:
 def test_a_failing_cluster_job_names_its_logs(cluster, tmp_path):
     # Every rule's command is `false ...`: the first job fails on the cluster.
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"results": "results", "tasks": ["mammo"], "biocnn": "false"}))
-    run = _snakemake(tmp_path, "--profile", str(PROFILE), *SLURM_ARGS, "--retries", "0", "results/environment.json",
-                     env=cluster.env)
+    run = _snakemake(
+        tmp_path, "--profile", str(PROFILE), *SLURM_ARGS, "--retries", "0", "results/environment.json", env=cluster.env
+    )
     log = run.stdout + run.stderr
     assert run.returncode != 0
     [(slurm_id, slurm_log)] = re.findall(r"submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", log)
-    error = log[log.index("Error in rule environment:"):]
+    error = log[log.index("Error in rule environment:") :]
     # Snakemake's error names both the rule's log and the SLURM job's log, which holds the failure.
     assert re.search(rf"log: results/logs/environment.log, {re.escape(slurm_log)}", error), error
     assert "Error in rule environment" in Path(slurm_log).read_text()

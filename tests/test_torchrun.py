@@ -22,14 +22,32 @@ MODEL = "results/segment/malaria/model"
 def test_training_rule_runs_under_torchrun_with_two_processes(tmp_path):
     config = yaml.safe_load(SEGMENT_TINY)
     config["segment"]["kinds"] = ["malaria"]
-    config.update(train_gpus=2, biocnn=f"{sys.executable} -m biocnn",
-                  torchrun=f"{sys.executable} -m torch.distributed.run")
+    config.update(
+        train_gpus=2, biocnn=f"{sys.executable} -m biocnn", torchrun=f"{sys.executable} -m torch.distributed.run"
+    )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2",
-                          "--printshellcmds", f"{MODEL}/weights.safetensors"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "tiny.yaml"),
+            "--cores",
+            "2",
+            "--printshellcmds",
+            f"{MODEL}/weights.safetensors",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "torch.distributed.run --standalone --nproc_per_node 2" in run.stdout + run.stderr
     log = (tmp_path / "results" / "logs" / "segment" / "train_malaria.log").read_text()

@@ -17,8 +17,15 @@ from biocnn.device import seed_everything
 from biocnn.models import build_model
 from biocnn.train import fit
 
-SPEC = {"name": "classifier", "spatial_dims": 2, "in_channels": 1, "channels": [4, 8], "hidden": [8],
-        "dropout": 0.1, "head_dropout": 0.2}
+SPEC = {
+    "name": "classifier",
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "channels": [4, 8],
+    "hidden": [8],
+    "dropout": 0.1,
+    "head_dropout": 0.2,
+}
 
 
 def _data(n=48, seed=123):
@@ -29,8 +36,16 @@ def _data(n=48, seed=123):
 
 
 def _config(**overrides):
-    base = dict(epochs=4, batch_size=8, lr=3e-3, scheduler="cosine", grad_clip=1.0, seed=7, progress=False,
-                early_stopping={"monitor": "val_loss", "mode": "min", "patience": 10})
+    base = dict(
+        epochs=4,
+        batch_size=8,
+        lr=3e-3,
+        scheduler="cosine",
+        grad_clip=1.0,
+        seed=7,
+        progress=False,
+        early_stopping={"monitor": "val_loss", "mode": "min", "patience": 10},
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -38,14 +53,24 @@ def _config(**overrides):
 def _train(out_dir, cfg, resume=False, callbacks=()):
     seed_everything(cfg.seed)
     model = build_model(SPEC)
-    return fit(model, _data(), _data(24, seed=5), loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
-               config=cfg, out_dir=out_dir, model_config={"model": SPEC}, resume=resume, callbacks=callbacks), model
+    return fit(
+        model,
+        _data(),
+        _data(24, seed=5),
+        loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+        config=cfg,
+        out_dir=out_dir,
+        model_config={"model": SPEC},
+        resume=resume,
+        callbacks=callbacks,
+    ), model
 
 
 def _killed_after_epoch_2(out_dir):
     def die(epoch, row):
         if epoch == 2:
             os._exit(137)  # like SIGKILL: no cleanup, no flushing of anything not yet on disk
+
     _train(out_dir, _config(), callbacks=[die])
 
 
@@ -96,8 +121,16 @@ def test_early_stopping_on_named_metric_and_best_weights_kept(tmp_path):
     cfg = _config(epochs=6, early_stopping={"monitor": "val_score", "mode": "max", "patience": 2})
     seed_everything(cfg.seed)
     model = build_model(SPEC)
-    result = fit(model, _data(), _data(8), loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
-                 config=cfg, out_dir=tmp_path, model_config={"model": SPEC}, validate=validate)
+    result = fit(
+        model,
+        _data(),
+        _data(8),
+        loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
+        config=cfg,
+        out_dir=tmp_path,
+        model_config={"model": SPEC},
+        validate=validate,
+    )
     assert result.stopped_early and result.best_epoch == 2
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -125,16 +158,20 @@ from biocnn.checkpoint import save_weights
 import torch.distributed as dist
 torch.set_num_threads(1)
 _, model = t._train({out!r} + "/model", t._config(epochs=2, device="cpu"))
-save_weights({out!r} + f"/rank{{dist.get_rank() if dist.is_initialized() else int(__import__('os').environ['RANK'])}}.safetensors",
-             model.state_dict())
+rank = dist.get_rank() if dist.is_initialized() else int(__import__('os').environ['RANK'])
+save_weights({out!r} + f"/rank{{rank}}.safetensors", model.state_dict())
 """
 
 
 def test_torchrun_two_processes_on_gloo(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = [load_weights(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     # DDP all-reduces gradients, so both ranks end with the same weights
@@ -163,11 +200,18 @@ def test_resume_replays_monai_augmentation(tmp_path):
         cfg = _config(epochs=epochs, scheduler="none")  # a cosine schedule depends on epochs
         seed_everything(cfg.seed)
         model = build_model(SPEC)
-        fit(model, Dataset(items, transform=augment), None,
+        fit(
+            model,
+            Dataset(items, transform=augment),
+            None,
             loss_fn=torch.nn.functional.binary_cross_entropy_with_logits,
-            config=cfg.model_copy(update={"early_stopping": cfg.early_stopping.model_copy(
-                update={"monitor": "train_loss"})}),
-            out_dir=out_dir, model_config={"model": SPEC}, resume=resume)
+            config=cfg.model_copy(
+                update={"early_stopping": cfg.early_stopping.model_copy(update={"monitor": "train_loss"})}
+            ),
+            out_dir=out_dir,
+            model_config={"model": SPEC},
+            resume=resume,
+        )
         return load_weights(out_dir / "state" / f"epoch-{epochs:04d}.safetensors")
 
     full = run(tmp_path / "full", 3)
@@ -200,6 +244,7 @@ def test_warmup_ramps_the_rate_then_hands_over_and_survives_resume(tmp_path):
     def stop_after_epoch_1(epoch, row):
         if epoch == 1:
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed", _config(epochs=4, warmup_epochs=2), callbacks=[stop_after_epoch_1])
     _train(tmp_path / "resumed", _config(epochs=4, warmup_epochs=2), resume=True)

@@ -16,8 +16,9 @@ PROFILE = REPO / "configs" / "profiles" / "slurm"
 
 
 def _snakemake(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--nolock", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--nolock", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -50,17 +51,46 @@ def expected_jobs(workflow_config: dict) -> Counter:
     if any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")):
         jobs["report_browser_check"] = 1
     if "mammo" in tasks:
-        jobs.update(dict.fromkeys(["mammo_synth_train", "mammo_synth_heldout", "mammo_train", "mammo_evaluate",
-                                   "mammo_score", "mammo_report"], 1))
+        jobs.update(
+            dict.fromkeys(
+                [
+                    "mammo_synth_train",
+                    "mammo_synth_heldout",
+                    "mammo_train",
+                    "mammo_evaluate",
+                    "mammo_score",
+                    "mammo_report",
+                ],
+                1,
+            )
+        )
     if "segment" in tasks:
         kinds = len(workflow_config["segment"]["kinds"])
-        jobs.update(segment_synth=2 * kinds, segment_train=kinds, segment_predict=kinds, segment_evaluate=kinds,
-                    segment_report=1)
+        jobs.update(
+            segment_synth=2 * kinds,
+            segment_train=kinds,
+            segment_predict=kinds,
+            segment_evaluate=kinds,
+            segment_report=1,
+        )
     if "deepbind" in tasks:
         n = len(workflow_config["deepbind"]["experiments"])
         train = yaml.safe_load((REPO / workflow_config["deepbind"]["config"]).read_text())
-        jobs.update({f"deepbind_{step}": n for step in ("synth", "calibrate_select", "train", "evaluate", "motifs",
-                                                        "mutation_map", "variants", "scan")})
+        jobs.update(
+            {
+                f"deepbind_{step}": n
+                for step in (
+                    "synth",
+                    "calibrate_select",
+                    "train",
+                    "evaluate",
+                    "motifs",
+                    "mutation_map",
+                    "variants",
+                    "scan",
+                )
+            }
+        )
         jobs.update(deepbind_calibrate_trial=n * train["calibration"]["trials"], deepbind_report=1)
     return jobs
 

@@ -48,8 +48,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         result = cal.run_trial(cfg, i, data)
         cal.write_trial(out, result)
         results.append(result)
-        print(f"trial {i}: mean val AUC {result['mean_auc']:.4f} over {result['folds']} folds "
-              f"({result['seconds']:.0f} s)")
+        print(
+            f"trial {i}: mean val AUC {result['mean_auc']:.4f} over {result['folds']} folds ({result['seconds']:.0f} s)"
+        )
     if args.trial is None:
         best = cal.select_best(results)
         write_json(out / cal.BEST_FILE, best)
@@ -61,10 +62,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
+    from biocnn.checkpoint import provenance, update_metrics
     from biocnn.deepbind import search as cal
     from biocnn.deepbind.data import split
     from biocnn.deepbind.train import train_deepbind
-    from biocnn.checkpoint import provenance, update_metrics
     from biocnn.errors import InputError
 
     cfg = _config(args)
@@ -77,22 +78,28 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cal.calibrated_config(cfg, best)
     data = _training_data(cfg, cfg.train.seed, cfg.data.max_train)
     train, val = split(data, cfg.data.val_fraction, cfg.train.seed) if cfg.data.val_fraction > 0 else (data, None)
-    extra = {"data": cfg.data.model_dump(), "calibration": best, "input_length": max(len(s) for s in data.seqs),
-             "provenance": provenance(cfg.train.seed, [cfg.data.train], args.config)}
-    _, result = train_deepbind(train, val, cfg.model, cfg.train, out_dir=args.out, extra_config=extra,
-                               resume=args.resume)
-    update_metrics(args.out, {"n_train": len(train), "n_val": len(val) if val else 0,
-                              "epochs_run": len(result.history)})
+    extra = {
+        "data": cfg.data.model_dump(),
+        "calibration": best,
+        "input_length": max(len(s) for s in data.seqs),
+        "provenance": provenance(cfg.train.seed, [cfg.data.train], args.config),
+    }
+    _, result = train_deepbind(
+        train, val, cfg.model, cfg.train, out_dir=args.out, extra_config=extra, resume=args.resume
+    )
+    update_metrics(
+        args.out, {"n_train": len(train), "n_val": len(val) if val else 0, "epochs_run": len(result.history)}
+    )
     shown = {k: round(v, 4) for k, v in result.best_metrics.items() if isinstance(v, float)}
     print(f"trained {args.out}: best epoch {result.best_epoch} {shown}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from biocnn.checkpoint import load_model
     from biocnn.deepbind.data import labelled, read_set
     from biocnn.deepbind.original import Scoring, evaluate_rule
     from biocnn.deepbind.train import evaluate_model
-    from biocnn.checkpoint import load_model
     from biocnn.io.atomic import write_json
 
     model, config = load_model(args.model)
@@ -113,9 +120,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _motifs(args: argparse.Namespace) -> int:
     from biocnn.deepbind.motifs import run_motifs
 
-    summary = run_motifs(args.model, args.sequences, args.out, top_fraction=args.top_fraction,
-                         jaspar_collection=args.collection, tax_group=args.tax_group,
-                         reference=args.reference, max_sequences=args.max_sequences)
+    summary = run_motifs(
+        args.model,
+        args.sequences,
+        args.out,
+        top_fraction=args.top_fraction,
+        jaspar_collection=args.collection,
+        tax_group=args.tax_group,
+        reference=args.reference,
+        max_sequences=args.max_sequences,
+    )
     print(f"{summary['n_motifs']} motifs -> {args.out} ({summary['n_matched']} with a JASPAR match q<0.05)")
     return 0
 
@@ -134,26 +148,38 @@ def _variants(args: argparse.Namespace) -> int:
     from biocnn.deepbind.variants import run_variants
 
     counts = run_variants(args.model, args.vcf, args.reference, args.out, flank=args.flank)
-    print(f"{counts['scored']} variants scored, {counts['ref_mismatch']} with a reference mismatch, "
-          f"{counts['failed']} failed -> {args.out}")
+    print(
+        f"{counts['scored']} variants scored, {counts['ref_mismatch']} with a reference mismatch, "
+        f"{counts['failed']} failed -> {args.out}"
+    )
     return 0
 
 
 def _scan(args: argparse.Namespace) -> int:
     from biocnn.deepbind.scan import run_scan
 
-    stats = run_scan(args.model, args.fasta, args.out, window=args.window, stride=args.stride,
-                     threshold=args.threshold, chunk=args.chunk)
-    print(f"scanned {stats['bp']} bp in {stats['seconds']:.1f} s ({stats['bp_per_s'] / 1e6:.2f} Mbp/s), "
-          f"{stats['windows']} windows, {stats['peaks']} peaks -> {args.out}.bedgraph/.bed")
+    stats = run_scan(
+        args.model,
+        args.fasta,
+        args.out,
+        window=args.window,
+        stride=args.stride,
+        threshold=args.threshold,
+        chunk=args.chunk,
+    )
+    print(
+        f"scanned {stats['bp']} bp in {stats['seconds']:.1f} s ({stats['bp_per_s'] / 1e6:.2f} Mbp/s), "
+        f"{stats['windows']} windows, {stats['peaks']} peaks -> {args.out}.bedgraph/.bed"
+    )
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
     from biocnn.synthetic.sequences import write_demo_binding
 
-    files = write_demo_binding(args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                               motif=args.motif, genome_bp=args.genome_bp)
+    files = write_demo_binding(
+        args.out, seed=args.seed, n_train=args.n_train, n_test=args.n_test, motif=args.motif, genome_bp=args.genome_bp
+    )
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
 
@@ -170,8 +196,14 @@ def _report(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from biocnn.deepbind.zoo import import_models
 
-    result = import_models(args.db, args.out, ids=args.ids, proteins=args.protein, experiments=args.experiment,
-                           progress=_progress("imported"))
+    result = import_models(
+        args.db,
+        args.out,
+        ids=args.ids,
+        proteins=args.protein,
+        experiments=args.experiment,
+        progress=_progress("imported"),
+    )
     print(f"{result.seen} models seen: {len(result.written)} written to {args.out}, {len(result.failures)} failed")
     for model_id, why in result.failures:
         print(f"  {model_id}: {why}")
@@ -194,16 +226,22 @@ def _progress(verb: str):
 def _predict(args: argparse.Namespace) -> int:
     from biocnn.deepbind.predict import run_predict
 
-    stats = run_predict(args.model, args.sequences, args.out, rule=args.rule, window_size=args.window_size,
-                        average=args.average or None)
-    print(f"scored {stats['sequences']} sequences with {stats['models']} models in {stats['seconds']:.1f} s "
-          f"-> {args.out}")
+    stats = run_predict(
+        args.model, args.sequences, args.out, rule=args.rule, window_size=args.window_size, average=args.average or None
+    )
+    print(
+        f"scored {stats['sequences']} sequences with {stats['models']} models in {stats['seconds']:.1f} s -> {args.out}"
+    )
     return 0
 
 
 def register(subparsers) -> None:
-    verbs = add_group(subparsers, "deepbind", "DeepBind-style binding models: calibrate, train, evaluate, motifs, "
-                                              "mutation-map, variants, scan, import, predict")
+    verbs = add_group(
+        subparsers,
+        "deepbind",
+        "DeepBind-style binding models: calibrate, train, evaluate, motifs, "
+        "mutation-map, variants, scan, import, predict",
+    )
 
     p = add_verb(verbs, "calibrate", _calibrate, "random search + k-fold CV over hyper-parameters")
     p.add_argument("--config", required=True, help="DeepBind YAML config")
@@ -232,8 +270,12 @@ def register(subparsers) -> None:
     p.add_argument("--sequences", required=True, help="sequences whose windows activate the detectors")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--reference", help="reference FASTA for BED sequences")
-    p.add_argument("--top-fraction", type=float, default=0.5,
-                   help="a window counts when its activation exceeds this fraction of the detector's maximum")
+    p.add_argument(
+        "--top-fraction",
+        type=float,
+        default=0.5,
+        help="a window counts when its activation exceeds this fraction of the detector's maximum",
+    )
     p.add_argument("--max-sequences", type=int, default=5000, help="use at most this many sequences")
     p.add_argument("--collection", default="CORE", help="JASPAR collection to match against")
     p.add_argument("--tax-group", default="vertebrates", help="JASPAR taxonomic group")
@@ -281,12 +323,22 @@ def register(subparsers) -> None:
     p.add_argument("--experiment", nargs="+", help="only these experiments: SELEX, ChIP-seq, PBM, RNAcompete")
 
     p = add_verb(verbs, "predict", _predict, "score sequences with one or many models (the original tool's table)")
-    p.add_argument("--model", required=True, action="append",
-                   help="model directory, or a folder of them (e.g. an import's --out); repeat for more")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model directory, or a folder of them (e.g. an import's --out); repeat for more",
+    )
     p.add_argument("--sequences", required=True, help="one sequence per line, FASTA, or a DeepBind table")
     p.add_argument("--out", required=True, help="TSV to write: a header of model names, one row per sequence")
-    p.add_argument("--rule", choices=("original", "whole"),
-                   help="scoring rule for every model (default: each model's own; imported models: original)")
+    p.add_argument(
+        "--rule",
+        choices=("original", "whole"),
+        help="scoring rule for every model (default: each model's own; imported models: original)",
+    )
     p.add_argument("--window-size", type=int, help="window length of the original rule (default: int(1.5 m))")
-    p.add_argument("--average", action="store_true",
-                   help="original rule: sum of the window scores / sequence length instead of the maximum")
+    p.add_argument(
+        "--average",
+        action="store_true",
+        help="original rule: sum of the window scores / sequence length instead of the maximum",
+    )

@@ -69,8 +69,9 @@ class CalibrationSection(StrictModel):
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(epochs=20, batch_size=128, lr=3e-3,
-                       early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4))
+    return TrainConfig(
+        epochs=20, batch_size=128, lr=3e-3, early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4)
+    )
 
 
 class DeepBindConfig(StrictModel):
@@ -82,7 +83,7 @@ class DeepBindConfig(StrictModel):
     calibration: CalibrationSection = CalibrationSection()
 
     @model_validator(mode="after")
-    def _check(self) -> "DeepBindConfig":
+    def _check(self) -> DeepBindConfig:
         if self.data.val_fraction == 0 and self.train.early_stopping.monitor.startswith("val_"):
             raise ValueError("data.val_fraction is 0, so train.early_stopping.monitor must be train_loss")
         return self

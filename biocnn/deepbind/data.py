@@ -27,9 +27,10 @@ class LabelledSequences:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def subset(self, index: np.ndarray) -> "LabelledSequences":
-        return LabelledSequences([self.ids[i] for i in index], [self.seqs[i] for i in index],
-                                 self.labels[index], self.source)
+    def subset(self, index: np.ndarray) -> LabelledSequences:
+        return LabelledSequences(
+            [self.ids[i] for i in index], [self.seqs[i] for i in index], self.labels[index], self.source
+        )
 
     def tensors(self, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One-hot (n, 4, length) and labels (n,) as float32 tensors."""
@@ -47,8 +48,9 @@ def read_set(path, motif_len: int, labels=None, reference=None) -> SequenceSet:
     return seqs
 
 
-def labelled(seqs: SequenceSet, negatives_per_positive: int, seed: int, max_positives: int | None = None
-             ) -> LabelledSequences:
+def labelled(
+    seqs: SequenceSet, negatives_per_positive: int, seed: int, max_positives: int | None = None
+) -> LabelledSequences:
     """Labels of ``seqs``; when all are positive (or unlabelled), add dinucleotide shuffles as negatives.
 
     ``max_positives`` subsamples the positives first (seeded) for quick runs.
@@ -69,10 +71,13 @@ def labelled(seqs: SequenceSet, negatives_per_positive: int, seed: int, max_posi
         return LabelledSequences(ids, sequences, values, seqs.source)
     negatives = shuffled_negatives(sequences, negatives_per_positive, seed)
     neg_ids = [f"{i}_shuf{k}" for i in ids for k in range(negatives_per_positive)]
-    log.info("%s: %d positives, added %d dinucleotide-shuffled negatives", seqs.source, len(sequences),
-             len(negatives))
-    return LabelledSequences(ids + neg_ids, sequences + negatives,
-                             np.concatenate([values, np.zeros(len(negatives), np.float32)]), seqs.source)
+    log.info("%s: %d positives, added %d dinucleotide-shuffled negatives", seqs.source, len(sequences), len(negatives))
+    return LabelledSequences(
+        ids + neg_ids,
+        sequences + negatives,
+        np.concatenate([values, np.zeros(len(negatives), np.float32)]),
+        seqs.source,
+    )
 
 
 def split(data: LabelledSequences, fraction: float, seed: int) -> tuple[LabelledSequences, LabelledSequences]:

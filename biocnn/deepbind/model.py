@@ -45,15 +45,32 @@ class DeepBind(nn.Module):
         both_strands: score the reverse complement too and take the maximum.
     """
 
-    def __init__(self, num_motifs: int = 16, motif_len: int = 24, pool: str = "max", hidden: int = 32,
-                 dropout: float = 0.0, init_scale: float | None = None, both_strands: bool = True):
+    def __init__(
+        self,
+        num_motifs: int = 16,
+        motif_len: int = 24,
+        pool: str = "max",
+        hidden: int = 32,
+        dropout: float = 0.0,
+        init_scale: float | None = None,
+        both_strands: bool = True,
+    ):
         super().__init__()
         self.num_motifs = int(num_motifs)
         self.motif_len = int(motif_len)
         self.both_strands = bool(both_strands)
-        self.backbone = ConvBackbone(spatial_dims=1, in_channels=4, channels=(self.num_motifs,), strides=(1,),
-                                     kernel_size=self.motif_len, convs_per_stage=1, norm=None, act="relu",
-                                     dropout=0.0, padding="valid")
+        self.backbone = ConvBackbone(
+            spatial_dims=1,
+            in_channels=4,
+            channels=(self.num_motifs,),
+            strides=(1,),
+            kernel_size=self.motif_len,
+            convs_per_stage=1,
+            norm=None,
+            act="relu",
+            dropout=0.0,
+            padding="valid",
+        )
         self.head = BindingHead(self.num_motifs, pool=pool, hidden=hidden, dropout=dropout)
         if init_scale is not None:
             for module in self.modules():

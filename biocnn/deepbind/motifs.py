@@ -27,14 +27,15 @@ PSEUDOCOUNT = 0.1
 
 
 @torch.no_grad()
-def detector_sites(model: DeepBind, x: torch.Tensor, top_fraction: float = 0.5, batch_size: int = 256
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def detector_sites(
+    model: DeepBind, x: torch.Tensor, top_fraction: float = 0.5, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts (motifs, 4, motif_len) of the windows that activate each detector, and the
     number of sites per detector."""
     k = model.motif_len
     best_val, best_win = [], []
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
+        xb = x[start : start + batch_size]
         strands = [xb, reverse_complement_onehot(xb)] if model.both_strands else [xb]
         vals, wins = [], []
         for s in strands:
@@ -117,8 +118,7 @@ def jaspar_targets(collection: str = "CORE", tax_group: str = "vertebrates") -> 
     return names, pwms
 
 
-def match_jaspar(motifs: dict[str, np.ndarray], targets: tuple[list[str], list[np.ndarray]]
-                 ) -> list[dict[str, Any]]:
+def match_jaspar(motifs: dict[str, np.ndarray], targets: tuple[list[str], list[np.ndarray]]) -> list[dict[str, Any]]:
     """Best JASPAR match of every motif by Tomtom p-value, with E- and q-values."""
     from memelite import tomtom
 
@@ -132,14 +132,30 @@ def match_jaspar(motifs: dict[str, np.ndarray], targets: tuple[list[str], list[n
         order = np.sort(pv)
         # Benjamini-Hochberg q-value of the best match among all the targets of this query.
         q = float(min(1.0, np.min(order * len(order) / np.arange(1, len(order) + 1))))
-        rows.append({"motif": name, "match": names[j], "p_value": float(pv[j]), "e_value": float(pv[j] * len(pv)),
-                     "q_value": q, "offset": int(offsets[i][j]), "strand": "-" if int(strands[i][j]) else "+"})
+        rows.append(
+            {
+                "motif": name,
+                "match": names[j],
+                "p_value": float(pv[j]),
+                "e_value": float(pv[j] * len(pv)),
+                "q_value": q,
+                "offset": int(offsets[i][j]),
+                "strand": "-" if int(strands[i][j]) else "+",
+            }
+        )
     return rows
 
 
-def run_motifs(model_dir: str | Path, sequences: str | Path, out_dir: str | Path, top_fraction: float = 0.5,
-               jaspar_collection: str = "CORE", tax_group: str = "vertebrates", reference: str | Path | None = None,
-               max_sequences: int = 5000) -> dict[str, Any]:
+def run_motifs(
+    model_dir: str | Path,
+    sequences: str | Path,
+    out_dir: str | Path,
+    top_fraction: float = 0.5,
+    jaspar_collection: str = "CORE",
+    tax_group: str = "vertebrates",
+    reference: str | Path | None = None,
+    max_sequences: int = 5000,
+) -> dict[str, Any]:
     """The ``motifs`` verb: ``motifs.meme``, ``logos/*.png``, ``jaspar_matches.tsv``, ``summary.json``."""
     from biocnn.checkpoint import load_model
 
@@ -165,13 +181,19 @@ def run_motifs(model_dir: str | Path, sequences: str | Path, out_dir: str | Path
     with atomic_open(out / "jaspar_matches.tsv") as fh:
         fh.write("motif\tn_sites\tbest_match\tp_value\te_value\tq_value\toffset\tstrand\n")
         for row in matches:
-            fh.write(f"{row['motif']}\t{sites[row['motif']]}\t{row['match']}\t{row['p_value']:.3g}\t"
-                     f"{row['e_value']:.3g}\t{row['q_value']:.3g}\t{row['offset']}\t{row['strand']}\n")
+            fh.write(
+                f"{row['motif']}\t{sites[row['motif']]}\t{row['match']}\t{row['p_value']:.3g}\t"
+                f"{row['e_value']:.3g}\t{row['q_value']:.3g}\t{row['offset']}\t{row['strand']}\n"
+            )
         for i in range(model.num_motifs):
             if n_sites[i] == 0:
                 fh.write(f"detector{i + 1:02d}\t0\tNA\tNA\tNA\tNA\tNA\tNA\n")
-    summary = {"n_motifs": len(motifs), "n_detectors": model.num_motifs, "n_sequences": len(records),
-               "n_matched": sum(r["q_value"] < 0.05 for r in matches),
-               "best_matches": sorted(matches, key=lambda r: r["p_value"])[:5]}
+    summary = {
+        "n_motifs": len(motifs),
+        "n_detectors": model.num_motifs,
+        "n_sequences": len(records),
+        "n_matched": sum(r["q_value"] < 0.05 for r in matches),
+        "best_matches": sorted(matches, key=lambda r: r["p_value"])[:5],
+    }
     write_json(out / "summary.json", summary)
     return summary

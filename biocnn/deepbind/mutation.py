@@ -63,14 +63,14 @@ def draw_mutation_map(path: str | Path, seq: str, delta: np.ndarray, title: str)
         if ch in ALPHABET:
             heights[i, ALPHABET.index(ch)] = imp[i]
     width = min(max(6.0, length * 0.12), 40.0)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 3.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [1, 1.2]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 3.2), sharex=True, gridspec_kw={"height_ratios": [1, 1.2]})
     logomaker.Logo(pd.DataFrame(heights, columns=list(ALPHABET)), ax=top, color_scheme="classic")
     top.set_ylabel("importance")
     top.set_title(title, fontsize=9)
     limit = float(np.abs(delta).max()) or 1.0
-    im = bottom.imshow(delta, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                       extent=(-0.5, length - 0.5, 3.5, -0.5))
+    im = bottom.imshow(
+        delta, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, extent=(-0.5, length - 0.5, 3.5, -0.5)
+    )
     bottom.set_yticks(range(4), list(ALPHABET))
     bottom.set_xlabel("position")
     fig.colorbar(im, ax=[top, bottom], fraction=0.02, pad=0.01, label="score change")
@@ -91,8 +91,9 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def run_mutation_maps(model_dir: str | Path, fasta: str | Path, out_dir: str | Path, limit: int | None = None
-                      ) -> tuple[int, list[tuple[str, str]]]:
+def run_mutation_maps(
+    model_dir: str | Path, fasta: str | Path, out_dir: str | Path, limit: int | None = None
+) -> tuple[int, list[tuple[str, str]]]:
     """The ``mutation-map`` verb: ``<id>.png`` + ``<id>.tsv`` per sequence, ``summary.json``.
 
     Returns (maps written, failures); sequences seen = written + failures.
@@ -115,7 +116,14 @@ def run_mutation_maps(model_dir: str | Path, fasta: str | Path, out_dir: str | P
         write_matrix(out / f"{name}.tsv", rec.seq, delta)
         draw_mutation_map(out / f"{name}.png", rec.seq, delta, f"{rec.id}  score {ref:.3f}")
         imp = importance(delta)
-        summary.append({"id": rec.id, "score": ref, "most_important_position": int(imp.argmax()) + 1,
-                        "max_loss": float(imp.max()), "max_gain": float(delta.max())})
+        summary.append(
+            {
+                "id": rec.id,
+                "score": ref,
+                "most_important_position": int(imp.argmax()) + 1,
+                "max_loss": float(imp.max()),
+                "max_gain": float(delta.max()),
+            }
+        )
     write_json(out / "summary.json", {"maps": summary, "failures": [{"id": i, "reason": r} for i, r in failures]})
     return len(summary), failures

@@ -68,8 +68,11 @@ class Scoring:
     def from_config(cls, config: dict[str, Any]) -> Scoring:
         """The ``scoring`` entry of a model's ``config.json``; biocnn's own models (no entry): whole."""
         entry = config.get("scoring") or {"rule": "whole"}
-        return cls(rule=entry.get("rule", "whole"), window_size=entry.get("window_size"),
-                   average=bool(entry.get("average", False)))
+        return cls(
+            rule=entry.get("rule", "whole"),
+            window_size=entry.get("window_size"),
+            average=bool(entry.get("average", False)),
+        )
 
     def window(self, motif_len: int) -> int | None:
         """Window length for a model of this detector width (``None``: the whole sequence)."""
@@ -112,8 +115,17 @@ class _Stack:
                 b2.append(linears[1].bias.detach().double()[0])
         bases = torch.cat(kernels, 2)  # (m, 4, G * d)
         table = torch.cat([bases, 0.25 * bases.sum(1, keepdim=True)], 1)
-        return cls(m, d, first.head.pool == "maxavg", table, torch.cat(bias), torch.stack(w1), torch.stack(b1),
-                   torch.stack(w2) if w2 else None, torch.stack(b2) if b2 else None)
+        return cls(
+            m,
+            d,
+            first.head.pool == "maxavg",
+            table,
+            torch.cat(bias),
+            torch.stack(w1),
+            torch.stack(b1),
+            torch.stack(w2) if w2 else None,
+            torch.stack(b2) if b2 else None,
+        )
 
     @property
     def columns(self) -> int:
@@ -125,13 +137,13 @@ class _Stack:
         k, length = window_codes.shape
         positions = length + m - 1
         padded = np.full((k, length + 2 * (m - 1)), 4, dtype=np.int64)
-        padded[:, m - 1:m - 1 + length] = window_codes
+        padded[:, m - 1 : m - 1 + length] = window_codes
         kernels = self.table[:, :4].reshape(m * 4, -1)
         onehot = torch.from_numpy(_ONE_HOT[padded])  # (k, L + 2m - 2, 4)
         out = []
         step = max(1, _BLOCK // (positions * max(self.columns, 4 * m)))
         for start in range(0, k, step):
-            x = onehot[start:start + step]
+            x = onehot[start : start + step]
             cols = x.unfold(1, m, 1).transpose(2, 3).reshape(-1, m * 4)  # (rows * positions, m * 4)
             act = torch.addmm(self.bias, cols, kernels).relu_().view(len(x), positions, -1)
             out.append(self._head(act.amax(1), act.sum(1) / positions if self.maxavg else None))
@@ -150,8 +162,9 @@ class _Stack:
         m = self.motif_len
         stream = np.concatenate(seqs).astype(np.int64)
         bounds = np.cumsum([0] + [len(s) for s in seqs])
-        starts = torch.from_numpy(np.concatenate([b + np.arange(len(s) - window + 1)
-                                                  for b, s in zip(bounds[:-1], seqs)]))
+        starts = torch.from_numpy(
+            np.concatenate([b + np.arange(len(s) - window + 1) for b, s in zip(bounds[:-1], seqs)])
+        )
         n_pos = len(stream)
         index = torch.from_numpy(stream[None, :] + 5 * np.arange(m)[:, None])  # (m, positions)
         head = torch.nn.functional.embedding(index, self.table.reshape(m * 5, -1))  # [j, p]: base p at offset j
@@ -167,22 +180,23 @@ class _Stack:
         # Interior: footprints starting at p with all m offsets on bases (valid while p <= n_pos - m).
         inner = window - m + 1
         span = n_pos - m + 1 - inner + 1
-        act = (head[0, :n_pos - m + 1] + self.bias).relu_()
+        act = (head[0, : n_pos - m + 1] + self.bias).relu_()
         best = act[:span].clone()
         total = best.clone() if self.maxavg else None
         for t in range(1, inner):
-            torch.maximum(best, act[t:t + span], out=best)
+            torch.maximum(best, act[t : t + span], out=best)
             if total is not None:
-                total += act[t:t + span]
+                total += act[t : t + span]
         # Clipped ends: window start s, r = 1..m-1 offsets on N; window end e, m-1-t offsets on N.
         left = head[1:].add_(n_before[1:m, None]).relu_()
-        right = tail[:m - 1].add_(n_after.flip(0)[1:m, None]).relu_()
+        right = tail[: m - 1].add_(n_after.flip(0)[1:m, None]).relu_()
         ends = starts + window - 1
         best = torch.maximum(best.index_select(0, starts), left.amax(0).index_select(0, starts))
         best = torch.maximum(best, right.amax(0).index_select(0, ends))
         if total is not None:
-            total = (total.index_select(0, starts) + left.sum(0).index_select(0, starts)
-                     + right.sum(0).index_select(0, ends)) / (window + m - 1)
+            total = (
+                total.index_select(0, starts) + left.sum(0).index_select(0, starts) + right.sum(0).index_select(0, ends)
+            ) / (window + m - 1)
         return self._head(best, total).numpy()
 
     def _head(self, best: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
@@ -202,8 +216,7 @@ def reverse_complement_codes(c: np.ndarray) -> np.ndarray:
     return _COMPLEMENT_CODE[c[::-1]]
 
 
-def _strand_scores(stack: _Stack, seq_codes: Sequence[np.ndarray], window: int | None, average: bool
-                   ) -> np.ndarray:
+def _strand_scores(stack: _Stack, seq_codes: Sequence[np.ndarray], window: int | None, average: bool) -> np.ndarray:
     """Per-sequence scores (n, G) of one strand: max over windows, or their sum / n."""
     out = np.empty((len(seq_codes), stack.w1.shape[0]))
     lengths = np.array([len(c) for c in seq_codes])
@@ -230,8 +243,9 @@ def _strand_scores(stack: _Stack, seq_codes: Sequence[np.ndarray], window: int |
         if sliding:
             scores = stack.sliding_scores(seqs, window)
         else:
-            scores = stack.window_scores(np.concatenate([np.lib.stride_tricks.sliding_window_view(c, window)
-                                                         for c in seqs]))
+            scores = stack.window_scores(
+                np.concatenate([np.lib.stride_tricks.sliding_window_view(c, window) for c in seqs])
+            )
         counts = lengths[batch] - window + 1
         firsts = np.r_[0, np.cumsum(counts)[:-1]]
         if average:
@@ -242,8 +256,12 @@ def _strand_scores(stack: _Stack, seq_codes: Sequence[np.ndarray], window: int |
     return out
 
 
-def score_models(models: Sequence[torch.nn.Module], seq_codes: Sequence[np.ndarray],
-                 scorings: Sequence[Scoring] | Scoring, max_stack: int = 64) -> np.ndarray:
+def score_models(
+    models: Sequence[torch.nn.Module],
+    seq_codes: Sequence[np.ndarray],
+    scorings: Sequence[Scoring] | Scoring,
+    max_stack: int = 64,
+) -> np.ndarray:
     """Scores (sequences, models) of encoded sequences (see :func:`encode`) under each model's rule.
 
     Args:
@@ -262,8 +280,16 @@ def score_models(models: Sequence[torch.nn.Module], seq_codes: Sequence[np.ndarr
     groups: dict[tuple, list[int]] = {}
     for i, (model, scoring) in enumerate(zip(models, scorings)):
         linears = [layer for layer in model.head.mlp if isinstance(layer, torch.nn.Linear)]
-        key = (model.motif_len, model.num_motifs, model.head.pool, linears[0].out_features, len(linears),
-               scoring.window(model.motif_len), scoring.average, model.both_strands)
+        key = (
+            model.motif_len,
+            model.num_motifs,
+            model.head.pool,
+            linears[0].out_features,
+            len(linears),
+            scoring.window(model.motif_len),
+            scoring.average,
+            model.both_strands,
+        )
         groups.setdefault(key, []).append(i)
     rc_codes = None
     with torch.no_grad():
@@ -271,7 +297,7 @@ def score_models(models: Sequence[torch.nn.Module], seq_codes: Sequence[np.ndarr
             if both and rc_codes is None:
                 rc_codes = [reverse_complement_codes(c) for c in seq_codes]
             for start in range(0, len(members), max_stack):
-                chunk = members[start:start + max_stack]
+                chunk = members[start : start + max_stack]
                 stack = _Stack.build([models[i] for i in chunk])
                 scores = _strand_scores(stack, seq_codes, window, average)
                 if both:
@@ -292,5 +318,11 @@ def evaluate_rule(model: torch.nn.Module, data, scoring: Scoring) -> dict[str, A
     codes = [encode(seq, rid, data.source) for rid, seq in zip(data.ids, data.seqs)]
     scores = score_models([model], codes, scoring)[:, 0]
     labels = np.asarray(data.labels)
-    return {**auc_metrics(labels, scores), "n": len(data), "n_positive": int((labels == 1).sum()),
-            "n_negative": int((labels == 0).sum()), "test": data.source, "scoring": asdict(scoring)}
+    return {
+        **auc_metrics(labels, scores),
+        "n": len(data),
+        "n_positive": int((labels == 1).sum()),
+        "n_negative": int((labels == 0).sum()),
+        "test": data.source,
+        "scoring": asdict(scoring),
+    }

@@ -101,13 +101,21 @@ def scoring_for(config: dict[str, Any], rule: str | None, window_size: int | Non
     if rule == "whole":
         return Scoring(rule="whole")
     keep_own = own.rule == "original"
-    return Scoring(rule="original",
-                   window_size=window_size if window_size is not None else (own.window_size if keep_own else None),
-                   average=bool(average) if average is not None else (own.average and keep_own))
+    return Scoring(
+        rule="original",
+        window_size=window_size if window_size is not None else (own.window_size if keep_own else None),
+        average=bool(average) if average is not None else (own.average and keep_own),
+    )
 
 
-def run_predict(models: list[str | Path], sequences: str | Path, out: str | Path, rule: str | None = None,
-                window_size: int | None = None, average: bool | None = None) -> dict[str, Any]:
+def run_predict(
+    models: list[str | Path],
+    sequences: str | Path,
+    out: str | Path,
+    rule: str | None = None,
+    window_size: int | None = None,
+    average: bool | None = None,
+) -> dict[str, Any]:
     """Score every sequence of ``sequences`` with every model; write the table to ``out``."""
     start = time.perf_counter()
     records = read_sequences(sequences)

@@ -77,9 +77,14 @@ def build_report(experiments: list[str], results_dir: str | Path, out_dir: str |
         motifs = _json(d / "motifs" / "summary.json") or {}
         scan = _json(d / "scan.json") or {}
         summary["experiments"][exp] = {
-            "roc_auc": metrics.get("roc_auc"), "pr_auc": metrics.get("pr_auc"), "n_test": metrics.get("n"),
-            "calibration": {"trial": best.get("trial"), "mean_cv_auc": best.get("mean_auc"),
-                            "params": best.get("params")},
+            "roc_auc": metrics.get("roc_auc"),
+            "pr_auc": metrics.get("pr_auc"),
+            "n_test": metrics.get("n"),
+            "calibration": {
+                "trial": best.get("trial"),
+                "mean_cv_auc": best.get("mean_auc"),
+                "params": best.get("params"),
+            },
             "best_jaspar_matches": motifs.get("best_matches", [])[:3],
             "scan": {k: scan.get(k) for k in ("bp", "windows", "peaks", "bp_per_s")},
         }

@@ -45,19 +45,27 @@ def sample_trials(cfg: DeepBindConfig) -> list[dict[str, Any]]:
     rng = np.random.default_rng(cal.seed)
     trials = []
     for _ in range(cal.trials):
-        trials.append({
-            "lr": _log_uniform(rng, *space.lr),
-            "weight_decay": _log_uniform(rng, *space.weight_decay),
-            "dropout": float(rng.choice(space.dropout)),
-            "init_scale": _log_uniform(rng, *space.init_scale),
-            "hidden": int(rng.choice(space.hidden)),
-            "num_motifs": int(rng.choice(space.num_motifs)),
-            "pool": str(rng.choice(space.pool)),
-        })
+        trials.append(
+            {
+                "lr": _log_uniform(rng, *space.lr),
+                "weight_decay": _log_uniform(rng, *space.weight_decay),
+                "dropout": float(rng.choice(space.dropout)),
+                "init_scale": _log_uniform(rng, *space.init_scale),
+                "hidden": int(rng.choice(space.hidden)),
+                "num_motifs": int(rng.choice(space.num_motifs)),
+                "pool": str(rng.choice(space.pool)),
+            }
+        )
     # Trial 0 is the config's own settings, so calibration can never do worse than not calibrating.
-    trials[0] = {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay, "dropout": cfg.model.dropout,
-                 "init_scale": cfg.model.init_scale, "hidden": cfg.model.hidden, "num_motifs": cfg.model.num_motifs,
-                 "pool": cfg.model.pool}
+    trials[0] = {
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "dropout": cfg.model.dropout,
+        "init_scale": cfg.model.init_scale,
+        "hidden": cfg.model.hidden,
+        "num_motifs": cfg.model.num_motifs,
+        "pool": cfg.model.pool,
+    }
     return trials
 
 
@@ -86,9 +94,16 @@ def run_trial(cfg: DeepBindConfig, index: int, data: LabelledSequences) -> dict[
         aucs.append(float(result.best_metrics.get("val_auc", float("nan"))))
         epochs.append(int(result.best_epoch))
         log.info("trial %d fold %d: val_auc %.4f at epoch %d", index, k, aucs[-1], epochs[-1])
-    return {"trial": index, "params": params, "fold_aucs": aucs, "mean_auc": float(np.mean(aucs)),
-            "best_epochs": epochs, "epochs": int(round(np.mean(epochs))), "folds": len(folds),
-            "seconds": time.perf_counter() - start}
+    return {
+        "trial": index,
+        "params": params,
+        "fold_aucs": aucs,
+        "mean_auc": float(np.mean(aucs)),
+        "best_epochs": epochs,
+        "epochs": int(round(np.mean(epochs))),
+        "folds": len(folds),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def select_best(results: list[dict[str, Any]]) -> dict[str, Any]:

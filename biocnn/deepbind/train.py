@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from biocnn.config import TrainConfig
 from biocnn.deepbind.config import ModelSection
 from biocnn.deepbind.data import LabelledSequences
 from biocnn.deepbind.model import DeepBind
-from biocnn.config import TrainConfig
 from biocnn.device import seed_everything
 from biocnn.metrics import roc_auc
 from biocnn.models import build_model
@@ -41,8 +41,11 @@ def make_validate(amp: bool):
     def validate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         s, y = gather_outputs(model, loader, device, amp=amp)
         m = auc_metrics(y.numpy(), s.numpy())
-        return {"val_auc": m["roc_auc"], "val_pr_auc": m["pr_auc"],
-                "val_loss": float(F.binary_cross_entropy_with_logits(s, y))}
+        return {
+            "val_auc": m["roc_auc"],
+            "val_pr_auc": m["pr_auc"],
+            "val_loss": float(F.binary_cross_entropy_with_logits(s, y)),
+        }
 
     return validate
 
@@ -66,9 +69,16 @@ def cpu_budget_callback(budget_s: float, start: float | None = None):
     return check
 
 
-def train_deepbind(train: LabelledSequences, val: LabelledSequences | None, model_cfg: ModelSection,
-                   train_cfg: TrainConfig, out_dir=None, extra_config: dict[str, Any] | None = None,
-                   resume: bool = False, callbacks=()) -> tuple[DeepBind, FitResult]:
+def train_deepbind(
+    train: LabelledSequences,
+    val: LabelledSequences | None,
+    model_cfg: ModelSection,
+    train_cfg: TrainConfig,
+    out_dir=None,
+    extra_config: dict[str, Any] | None = None,
+    resume: bool = False,
+    callbacks=(),
+) -> tuple[DeepBind, FitResult]:
     """Build a DeepBind model from ``model_cfg`` (seeded) and train it with the shared loop.
 
     ``out_dir=None`` trains in memory (calibration folds). Sequences of both sets are encoded
@@ -81,8 +91,18 @@ def train_deepbind(train: LabelledSequences, val: LabelledSequences | None, mode
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
     model = build_model(config["model"])
     validate = make_validate(train_cfg.amp) if val is not None else None
-    result = fit(model, TensorDataset(x, y), val_ds, loss_fn=F.binary_cross_entropy_with_logits, config=train_cfg,
-                 out_dir=out_dir, model_config=config, validate=validate, resume=resume, callbacks=callbacks)
+    result = fit(
+        model,
+        TensorDataset(x, y),
+        val_ds,
+        loss_fn=F.binary_cross_entropy_with_logits,
+        config=train_cfg,
+        out_dir=out_dir,
+        model_config=config,
+        validate=validate,
+        resume=resume,
+        callbacks=callbacks,
+    )
     return model, result
 
 
@@ -90,5 +110,10 @@ def evaluate_model(model: torch.nn.Module, data: LabelledSequences, batch_size: 
     """Held-out metrics: ROC AUC, PR AUC, counts."""
     x, y = data.tensors()
     scores = predict(model, batched(x, batch_size)).numpy()
-    return {**auc_metrics(y.numpy(), scores), "n": len(data), "n_positive": int((y == 1).sum()),
-            "n_negative": int((y == 0).sum()), "test": data.source}
+    return {
+        **auc_metrics(y.numpy(), scores),
+        "n": len(data),
+        "n_positive": int((y == 1).sum()),
+        "n_negative": int((y == 0).sum()),
+        "test": data.source,
+    }

@@ -13,8 +13,8 @@ with status ``failed`` and the reason. Every VCF record therefore gets one row p
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -29,8 +29,20 @@ from biocnn.predict import eval_mode
 log = logging.getLogger(__name__)
 
 MAX_INDEL = 50
-COLUMNS = ("chrom", "pos", "id", "ref", "alt", "ref_score", "alt_score", "delta", "delta_forward",
-           "delta_reverse", "status", "note")
+COLUMNS = (
+    "chrom",
+    "pos",
+    "id",
+    "ref",
+    "alt",
+    "ref_score",
+    "alt_score",
+    "delta",
+    "delta_forward",
+    "delta_reverse",
+    "status",
+    "note",
+)
 
 
 def read_vcf(path: str | Path) -> Iterator[tuple[int, str, int, str, str, list[str]]]:
@@ -74,8 +86,9 @@ def strand_scores(model: DeepBind, seqs: list[str]) -> tuple[np.ndarray, np.ndar
         return fwd, model.strand_scores(reverse_complement_onehot(x)).float().cpu().numpy()
 
 
-def run_variants(model_dir: str | Path, vcf: str | Path, reference: str | Path, out: str | Path,
-                 flank: int | None = None) -> dict[str, int]:
+def run_variants(
+    model_dir: str | Path, vcf: str | Path, reference: str | Path, out: str | Path, flank: int | None = None
+) -> dict[str, int]:
     """The ``variants`` verb: one TSV row per (variant, ALT allele); returns counts by status."""
     from pyfaidx import Fasta
 
@@ -90,7 +103,7 @@ def run_variants(model_dir: str | Path, vcf: str | Path, reference: str | Path, 
         raise InputError(reference, f"cannot index the reference FASTA: {exc}") from None
     rows, pending = [], []  # pending: (row index, ref window, alt window)
     with ref_fa:
-        for lineno, chrom, pos, vid, ref, alts in read_vcf(vcf):
+        for _lineno, chrom, pos, vid, ref, alts in read_vcf(vcf):
             for alt in alts:
                 row = {"chrom": chrom, "pos": pos, "id": vid, "ref": ref, "alt": alt, "status": "ok", "note": ""}
                 rows.append(row)
@@ -106,9 +119,9 @@ def run_variants(model_dir: str | Path, vcf: str | Path, reference: str | Path, 
                 if problem is not None:
                     row.update(status="failed", note=problem)
                     continue
-                left = str(ref_fa[chrom][start - flank:start])
+                left = str(ref_fa[chrom][start - flank : start])
                 actual = str(ref_fa[chrom][start:end])
-                right = str(ref_fa[chrom][end:end + flank])
+                right = str(ref_fa[chrom][end : end + flank])
                 if actual != ref.upper():
                     row.update(status="ref_mismatch", note=f"VCF REF {ref} but the reference has {actual}")
                 pending.append((len(rows) - 1, left + actual + right, left + alt.upper() + right))
@@ -116,22 +129,29 @@ def run_variants(model_dir: str | Path, vcf: str | Path, reference: str | Path, 
         seqs = [s for _, r, a in pending for s in (r, a)]
         fwd, rev = [], []
         for i in range(0, len(seqs), 1024):
-            f, r = strand_scores(model, seqs[i:i + 1024])
+            f, r = strand_scores(model, seqs[i : i + 1024])
             fwd.append(f)
             rev.append(r)
         fwd, rev = np.concatenate(fwd), np.concatenate(rev)
         for k, (i, _, _) in enumerate(pending):
             rf, af, rr, ar = fwd[2 * k], fwd[2 * k + 1], rev[2 * k], rev[2 * k + 1]
             ref_score, alt_score = max(rf, rr), max(af, ar)
-            rows[i].update(ref_score=ref_score, alt_score=alt_score, delta=alt_score - ref_score,
-                           delta_forward=af - rf, delta_reverse=ar - rr)
+            rows[i].update(
+                ref_score=ref_score,
+                alt_score=alt_score,
+                delta=alt_score - ref_score,
+                delta_forward=af - rf,
+                delta_reverse=ar - rr,
+            )
     with atomic_open(out) as fh:
         fh.write("\t".join(COLUMNS) + "\n")
         for row in rows:
             fh.write("\t".join(_fmt(row.get(c, "NA")) for c in COLUMNS) + "\n")
-    counts = {"scored": sum(r["status"] != "failed" for r in rows),
-              "ref_mismatch": sum(r["status"] == "ref_mismatch" for r in rows),
-              "failed": sum(r["status"] == "failed" for r in rows)}
+    counts = {
+        "scored": sum(r["status"] != "failed" for r in rows),
+        "ref_mismatch": sum(r["status"] == "ref_mismatch" for r in rows),
+        "failed": sum(r["status"] == "failed" for r in rows),
+    }
     for row in rows:
         if row["status"] == "failed":
             log.warning("%s %s:%d %s>%s: %s", vcf, row["chrom"], row["pos"], row["ref"], row["alt"], row["note"])

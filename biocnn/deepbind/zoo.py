@@ -35,13 +35,28 @@ from biocnn.errors import InputError
 INDEX = "db.tsv"
 PARAMS = "params"
 HEADER = "# deepbind"
-CITATION = ("Alipanahi B, Delong A, Weirauch MT, Frey BJ. Predicting the sequence specificities of DNA- and "
-            "RNA-binding proteins by deep learning. Nat Biotechnol 33, 831-838 (2015). doi:10.1038/nbt.3300")
+CITATION = (
+    "Alipanahi B, Delong A, Weirauch MT, Frey BJ. Predicting the sequence specificities of DNA- and "
+    "RNA-binding proteins by deep learning. Nat Biotechnol 33, 831-838 (2015). doi:10.1038/nbt.3300"
+)
 LICENSE = "BSD 3-clause, Copyright (c) 2014 Andrew Delong (DeepBind release LICENSE.TXT)"
 INT_FIELDS = ("reverse_complement", "num_detectors", "detector_len", "has_avg_pooling", "num_hidden")
 ARRAY_FIELDS = ("detectors", "thresholds", "weights1", "biases1", "weights2", "biases2")
-INDEX_COLUMNS = ("ID", "Protein", "Type", "Species", "Family", "Class", "Experiment", "Experiment Details",
-                 "Model", "Cite", "Labels", "Path", "Comment")
+INDEX_COLUMNS = (
+    "ID",
+    "Protein",
+    "Type",
+    "Species",
+    "Family",
+    "Class",
+    "Experiment",
+    "Experiment Details",
+    "Model",
+    "Cite",
+    "Labels",
+    "Path",
+    "Comment",
+)
 
 
 @dataclass
@@ -69,10 +84,19 @@ class ZooEntry:
 
     def info(self) -> dict[str, Any]:
         """The index fields as they go into ``config.json``."""
-        return {"id": self.id, "protein": self.protein, "type": self.type, "species": self.species,
-                "family": self.family, "class": self.protein_class, "experiment": self.experiment,
-                "experiment_details": self.experiment_details, "model": self.model, "cite": self.cite,
-                "comment": self.comment}
+        return {
+            "id": self.id,
+            "protein": self.protein,
+            "type": self.type,
+            "species": self.species,
+            "family": self.family,
+            "class": self.protein_class,
+            "experiment": self.experiment,
+            "experiment_details": self.experiment_details,
+            "model": self.model,
+            "cite": self.cite,
+            "comment": self.comment,
+        }
 
 
 @dataclass
@@ -108,7 +132,7 @@ def read_index(db: str | Path) -> dict[str, ZooEntry]:
     entries: dict[str, ZooEntry] = {}
     header: list[str] | None = None
     with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for line in fh:
             line = line.rstrip("\r\n")
             if not line.strip() or line.startswith("#"):
                 continue
@@ -122,10 +146,20 @@ def read_index(db: str | Path) -> dict[str, ZooEntry]:
             cells += [""] * (len(header) - len(cells))
             row = dict(zip(header, cells))
             entries[row["ID"]] = ZooEntry(
-                id=row["ID"], protein=row["Protein"], type=row["Type"], species=row["Species"],
-                family=row["Family"], protein_class=row["Class"], experiment=row["Experiment"],
-                experiment_details=_details(row["Experiment Details"]), model=row["Model"], cite=row["Cite"],
-                labels=row["Labels"], path=row["Path"], comment=row["Comment"])
+                id=row["ID"],
+                protein=row["Protein"],
+                type=row["Type"],
+                species=row["Species"],
+                family=row["Family"],
+                protein_class=row["Class"],
+                experiment=row["Experiment"],
+                experiment_details=_details(row["Experiment Details"]),
+                model=row["Model"],
+                cite=row["Cite"],
+                labels=row["Labels"],
+                path=row["Path"],
+                comment=row["Comment"],
+            )
     if header is None:
         raise InputError(path, "no header line")
     return entries
@@ -199,12 +233,14 @@ def parse_params(path: str | Path) -> PublishedParams:
         raise InputError(path, f"field 'num_hidden': {ints['num_hidden']} is negative")
     d, m, hidden = ints["num_detectors"], ints["detector_len"], ints["num_hidden"]
     features = d * (2 if ints["has_avg_pooling"] else 1)
-    sizes = {"detectors": (d * m * 4, f"num_detectors * detector_len * 4 = {d} * {m} * 4"),
-             "thresholds": (d, "num_detectors"),
-             "weights1": (features * max(hidden, 1), f"pooled features * outputs = {features} * {max(hidden, 1)}"),
-             "biases1": (max(hidden, 1), "num_hidden or 1"),
-             "weights2": (hidden, "num_hidden"),
-             "biases2": (1 if hidden else 0, "1 with a hidden layer, else 0")}
+    sizes = {
+        "detectors": (d * m * 4, f"num_detectors * detector_len * 4 = {d} * {m} * 4"),
+        "thresholds": (d, "num_detectors"),
+        "weights1": (features * max(hidden, 1), f"pooled features * outputs = {features} * {max(hidden, 1)}"),
+        "biases1": (max(hidden, 1), "num_hidden or 1"),
+        "weights2": (hidden, "num_hidden"),
+        "biases2": (1 if hidden else 0, "1 with a hidden layer, else 0"),
+    }
     arrays = {}
     for key in ARRAY_FIELDS:
         values = _float_field(path, key, fields[key])
@@ -217,9 +253,16 @@ def parse_params(path: str | Path) -> PublishedParams:
 
 def model_spec(params: PublishedParams) -> dict[str, Any]:
     """The ``config.json`` model entry of a published model (see :class:`~biocnn.deepbind.model.DeepBind`)."""
-    return {"name": "deepbind", "num_motifs": params.num_detectors, "motif_len": params.detector_len,
-            "pool": "maxavg" if params.has_avg_pooling else "max", "hidden": params.num_hidden, "dropout": 0.0,
-            "init_scale": None, "both_strands": bool(params.reverse_complement)}
+    return {
+        "name": "deepbind",
+        "num_motifs": params.num_detectors,
+        "motif_len": params.detector_len,
+        "pool": "maxavg" if params.has_avg_pooling else "max",
+        "hidden": params.num_hidden,
+        "dropout": 0.0,
+        "init_scale": None,
+        "both_strands": bool(params.reverse_complement),
+    }
 
 
 def to_model(params: PublishedParams) -> torch.nn.Module:
@@ -256,10 +299,20 @@ def model_config(entry: ZooEntry, params: PublishedParams, db: Path, versions: d
     from biocnn.deepbind.original import default_scoring
 
     source = db / PARAMS / f"{entry.id}.txt"
-    return {"model": model_spec(params), "scoring": default_scoring(), "deepbind": entry.info(),
-            "provenance": {"db": str(db.resolve()), "source": f"{PARAMS}/{source.name}",
-                           "source_sha256": sha256(source), "format": params.version, "citation": CITATION,
-                           "license": LICENSE, "versions": versions}}
+    return {
+        "model": model_spec(params),
+        "scoring": default_scoring(),
+        "deepbind": entry.info(),
+        "provenance": {
+            "db": str(db.resolve()),
+            "source": f"{PARAMS}/{source.name}",
+            "source_sha256": sha256(source),
+            "format": params.version,
+            "citation": CITATION,
+            "license": LICENSE,
+            "versions": versions,
+        },
+    }
 
 
 def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:
@@ -293,8 +346,12 @@ class ImportResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def select(index: dict[str, ZooEntry], ids: Iterable[str] | None = None, proteins: Iterable[str] | None = None,
-           experiments: Iterable[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+def select(
+    index: dict[str, ZooEntry],
+    ids: Iterable[str] | None = None,
+    proteins: Iterable[str] | None = None,
+    experiments: Iterable[str] | None = None,
+) -> tuple[list[str], list[tuple[str, str]]]:
     """IDs to import (every filter given must match; case-insensitive names) and the asked-for IDs
     that cannot be imported, with the reason."""
     ids = list(ids or [])
@@ -312,15 +369,23 @@ def select(index: dict[str, ZooEntry], ids: Iterable[str] | None = None, protein
                 candidates.append(i)
     else:
         candidates = [i for i, e in index.items() if not e.deprecated]
-    chosen = [i for i in candidates
-              if (not wanted_p or index[i].protein.lower() in wanted_p)
-              and (not wanted_e or index[i].experiment.lower() in wanted_e)]
+    chosen = [
+        i
+        for i in candidates
+        if (not wanted_p or index[i].protein.lower() in wanted_p)
+        and (not wanted_e or index[i].experiment.lower() in wanted_e)
+    ]
     return chosen, problems
 
 
-def import_models(db: str | Path, out: str | Path, ids: Iterable[str] | None = None,
-                  proteins: Iterable[str] | None = None, experiments: Iterable[str] | None = None,
-                  progress=None) -> ImportResult:
+def import_models(
+    db: str | Path,
+    out: str | Path,
+    ids: Iterable[str] | None = None,
+    proteins: Iterable[str] | None = None,
+    experiments: Iterable[str] | None = None,
+    progress=None,
+) -> ImportResult:
     """Convert the selected published models into ``OUT/<DeepBind ID>/`` model directories.
 
     A model that fails (a malformed or missing parameter file) is listed in the result with

@@ -42,8 +42,16 @@ CC_VIEWS = {"CC", "XCC", "XCCL", "XCCM", "FB", "RCC"}
 MLO_VIEWS = {"MLO", "ML", "LM", "LMO", "SIO", "RMLO"}
 # SNOMED codes of the View Code Sequence (CID 4014) for images without ViewPosition.
 VIEW_CODES = {
-    "R-10242": "CC", "399162004": "CC", "R-102D0": "CC", "R-102CF": "CC", "R-1024A": "CC",
-    "R-10226": "MLO", "399368009": "MLO", "R-10224": "MLO", "R-10228": "MLO", "R-10230": "MLO",
+    "R-10242": "CC",
+    "399162004": "CC",
+    "R-102D0": "CC",
+    "R-102CF": "CC",
+    "R-1024A": "CC",
+    "R-10226": "MLO",
+    "399368009": "MLO",
+    "R-10224": "MLO",
+    "R-10228": "MLO",
+    "R-10230": "MLO",
 }
 
 
@@ -142,8 +150,11 @@ def _check_pixel_length(ds, path: Path) -> None:
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
     actual = len(ds.PixelData)
     if actual < expected:
-        raise InputError(path, f"truncated: pixel data has {actual} bytes, {expected} expected "
-                               f"({rows}x{cols}x{frames} frames, {bits} bits)")
+        raise InputError(
+            path,
+            f"truncated: pixel data has {actual} bytes, {expected} expected "
+            f"({rows}x{cols}x{frames} frames, {bits} bits)",
+        )
 
 
 def _decode(ds, path: Path) -> np.ndarray:
@@ -237,8 +248,18 @@ def read_dataset(path: str | Path, stop_before_pixels: bool = False):
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file (no 'DICM' prefix and no recognisable header)") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            NotImplementedError, OverflowError, UnicodeError) as exc:
+    except (
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        NotImplementedError,
+        OverflowError,
+        UnicodeError,
+    ) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(path, f"unreadable DICOM: {msg}") from None
 
@@ -258,8 +279,11 @@ def check_mammogram(ds, path: Path) -> None:
         raise InputError(path, "no pixel data")
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(path, f"unsupported photometric interpretation {photometric or 'missing'} "
-                               "(mammograms are MONOCHROME1 or MONOCHROME2)")
+        raise InputError(
+            path,
+            f"unsupported photometric interpretation {photometric or 'missing'} "
+            "(mammograms are MONOCHROME1 or MONOCHROME2)",
+        )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(path, "unsupported: more than one sample per pixel")
     if ds.file_meta.get("TransferSyntaxUID") is None:
@@ -286,8 +310,12 @@ def _read(ds, path: Path, allow_volume: bool) -> Mammogram:
     check_mammogram(ds, path)
     laterality = laterality_of(ds)
     if laterality not in ("L", "R"):
-        raise InputError(path, "no laterality (ImageLaterality, Laterality and FrameLaterality are missing)"
-                         if not laterality else f"unsupported laterality {laterality!r} (need L or R)")
+        raise InputError(
+            path,
+            "no laterality (ImageLaterality, Laterality and FrameLaterality are missing)"
+            if not laterality
+            else f"unsupported laterality {laterality!r} (need L or R)",
+        )
     _check_pixel_length(ds, path)
     stored = _decode(ds, path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -305,9 +333,16 @@ def _read(ds, path: Path, allow_volume: bool) -> Mammogram:
         raise InputError(path, "pixel values are not finite after rescale/VOI")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     return Mammogram(
-        path=path, pixels=pixels, laterality=laterality, view=view_of(ds),
-        patient_id=_text(ds, "PatientID"), study_id=_text(ds, "StudyInstanceUID"),
-        series_id=_text(ds, "SeriesInstanceUID"), sop_id=_text(ds, "SOPInstanceUID"),
-        intent=_text(ds, "PresentationIntentType"), photometric=_text(ds, "PhotometricInterpretation"),
-        bits_stored=int(ds.get("BitsStored", 0) or 0), transfer_syntax=getattr(syntax, "name", str(syntax)),
+        path=path,
+        pixels=pixels,
+        laterality=laterality,
+        view=view_of(ds),
+        patient_id=_text(ds, "PatientID"),
+        study_id=_text(ds, "StudyInstanceUID"),
+        series_id=_text(ds, "SeriesInstanceUID"),
+        sop_id=_text(ds, "SOPInstanceUID"),
+        intent=_text(ds, "PresentationIntentType"),
+        photometric=_text(ds, "PhotometricInterpretation"),
+        bits_stored=int(ds.get("BitsStored", 0) or 0),
+        transfer_syntax=getattr(syntax, "name", str(syntax)),
     )

@@ -76,8 +76,11 @@ def read_image(path: str | Path) -> np.ndarray:
     elif arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:
         arr = arr[:3] if arr.shape[0] == 4 else arr
     else:
-        raise InputError(path, f"expected a 2D grayscale or RGB image, got an array of shape {arr.shape} "
-                               "(a 3D volume belongs in a NIfTI file for a 3D model)")
+        raise InputError(
+            path,
+            f"expected a 2D grayscale or RGB image, got an array of shape {arr.shape} "
+            "(a 3D volume belongs in a NIfTI file for a 3D model)",
+        )
     return np.ascontiguousarray(_scale(path, arr))
 
 

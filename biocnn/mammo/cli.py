@@ -11,8 +11,17 @@ from biocnn.cli_common import add_group, add_verb, existing_file, existing_path
 def _synth(args: argparse.Namespace) -> int:
     from biocnn.synthetic.mammo import synthesize
 
-    summary = synthesize(args.out, args.exams, args.seed, rows=args.rows, cols=args.cols, tomo=args.tomo,
-                         tomo_frames=args.tomo_frames, syntax=args.syntax, bits=args.bits)
+    summary = synthesize(
+        args.out,
+        args.exams,
+        args.seed,
+        rows=args.rows,
+        cols=args.cols,
+        tomo=args.tomo,
+        tomo_frames=args.tomo_frames,
+        syntax=args.syntax,
+        bits=args.bits,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -20,8 +29,12 @@ def _synth(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from biocnn.mammo.train import train
 
-    metrics = train(args.config, args.out, resume=args.resume, overrides={"data.manifest": args.manifest,
-                                                                           "train.device": args.device})
+    metrics = train(
+        args.config,
+        args.out,
+        resume=args.resume,
+        overrides={"data.manifest": args.manifest, "train.device": args.device},
+    )
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 
@@ -29,8 +42,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from biocnn.mammo.evaluate import evaluate
 
-    result = evaluate(args.model, args.manifest, args.out, device=args.device, heatmaps=args.heatmaps,
-                      workers=args.workers)
+    result = evaluate(
+        args.model, args.manifest, args.out, device=args.device, heatmaps=args.heatmaps, workers=args.workers
+    )
     keys = ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece", "pointing_game")
     print(json.dumps({k: result[k] for k in keys}, indent=2))
     return 0
@@ -39,9 +53,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from biocnn.mammo.score import score
 
-    summary = score(args.model, args.input, args.out, heatmaps=args.heatmaps, keep_ids=args.keep_ids,
-                    force=args.force, workers=args.workers, batch_size=args.batch_size, device=args.device,
-                    key_file=args.key_file)
+    summary = score(
+        args.model,
+        args.input,
+        args.out,
+        heatmaps=args.heatmaps,
+        keep_ids=args.keep_ids,
+        force=args.force,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        device=args.device,
+        key_file=args.key_file,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

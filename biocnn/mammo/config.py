@@ -55,8 +55,14 @@ class AugmentSection(StrictModel):
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(epochs=15, batch_size=16, lr=2e-3, weight_decay=1e-4, scheduler="cosine",
-                       early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=6))
+    return TrainConfig(
+        epochs=15,
+        batch_size=16,
+        lr=2e-3,
+        weight_decay=1e-4,
+        scheduler="cosine",
+        early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=6),
+    )
 
 
 class MammoConfig(StrictModel):

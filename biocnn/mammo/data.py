@@ -8,9 +8,10 @@ paths are relative to the manifest's folder.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,15 +62,25 @@ def read_manifest(path: str | Path) -> list[Record]:
             file = file if file.is_absolute() else path.parent / file
             mask = row.get("mask") or None
             mask_path = None if mask is None else (Path(mask) if Path(mask).is_absolute() else path.parent / mask)
-            records.append(Record(file, row["patient_id"].strip(), row["study_id"].strip(), lat,
-                                  row["view"].strip().upper(), label, mask_path))
+            records.append(
+                Record(
+                    file,
+                    row["patient_id"].strip(),
+                    row["study_id"].strip(),
+                    lat,
+                    row["view"].strip().upper(),
+                    label,
+                    mask_path,
+                )
+            )
     if not records:
         raise InputError(path, "manifest has no rows")
     return records
 
 
-def patient_split(records: Sequence[Record], val_fraction: float, test_fraction: float = 0.0,
-                  seed: int = 0) -> dict[str, str]:
+def patient_split(
+    records: Sequence[Record], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> dict[str, str]:
     """Assign every patient to ``train``, ``val`` or ``test`` (never more than one).
 
     Patients with and without a malignant image are split separately so each part keeps
@@ -115,17 +126,23 @@ def decode_file(path: Path, size: tuple[int, int], depth: int | None, spatial_di
     except MemoryError:
         return Decoded(-1, None, "image too large to decode in memory")
     except Exception as exc:  # noqa: BLE001 - a batch must go on; the reason is recorded
-        return Decoded(-1, None, f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    meta = {"patient_id": mammo.patient_id, "study_id": mammo.study_id, "sop_id": mammo.sop_id,
-            "laterality": mammo.laterality, "view": mammo.view}
+        return Decoded(
+            -1, None, f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+    meta = {
+        "patient_id": mammo.patient_id,
+        "study_id": mammo.study_id,
+        "sop_id": mammo.sop_id,
+        "laterality": mammo.laterality,
+        "view": mammo.view,
+    }
     return Decoded(-1, image, "", meta, geom)
 
 
 class DecodeDataset(Dataset):
     """Decodes files on access (in DataLoader workers): ``{"index", "image", "reason", "meta"}``."""
 
-    def __init__(self, paths: Sequence[Path], size: tuple[int, int], depth: int | None = None,
-                 spatial_dims: int = 2):
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int], depth: int | None = None, spatial_dims: int = 2):
         self.paths = list(paths)
         self.size, self.depth, self.spatial_dims = tuple(size), depth, spatial_dims
 
@@ -149,8 +166,14 @@ def _single(batch: list[Decoded]) -> Decoded:
     return batch[0]
 
 
-def decode_all(paths: Sequence[Path], size: tuple[int, int], depth: int | None, spatial_dims: int,
-               workers: int = 0, desc: str = "decoding") -> list[Decoded]:
+def decode_all(
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    depth: int | None,
+    spatial_dims: int,
+    workers: int = 0,
+    desc: str = "decoding",
+) -> list[Decoded]:
     """Decode ``paths`` (in parallel with ``workers``), in order."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -164,8 +187,16 @@ def augmentation(rotate: float, scale: float, translate: float, flip: bool, gamm
     """The MONAI training augmentation for one-channel images (2D or 3D)."""
     from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandFlip, RandGaussianNoise
 
-    transforms = [RandAffine(prob=0.8, rotate_range=rotate, scale_range=scale, translate_range=translate,
-                             padding_mode="zeros", mode="bilinear")]
+    transforms = [
+        RandAffine(
+            prob=0.8,
+            rotate_range=rotate,
+            scale_range=scale,
+            translate_range=translate,
+            padding_mode="zeros",
+            mode="bilinear",
+        )
+    ]
     if flip:
         # Both axes: a lesion detector should not care which side its context lies on, and
         # without left-right flips the network learns to fire beside a lesion (towards the

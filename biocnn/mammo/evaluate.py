@@ -37,8 +37,16 @@ def input_spec(config: dict[str, Any]) -> tuple[tuple[int, int], int | None, int
     return (int(inp.get("height", 256)), int(inp.get("width", 192))), inp.get("depth"), spatial_dims
 
 
-def evaluate(model_dir: str | Path, manifest: str | Path, out: str | Path, device: str = "auto",
-             heatmaps: int = 8, workers: int = 0, n_boot: int = 1000, batch_size: int = 16) -> dict[str, Any]:
+def evaluate(
+    model_dir: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    heatmaps: int = 8,
+    workers: int = 0,
+    n_boot: int = 1000,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """Evaluate ``model_dir`` on ``manifest``; returns (and writes) the metrics."""
     out = Path(out)
     dev = select_device(device)
@@ -58,7 +66,7 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out: str | Path, devic
     # Grad-CAM's peak may sit one feature cell beside a small lesion; allow that much.
     stride = int(np.prod(config["model"].get("strides") or [1] + [2] * (len(config["model"]["channels"]) - 1)))
     for start in range(0, len(records), batch_size):
-        chunk = decoded[start:start + batch_size]
+        chunk = decoded[start : start + batch_size]
         x = torch.from_numpy(np.stack([d.image for d in chunk])[:, None]).to(dev)
         with autocast(dev):
             logits, cams = grad_cam(model, x)
@@ -66,8 +74,16 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out: str | Path, devic
         cams = cams.cpu().numpy()
         for d, p, cam in zip(chunk, probs, cams):
             r = records[d.index]
-            row = {"path": str(r.path), "patient": r.patient_id, "study": r.study_id, "laterality": r.laterality,
-                   "view": r.view, "label": r.label, "probability": float(p), "flagged": int(p >= threshold)}
+            row = {
+                "path": str(r.path),
+                "patient": r.patient_id,
+                "study": r.study_id,
+                "laterality": r.laterality,
+                "view": r.view,
+                "label": r.label,
+                "probability": float(p),
+                "flagged": int(p >= threshold),
+            }
             if r.label and r.mask is not None and spatial_dims == 2:
                 from biocnn.synthetic.mammo import read_mask
 
@@ -76,29 +92,47 @@ def evaluate(model_dir: str | Path, manifest: str | Path, out: str | Path, devic
                     row["pointing_hit"] = int(pointing_hit(cam, mask, tolerance=stride))
                     hits.append(bool(row["pointing_hit"]))
             if r.label and shown < heatmaps:
-                overlay_png(d.image, cam, out / "heatmaps" / f"{Path(r.path).parent.name}_{r.laterality}_{r.view}.png",
-                            f"p={p:.2f}")
+                overlay_png(
+                    d.image,
+                    cam,
+                    out / "heatmaps" / f"{Path(r.path).parent.name}_{r.laterality}_{r.view}.png",
+                    f"p={p:.2f}",
+                )
                 shown += 1
             rows.append(row)
     labels = [r["label"] for r in rows]
     probs = [r["probability"] for r in rows]
     breasts, exams = M.aggregate(rows, config.get("aggregate", "mean"))
-    result: dict[str, Any] = {"model": str(model_dir), "manifest": str(manifest), "aggregate": config.get("aggregate", "mean"),
-                              "operating_point": op}
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "manifest": str(manifest),
+        "aggregate": config.get("aggregate", "mean"),
+        "operating_point": op,
+    }
     result["image"] = M.summary(labels, probs, threshold, [r["patient"] for r in rows], n_boot)
-    result["breast"] = M.summary([b["label"] for b in breasts], [b["probability"] for b in breasts], threshold,
-                                 [b["patient"] for b in breasts], n_boot)
-    result["exam"] = M.summary([e["label"] for e in exams], [e["probability"] for e in exams], threshold,
-                               None, n_boot)
+    result["breast"] = M.summary(
+        [b["label"] for b in breasts],
+        [b["probability"] for b in breasts],
+        threshold,
+        [b["patient"] for b in breasts],
+        n_boot,
+    )
+    result["exam"] = M.summary([e["label"] for e in exams], [e["probability"] for e in exams], threshold, None, n_boot)
     result["pointing_game"] = float(np.mean(hits)) if hits else None
     result["pointing_game_images"] = len(hits)
     # The benchmark's flat keys: the image level, as the issue defines them.
     for key in ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece"):
         result[key] = result["image"][key]
     _write_rows(out / "predictions.csv", rows)
-    M.plot_roc({"image": (labels, probs), "breast": ([b["label"] for b in breasts], [b["probability"] for b in breasts]),
-                "exam": ([e["label"] for e in exams], [e["probability"] for e in exams])}, out / "roc.png",
-               (result["image"]["sensitivity"], result["image"]["specificity"]))
+    M.plot_roc(
+        {
+            "image": (labels, probs),
+            "breast": ([b["label"] for b in breasts], [b["probability"] for b in breasts]),
+            "exam": ([e["label"] for e in exams], [e["probability"] for e in exams]),
+        },
+        out / "roc.png",
+        (result["image"]["sensitivity"], result["image"]["specificity"]),
+    )
     M.plot_reliability(labels, probs, out / "reliability.png")
     write_json(out / "metrics.json", result)
     return result

@@ -61,7 +61,7 @@ def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
     if tolerance <= 0:
         return bool(mask[y, x])
     y0, x0 = max(0, y - tolerance), max(0, x - tolerance)
-    return bool(mask[y0:y + tolerance + 1, x0:x + tolerance + 1].any())
+    return bool(mask[y0 : y + tolerance + 1, x0 : x + tolerance + 1].any())
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray, path: str | Path, title: str = "") -> None:

@@ -6,8 +6,8 @@ ROC AUC and ECE themselves come from :mod:`biocnn.metrics`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -31,8 +31,14 @@ def _rank_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_auc(labels: Sequence[int], probs: Sequence[float], groups: Sequence[str] | None = None,
-                  n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_auc(
+    labels: Sequence[int],
+    probs: Sequence[float],
+    groups: Sequence[str] | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUC.
 
     With ``groups`` (patient IDs) whole patients are resampled, since a patient's images are
@@ -102,9 +108,13 @@ def aggregate(rows: list[dict], how: str = "mean") -> tuple[list[dict], list[dic
         breasts.setdefault((r["study"], r["laterality"]), []).append(r)
     breast_rows = []
     for (study, lat), members in sorted(breasts.items()):
-        row = {"study": study, "patient": members[0].get("patient", ""), "laterality": lat,
-               "views": ",".join(sorted(m.get("view", "") for m in members)),
-               "probability": float(reduce([m["probability"] for m in members]))}
+        row = {
+            "study": study,
+            "patient": members[0].get("patient", ""),
+            "laterality": lat,
+            "views": ",".join(sorted(m.get("view", "") for m in members)),
+            "probability": float(reduce([m["probability"] for m in members])),
+        }
         if all("label" in m for m in members):
             row["label"] = int(max(m["label"] for m in members))
         breast_rows.append(row)
@@ -113,8 +123,11 @@ def aggregate(rows: list[dict], how: str = "mean") -> tuple[list[dict], list[dic
         exams.setdefault(b["study"], []).append(b)
     exam_rows = []
     for study, members in sorted(exams.items()):
-        row = {"study": study, "patient": members[0]["patient"],
-               "probability": float(max(m["probability"] for m in members))}
+        row = {
+            "study": study,
+            "patient": members[0]["patient"],
+            "probability": float(max(m["probability"] for m in members)),
+        }
         if all("label" in m for m in members):
             row["label"] = int(max(m["label"] for m in members))
         exam_rows.append(row)
@@ -126,17 +139,25 @@ def summary(labels, probs, threshold: float, groups=None, n_boot: int = 1000, se
     low, high = bootstrap_auc(labels, probs, groups, n_boot, seed)
     at = rates_at(labels, probs, threshold)
     return {
-        "n": int(len(labels)), "positives": int(np.sum(labels)),
-        "auc": roc_auc(labels, probs), "auc_ci_low": low, "auc_ci_high": high,
+        "n": int(len(labels)),
+        "positives": int(np.sum(labels)),
+        "auc": roc_auc(labels, probs),
+        "auc_ci_low": low,
+        "auc_ci_high": high,
         "sens_at_spec90": sensitivity_at_specificity(labels, probs, 0.9),
         "spec_at_sens90": specificity_at_sensitivity(labels, probs, 0.9),
-        "threshold": threshold, "sensitivity": at["sensitivity"], "specificity": at["specificity"],
+        "threshold": threshold,
+        "sensitivity": at["sensitivity"],
+        "specificity": at["specificity"],
         "ece": expected_calibration_error(labels, probs, ECE_BINS),
     }
 
 
-def plot_roc(curves: dict[str, tuple[Sequence[int], Sequence[float]]], path: str | Path,
-             operating_point: tuple[float, float] | None = None) -> None:
+def plot_roc(
+    curves: dict[str, tuple[Sequence[int], Sequence[float]]],
+    path: str | Path,
+    operating_point: tuple[float, float] | None = None,
+) -> None:
     """ROC curves (one per level) with the operating point, as a PNG."""
     import matplotlib
 
@@ -172,8 +193,13 @@ def plot_reliability(labels, probs, path: str | Path, bins: int = ECE_BINS) -> N
     ax.bar(centres[used], acc[used], width=1 / bins, edgecolor="k", alpha=0.7, label="observed")
     ax.plot(conf[used], acc[used], "o", color="C1", label="mean predicted")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="predicted probability", ylabel="observed malignant fraction",
-           title=f"Reliability (ECE {expected_calibration_error(labels, probs, bins):.3f})", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="predicted probability",
+        ylabel="observed malignant fraction",
+        title=f"Reliability (ECE {expected_calibration_error(labels, probs, bins):.3f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

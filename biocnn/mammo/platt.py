@@ -10,7 +10,8 @@ images (never the test images) and stores it in ``operating_point.json``; ``eval
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,13 @@ def fit_platt(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
     if len(set(y.tolist())) < 2:
         raise ValueError("calibration needs both classes among the validation images")
     lr = LogisticRegression(C=1.0).fit(z, y)
-    return {"method": "platt", "slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0]),
-            "fitted_on": "validation", "images": int(len(y))}
+    return {
+        "method": "platt",
+        "slope": float(lr.coef_[0, 0]),
+        "intercept": float(lr.intercept_[0]),
+        "fitted_on": "validation",
+        "images": int(len(y)),
+    }
 
 
 def calibrated_probs(logits: torch.Tensor | np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:

@@ -83,17 +83,22 @@ def place(crop: np.ndarray, geom: Geometry, mode: str = "area") -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
     t = t.reshape(-1, 1, h, w)
     # "area" averages every source pixel (no aliasing of calcifications); bilinear when growing.
-    resized = F.interpolate(t, size=(new_h, new_w), mode=mode if new_h <= h else "bilinear",
-                            **({"align_corners": False} if (mode != "area" or new_h > h) else {}))
+    resized = F.interpolate(
+        t,
+        size=(new_h, new_w),
+        mode=mode if new_h <= h else "bilinear",
+        **({"align_corners": False} if (mode != "area" or new_h > h) else {}),
+    )
     out = torch.zeros((resized.shape[0], height, width), dtype=torch.float32)
     top, left = geom.offset
-    out[:, top:top + new_h, left:left + new_w] = resized[:, 0]
+    out[:, top : top + new_h, left : left + new_w] = resized[:, 0]
     out = out.numpy()
     return out[0] if crop.ndim == 2 else out
 
 
-def fit_geometry(source_shape: tuple[int, int], flipped: bool, box: tuple[int, int, int, int],
-                 size: tuple[int, int]) -> Geometry:
+def fit_geometry(
+    source_shape: tuple[int, int], flipped: bool, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> Geometry:
     """The scale and placement that fit ``box`` into ``size`` keeping the aspect ratio."""
     y0, y1, x0, x1 = box
     h, w = y1 - y0, x1 - x0
@@ -103,8 +108,9 @@ def fit_geometry(source_shape: tuple[int, int], flipped: bool, box: tuple[int, i
     return Geometry(tuple(source_shape), flipped, box, scale, (top, 0), tuple(size))
 
 
-def find_breast(image: np.ndarray, path: str | Path = "<image>", margin: float = 0.01
-                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def find_breast(
+    image: np.ndarray, path: str | Path = "<image>", margin: float = 0.01
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Full-resolution breast mask and its bounding box (with a small margin)."""
     rows, cols = image.shape
     step = max(1, int(np.ceil(max(rows, cols) / MASK_MAX_SIDE)))
@@ -124,8 +130,9 @@ def find_breast(image: np.ndarray, path: str | Path = "<image>", margin: float =
     return mask, (int(y0), int(y1), int(x0), int(x1))
 
 
-def preprocess(pixels: np.ndarray, laterality: str, size: tuple[int, int], depth: int | None = None,
-               path: str | Path = "<image>") -> tuple[np.ndarray, Geometry]:
+def preprocess(
+    pixels: np.ndarray, laterality: str, size: tuple[int, int], depth: int | None = None, path: str | Path = "<image>"
+) -> tuple[np.ndarray, Geometry]:
     """Model input from display grey values: flip right breasts, crop the breast, resize.
 
     Args:

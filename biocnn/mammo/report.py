@@ -33,8 +33,10 @@ def build_report(evaluation: str | Path, scores: str | Path, out: str | Path, he
     metrics = _load(evaluation / "metrics.json")
     scored = _load(scores / "summary.json")
     captions = {}
-    for name, caption in (("roc.png", "ROC curves of held-out images, breasts and exams, with the operating point"),
-                          ("reliability.png", "Reliability diagram of image-level probabilities")):
+    for name, caption in (
+        ("roc.png", "ROC curves of held-out images, breasts and exams, with the operating point"),
+        ("reliability.png", "Reliability diagram of image-level probabilities"),
+    ):
         if (evaluation / name).is_file():
             _copy(evaluation / name, out / name)
             captions[name] = caption
@@ -46,13 +48,29 @@ def build_report(evaluation: str | Path, scores: str | Path, out: str | Path, he
     for i, r in enumerate(rows[:heatmaps]):
         name = f"gradcam_{i + 1}.png"
         _copy(scores / r["heatmap"], out / name)
-        captions[name] = (f"Grad-CAM (last backbone stage), {r['laterality']} {r['view']}, "
-                          f"probability {float(r['probability']):.2f}{' (flagged)' if r['flagged'] == '1' else ''}")
+        captions[name] = (
+            f"Grad-CAM (last backbone stage), {r['laterality']} {r['view']}, "
+            f"probability {float(r['probability']):.2f}{' (flagged)' if r['flagged'] == '1' else ''}"
+        )
     summary = {
-        "image": {k: metrics["image"][k] for k in ("n", "positives", "auc", "auc_ci_low", "auc_ci_high",
-                                                    "sens_at_spec90", "spec_at_sens90", "sensitivity",
-                                                    "specificity", "ece", "threshold")},
-        "breast_auc": metrics["breast"]["auc"], "exam_auc": metrics["exam"]["auc"],
+        "image": {
+            k: metrics["image"][k]
+            for k in (
+                "n",
+                "positives",
+                "auc",
+                "auc_ci_low",
+                "auc_ci_high",
+                "sens_at_spec90",
+                "spec_at_sens90",
+                "sensitivity",
+                "specificity",
+                "ece",
+                "threshold",
+            )
+        },
+        "breast_auc": metrics["breast"]["auc"],
+        "exam_auc": metrics["exam"]["auc"],
         "pointing_game": metrics.get("pointing_game"),
         "scoring": {k: scored[k] for k in ("files_seen", "scored", "failed", "exams", "flagged_images")},
         "scoring_images_per_second": scored["this_run"]["images_per_second"],

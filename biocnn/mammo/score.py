@@ -30,8 +30,9 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -50,8 +51,16 @@ from biocnn.mammo.train import read_operating_point
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ("file", "patient", "study", "laterality", "view", "probability", "flagged", "heatmap")
-EXAM_COLUMNS = ("patient", "study", "laterality", "views", "breast_probability", "breast_flagged",
-                "exam_probability", "exam_flagged")
+EXAM_COLUMNS = (
+    "patient",
+    "study",
+    "laterality",
+    "views",
+    "breast_probability",
+    "breast_flagged",
+    "exam_probability",
+    "exam_flagged",
+)
 FAILURE_COLUMNS = ("file", "reason")
 KEY_FILE = ".pseudonym.key"
 SKIP_NAMES = {KEY_FILE}
@@ -70,8 +79,11 @@ def list_inputs(source: str | Path, out: Path | None = None) -> tuple[Path, list
         out_resolved = out.resolve() if out is not None else None
         for dirpath, dirnames, filenames in os.walk(source):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                 and (out_resolved is None or (here / d).resolve() != out_resolved))
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if not d.startswith(".") and (out_resolved is None or (here / d).resolve() != out_resolved)
+            )
             files += [here / f for f in sorted(filenames) if not f.startswith(".") and f not in SKIP_NAMES]
         return source, files
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -145,10 +157,19 @@ def exam_table(scores: list[dict[str, Any]], how: str, threshold: float) -> list
     rows = [dict(r, probability=float(r["probability"])) for r in scores]
     breasts, exams = M.aggregate(rows, how)
     exam_prob = {e["study"]: e["probability"] for e in exams}
-    return [{"patient": b["patient"], "study": b["study"], "laterality": b["laterality"], "views": b["views"],
-             "breast_probability": f"{b['probability']:.6f}", "breast_flagged": int(b["probability"] >= threshold),
-             "exam_probability": f"{exam_prob[b['study']]:.6f}", "exam_flagged": int(exam_prob[b["study"]] >= threshold)}
-            for b in breasts]
+    return [
+        {
+            "patient": b["patient"],
+            "study": b["study"],
+            "laterality": b["laterality"],
+            "views": b["views"],
+            "breast_probability": f"{b['probability']:.6f}",
+            "breast_flagged": int(b["probability"] >= threshold),
+            "exam_probability": f"{exam_prob[b['study']]:.6f}",
+            "exam_flagged": int(exam_prob[b["study"]] >= threshold),
+        }
+        for b in breasts
+    ]
 
 
 # --------------------------------------------------------------------------- scoring
@@ -157,9 +178,19 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: bool = False,
-          keep_ids: bool = False, force: bool = False, workers: int | None = None, batch_size: int = 8,
-          device: str = "auto", key_file: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+def score(
+    model_dir: str | Path,
+    source: str | Path,
+    out: str | Path,
+    heatmaps: bool = False,
+    keep_ids: bool = False,
+    force: bool = False,
+    workers: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    key_file: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score every file under ``source`` with ``model_dir``; see the module docstring."""
     from tqdm.auto import tqdm
 
@@ -185,9 +216,15 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     threads = max(1, (os.cpu_count() or 2) - workers) if dev.type == "cpu" and workers > 0 else None
     with torch_threads(threads):
         dataset = DecodeDataset([files[i] for i in todo], size, depth, spatial_dims)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
-                            prefetch_factor=4 if workers else None, persistent_workers=False,
-                            pin_memory=dev.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_decoded,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+            pin_memory=dev.type == "cuda",
+        )
         new_scores: list[dict[str, Any]] = []
         new_failures: list[dict[str, Any]] = []
         start = time.perf_counter()
@@ -211,9 +248,16 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
                     meta = item.meta
                     name = names[todo[item.index]]
                     study = pseudo(meta["study_id"], "S")
-                    row = {"file": name, "patient": pseudo(meta["patient_id"], "P"), "study": study,
-                           "laterality": meta["laterality"], "view": meta["view"], "probability": f"{p:.6f}",
-                           "flagged": int(p >= threshold), "heatmap": ""}
+                    row = {
+                        "file": name,
+                        "patient": pseudo(meta["patient_id"], "P"),
+                        "study": study,
+                        "laterality": meta["laterality"],
+                        "view": meta["view"],
+                        "probability": f"{p:.6f}",
+                        "flagged": int(p >= threshold),
+                        "heatmap": "",
+                    }
                     if heatmaps:
                         sop = pseudo(meta["sop_id"], "I") if not keep_ids else meta["sop_id"]
                         rel = Path("heatmaps") / study / f"{meta['laterality']}_{meta['view'] or 'NA'}_{sop}.png"
@@ -233,14 +277,25 @@ def score(model_dir: str | Path, source: str | Path, out: str | Path, heatmaps: 
     _write_table(out / "failures.csv", FAILURE_COLUMNS, failures)
     _write_table(out / "exams.csv", EXAM_COLUMNS, exam_table(scores, how, threshold))
     summary = {
-        "files_seen": len(scores) + len(failures), "scored": len(scores), "failed": len(failures),
-        "this_run": {"files_found": len(files), "skipped_done": len(files) - len(todo),
-                     "scored": len(new_scores), "failed": len(new_failures), "seconds": elapsed,
-                     "images_per_second": len(todo) / elapsed if elapsed > 0 else None, "workers": workers},
+        "files_seen": len(scores) + len(failures),
+        "scored": len(scores),
+        "failed": len(failures),
+        "this_run": {
+            "files_found": len(files),
+            "skipped_done": len(files) - len(todo),
+            "scored": len(new_scores),
+            "failed": len(new_failures),
+            "seconds": elapsed,
+            "images_per_second": len(todo) / elapsed if elapsed > 0 else None,
+            "workers": workers,
+        },
         "exams": len({r["study"] for r in scores}),
         "flagged_images": sum(int(r["flagged"]) for r in scores),
-        "threshold": threshold, "aggregate": how, "model": str(model_dir),
-        "pseudonymised": not keep_ids, "device": str(dev),
+        "threshold": threshold,
+        "aggregate": how,
+        "model": str(model_dir),
+        "pseudonymised": not keep_ids,
+        "device": str(dev),
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -25,10 +25,10 @@ from biocnn.config import load_config
 from biocnn.device import deterministic, is_main_process, seed_everything
 from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
-from biocnn.mammo.platt import calibrated_probs, fit_platt
+from biocnn.mammo import metrics as M
 from biocnn.mammo.config import MammoConfig
 from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
-from biocnn.mammo import metrics as M
+from biocnn.mammo.platt import calibrated_probs, fit_platt
 from biocnn.metrics import expected_calibration_error, roc_auc
 from biocnn.models import build_model
 from biocnn.predict import batched, predict
@@ -41,14 +41,26 @@ OPERATING_POINT = "operating_point.json"
 def model_spec(cfg: MammoConfig) -> dict[str, Any]:
     """The registry spec of the view classifier (``config.json["model"]``)."""
     m = cfg.model
-    return {"name": "classifier", "spatial_dims": m.spatial_dims, "in_channels": 1, "num_outputs": 1,
-            "channels": list(m.channels), "strides": list(m.strides) if m.strides else None,
-            "kernel_size": m.kernel_size, "convs_per_stage": m.convs_per_stage, "norm": m.norm,
-            "dropout": m.dropout, "hidden": list(m.hidden), "head_dropout": m.head_dropout, "pool": m.pool}
+    return {
+        "name": "classifier",
+        "spatial_dims": m.spatial_dims,
+        "in_channels": 1,
+        "num_outputs": 1,
+        "channels": list(m.channels),
+        "strides": list(m.strides) if m.strides else None,
+        "kernel_size": m.kernel_size,
+        "convs_per_stage": m.convs_per_stage,
+        "norm": m.norm,
+        "dropout": m.dropout,
+        "hidden": list(m.hidden),
+        "head_dropout": m.head_dropout,
+        "pool": m.pool,
+    }
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor | list, device: torch.device,
-                   batch_size: int = 32) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor | list, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
     """Malignancy logits of preprocessed images (``(n, 1, *spatial)`` or a list of ``(*spatial)`` arrays)."""
     batches = batched(images, batch_size)
     if not torch.is_tensor(images):
@@ -70,13 +82,20 @@ def make_validate(amp: bool):
 
 def _decode_records(records: list[Record], cfg: MammoConfig) -> list[np.ndarray]:
     """Decode every manifest image; a training set with unreadable files is an error."""
-    decoded = decode_all([r.path for r in records], (cfg.input.height, cfg.input.width), cfg.input.depth,
-                         cfg.model.spatial_dims, workers=cfg.data.workers, desc="decoding training images")
+    decoded = decode_all(
+        [r.path for r in records],
+        (cfg.input.height, cfg.input.width),
+        cfg.input.depth,
+        cfg.model.spatial_dims,
+        workers=cfg.data.workers,
+        desc="decoding training images",
+    )
     failed = [(records[d.index].path, d.reason) for d in decoded if d.image is None]
     if failed:
         listing = "; ".join(f"{p}: {why}" for p, why in failed[:5])
-        raise InputError(cfg.data.manifest, f"{len(failed)} image(s) cannot be used: {listing}"
-                                            f"{' ...' if len(failed) > 5 else ''}")
+        raise InputError(
+            cfg.data.manifest, f"{len(failed)} image(s) cannot be used: {listing}{' ...' if len(failed) > 5 else ''}"
+        )
     return [d.image for d in decoded]
 
 
@@ -85,24 +104,31 @@ def _write_split(path: Path, records: list[Record], assignment: dict[str, str]) 
         writer = csv.writer(fh)
         writer.writerow(["path", "patient_id", "study_id", "laterality", "view", "label", "split"])
         for r in records:
-            writer.writerow([str(r.path), r.patient_id, r.study_id, r.laterality, r.view, r.label,
-                             assignment[r.patient_id]])
+            writer.writerow(
+                [str(r.path), r.patient_id, r.study_id, r.laterality, r.view, r.label, assignment[r.patient_id]]
+            )
 
 
-def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
-          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(
+    config_path: str | Path, out_dir: str | Path, resume: bool = False, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train the view classifier described by the YAML config; returns the final metrics."""
     cfg = load_config(config_path, MammoConfig, overrides)
     out_dir = Path(out_dir)
     records = read_manifest(cfg.data.manifest)
     assignment = patient_split(records, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
-    parts = {name: [i for i, r in enumerate(records) if assignment[r.patient_id] == name]
-             for name in ("train", "val", "test")}
+    parts = {
+        name: [i for i, r in enumerate(records) if assignment[r.patient_id] == name]
+        for name in ("train", "val", "test")
+    }
     for name in ("train", "val"):
         labels = {records[i].label for i in parts[name]}
         if labels != {0, 1}:
-            raise InputError(cfg.data.manifest, f"the {name} split needs malignant and normal images, "
-                                                f"got labels {sorted(labels)}; add data or change val_fraction")
+            raise InputError(
+                cfg.data.manifest,
+                f"the {name} split needs malignant and normal images, "
+                f"got labels {sorted(labels)}; add data or change val_fraction",
+            )
     images = _decode_records(records, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():  # one writer under torchrun
@@ -125,26 +151,47 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
         weight = pos_weight.to(logits.device) if pos_weight is not None else None
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight)
 
-    model_config = {"model": model_spec(cfg), "input": cfg.input.model_dump(), "aggregate": cfg.aggregate,
-                    "target_sensitivity": cfg.target_sensitivity, "balance": cfg.balance,
-                    "augment": cfg.augment.model_dump(), "data": cfg.data.model_dump(),
-                    "provenance": provenance(cfg.train.seed, [cfg.data.manifest], config_path)}
+    model_config = {
+        "model": model_spec(cfg),
+        "input": cfg.input.model_dump(),
+        "aggregate": cfg.aggregate,
+        "target_sensitivity": cfg.target_sensitivity,
+        "balance": cfg.balance,
+        "augment": cfg.augment.model_dump(),
+        "data": cfg.data.model_dump(),
+        "provenance": provenance(cfg.train.seed, [cfg.data.manifest], config_path),
+    }
     # Deterministic kernels from the first weight to the last file written (fit alone restores
     # the caller's settings when it returns).
     with deterministic():
         seed_everything(cfg.train.seed)
         model = build_model(model_config["model"])
-        result = fit(model, train_ds, val_ds, loss_fn=loss_fn, config=cfg.train, out_dir=out_dir,
-                     model_config=model_config, validate=make_validate(cfg.train.amp), resume=resume,
-                     sample_weights=sample_weights)
+        result = fit(
+            model,
+            train_ds,
+            val_ds,
+            loss_fn=loss_fn,
+            config=cfg.train,
+            out_dir=out_dir,
+            model_config=model_config,
+            validate=make_validate(cfg.train.amp),
+            resume=resume,
+            sample_weights=sample_weights,
+        )
         if not is_main_process():  # one writer under torchrun
             return {"best_epoch": result.best_epoch, **result.best_metrics}
         metrics = _fit_operating_point(model, cfg, images, records, parts, out_dir)
     return update_metrics(out_dir, {"best_epoch": result.best_epoch, **metrics})
 
 
-def _fit_operating_point(model: nn.Module, cfg: MammoConfig, images: list[np.ndarray], records: list[Record],
-                         parts: dict[str, list[int]], out_dir: Path) -> dict[str, Any]:
+def _fit_operating_point(
+    model: nn.Module,
+    cfg: MammoConfig,
+    images: list[np.ndarray],
+    records: list[Record],
+    parts: dict[str, list[int]],
+    out_dir: Path,
+) -> dict[str, Any]:
     """Platt calibration and the operating point, fitted on the validation images (never on
     test) and written to ``operating_point.json``; returns the validation (and test) metrics."""
     device = next(model.parameters()).device
@@ -154,20 +201,39 @@ def _fit_operating_point(model: nn.Module, cfg: MammoConfig, images: list[np.nda
     val_probs = calibrated_probs(val_logits, calibration)
     threshold = M.threshold_for_sensitivity(val_labels, val_probs, cfg.target_sensitivity)
     rates = M.rates_at(val_labels, val_probs, threshold)
-    write_json(out_dir / OPERATING_POINT, {
-        "threshold": threshold, "target_sensitivity": cfg.target_sensitivity, "chosen_on": "validation",
-        "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"],
-        "val_images": len(val_labels), "aggregate": cfg.aggregate, "calibration": calibration})
+    write_json(
+        out_dir / OPERATING_POINT,
+        {
+            "threshold": threshold,
+            "target_sensitivity": cfg.target_sensitivity,
+            "chosen_on": "validation",
+            "val_sensitivity": rates["sensitivity"],
+            "val_specificity": rates["specificity"],
+            "val_images": len(val_labels),
+            "aggregate": cfg.aggregate,
+            "calibration": calibration,
+        },
+    )
     ece_uncalibrated = expected_calibration_error(val_labels, calibrated_probs(val_logits, None), M.ECE_BINS)
-    metrics = {"val_auc": roc_auc(val_labels, val_probs), "val_ece_uncalibrated": ece_uncalibrated,
-               "val_ece": expected_calibration_error(val_labels, val_probs, M.ECE_BINS),
-               "threshold": threshold, "train_images": len(parts["train"]), "val_images": len(parts["val"]),
-               "test_images": len(parts["test"])}
+    metrics = {
+        "val_auc": roc_auc(val_labels, val_probs),
+        "val_ece_uncalibrated": ece_uncalibrated,
+        "val_ece": expected_calibration_error(val_labels, val_probs, M.ECE_BINS),
+        "threshold": threshold,
+        "train_images": len(parts["train"]),
+        "val_images": len(parts["val"]),
+        "test_images": len(parts["test"]),
+    }
     if parts["test"]:
         test_logits = predict_logits(model, [images[i] for i in parts["test"]], device, cfg.train.batch_size)
         test_probs = calibrated_probs(test_logits, calibration)
-        test = M.summary([records[i].label for i in parts["test"]], test_probs, threshold,
-                         [records[i].patient_id for i in parts["test"]], n_boot=500)
+        test = M.summary(
+            [records[i].label for i in parts["test"]],
+            test_probs,
+            threshold,
+            [records[i].patient_id for i in parts["test"]],
+            n_boot=500,
+        )
         metrics.update({f"test_{k}": v for k, v in test.items()})
     return metrics
 

@@ -31,8 +31,13 @@ def _synth(args) -> int:
 def _train(args) -> int:
     from biocnn.segment.train import train
 
-    overrides = {"data.train": args.train, "data.val": args.val, "train.epochs": args.epochs,
-                 "train.seed": args.seed, "train.device": args.device}
+    overrides = {
+        "data.train": args.train,
+        "data.val": args.val,
+        "train.epochs": args.epochs,
+        "train.seed": args.seed,
+        "train.device": args.device,
+    }
     print(json.dumps(train(args.config, args.out, resume=args.resume, overrides=overrides), indent=2))
     return 0
 
@@ -40,8 +45,16 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from biocnn.segment.predict import predict
 
-    summary = predict(args.model, args.input, args.out, args.mc_samples, args.tta, args.device,
-                      sw_batch_size=args.sw_batch_size, reference=args.reference)
+    summary = predict(
+        args.model,
+        args.input,
+        args.out,
+        args.mc_samples,
+        args.tta,
+        args.device,
+        sw_batch_size=args.sw_batch_size,
+        reference=args.reference,
+    )
     print(f"{summary['outputs_written']} of {summary['inputs_seen']} inputs predicted -> {args.out}")
     for f in summary["failures"]:
         print(f"failed: {f['error']}")
@@ -76,8 +89,9 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=16, help="number of images / cases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, help="field width (malaria, default 128) or volume edge (tumor, default 48)")
-    p.add_argument("--shift", choices=("none", "noise", "blur", "intensity"), default="none",
-                   help="out-of-distribution variant")
+    p.add_argument(
+        "--shift", choices=("none", "noise", "blur", "intensity"), default="none", help="out-of-distribution variant"
+    )
     p.add_argument("--severity", type=float, default=1.0, help="strength of --shift")
     p.add_argument("--format", choices=("png", "tif"), default="png", help="malaria image format (tif: 16 bit)")
 
@@ -95,14 +109,23 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append", required=True, help="model directory (repeat for an ensemble)")
     p.add_argument("--input", type=existing_path, required=True, help="image file, 4D NIfTI, case dir or dir of cases")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--mc-samples", dest="mc_samples", type=int, help="Monte Carlo dropout samples (default: model config, 20)")
+    p.add_argument(
+        "--mc-samples", dest="mc_samples", type=int, help="Monte Carlo dropout samples (default: model config, 20)"
+    )
     p.add_argument("--tta", action="store_true", help="also average over flipped views")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--sw-batch-size", dest="sw_batch_size", type=int,
-                   help="sliding windows per forward pass (default: model config; raise it on a GPU)")
-    p.add_argument("--reference", type=existing_path,
-                   help="the models' training images (labels not needed): measure the review threshold with this "
-                        "sampling; needed for an ensemble or a --mc-samples other than the model config's")
+    p.add_argument(
+        "--sw-batch-size",
+        dest="sw_batch_size",
+        type=int,
+        help="sliding windows per forward pass (default: model config; raise it on a GPU)",
+    )
+    p.add_argument(
+        "--reference",
+        type=existing_path,
+        help="the models' training images (labels not needed): measure the review threshold with this "
+        "sampling; needed for an ensemble or a --mc-samples other than the model config's",
+    )
 
     p = add_verb(verbs, "evaluate", _evaluate, "Dice, HD95, error-detection AUROC, Spearman, ECE")
     p.add_argument("--pred", type=existing_path, required=True, help="directory written by predict")

@@ -41,8 +41,11 @@ class DataConfig(StrictModel):
             raise ValueError("label_values must start with 0 (background) and be distinct")
         if self.pixdim is not None and len(self.pixdim) != self.spatial_dims:
             raise ValueError(f"pixdim needs {self.spatial_dims} entries")
-        if self.class_ratios is not None and (len(self.class_ratios) != len(self.label_values)
-                                              or min(self.class_ratios) < 0 or sum(self.class_ratios) <= 0):
+        if self.class_ratios is not None and (
+            len(self.class_ratios) != len(self.label_values)
+            or min(self.class_ratios) < 0
+            or sum(self.class_ratios) <= 0
+        ):
             raise ValueError("class_ratios needs one non-negative weight per label value, not all zero")
         return self
 
@@ -94,7 +97,8 @@ class SegmentConfig(StrictModel):
     data: DataConfig
     model: NetConfig = NetConfig()
     train: TrainConfig = TrainConfig(
-        epochs=30, batch_size=8, early_stopping=EarlyStopping(monitor="val_dice", mode="max", patience=8))
+        epochs=30, batch_size=8, early_stopping=EarlyStopping(monitor="val_dice", mode="max", patience=8)
+    )
     inference: InferenceConfig
 
     @model_validator(mode="after")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,11 @@ class Case:
 
     def as_dict(self) -> dict[str, Any]:
         """The dict MONAI transforms start from (paths as strings)."""
-        return {"case": self.id, "images": [str(p) for p in self.images],
-                "label": str(self.label) if self.label else ""}
+        return {
+            "case": self.id,
+            "images": [str(p) for p in self.images],
+            "label": str(self.label) if self.label else "",
+        }
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -102,8 +106,9 @@ def _case_from_dir(directory: Path, modalities: Sequence[str]) -> Case:
         p = find(mod)
         (images if p else missing).append(p or mod)
     if missing:
-        raise InputError(directory, f"case {cid}: missing modality file(s) "
-                                    + ", ".join(f"{cid}_{m}.nii.gz" for m in missing))
+        raise InputError(
+            directory, f"case {cid}: missing modality file(s) " + ", ".join(f"{cid}_{m}.nii.gz" for m in missing)
+        )
     return Case(cid, images, label)
 
 
@@ -133,8 +138,9 @@ def find_cases_3d(path: str | Path, modalities: Sequence[str], require_labels: b
     return cases
 
 
-def find_cases(path: str | Path, spatial_dims: int, modalities: Sequence[str] = (),
-               require_labels: bool = False) -> list[Case]:
+def find_cases(
+    path: str | Path, spatial_dims: int, modalities: Sequence[str] = (), require_labels: bool = False
+) -> list[Case]:
     """The cases under ``path`` for a 2D or 3D model."""
     if spatial_dims == 2:
         return find_cases_2d(path, require_labels)
@@ -147,8 +153,7 @@ def label_to_index(label: np.ndarray, label_values: Sequence[int], case_id: str,
     values = np.unique(label)
     unknown = sorted(set(values.tolist()) - set(int(v) for v in label_values))
     if unknown:
-        raise InputError(path, f"case {case_id}: unknown label values {unknown} "
-                               f"(expected {list(label_values)})")
+        raise InputError(path, f"case {case_id}: unknown label values {unknown} (expected {list(label_values)})")
     lut = np.zeros(int(max(max(label_values), values.max(initial=0))) + 1, np.int64)
     for i, v in enumerate(label_values):
         lut[int(v)] = i
@@ -170,14 +175,16 @@ def read_case_2d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
         if in_channels == 3 and image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)  # grayscale into an RGB model: replicate
         else:
-            raise InputError(path, f"case {case.id}: image has {image.shape[0]} channel(s), "
-                                   f"the model expects {in_channels}")
+            raise InputError(
+                path, f"case {case.id}: image has {image.shape[0]} channel(s), the model expects {in_channels}"
+            )
     label = None
     if case.label is not None:
         label = read_label(case.label)
         if label.shape != image.shape[1:]:
-            raise InputError(case.label, f"case {case.id}: label shape {label.shape} does not match "
-                                         f"image shape {image.shape[1:]}")
+            raise InputError(
+                case.label, f"case {case.id}: label shape {label.shape} does not match image shape {image.shape[1:]}"
+            )
     return image, label
 
 
@@ -200,8 +207,9 @@ def read_case_3d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
             ref = img
         else:
             if data.shape[:3] != ref.shape[:3]:
-                raise InputError(path, f"case {case.id}: shape {data.shape[:3]} differs from "
-                                       f"{case.images[0].name} {ref.shape[:3]}")
+                raise InputError(
+                    path, f"case {case.id}: shape {data.shape[:3]} differs from {case.images[0].name} {ref.shape[:3]}"
+                )
             if not np.allclose(img.affine, ref.affine, atol=1e-3):
                 raise InputError(path, f"case {case.id}: affine differs from {case.images[0].name}")
     if len(arrays) != in_channels:
@@ -211,8 +219,9 @@ def read_case_3d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
     if case.label is not None:
         ldata, limg = read_volume(case.label, dtype=np.float64)
         if ldata.shape != image.shape[1:]:
-            raise InputError(case.label, f"case {case.id}: label shape {ldata.shape} does not match "
-                                         f"image shape {image.shape[1:]}")
+            raise InputError(
+                case.label, f"case {case.id}: label shape {ldata.shape} does not match image shape {image.shape[1:]}"
+            )
         if not np.allclose(limg.affine, ref.affine, atol=1e-3):
             raise InputError(case.label, f"case {case.id}: label affine differs from the image's")
         if not np.equal(np.mod(ldata, 1), 0).all():
@@ -267,8 +276,9 @@ def preprocessing(cfg, train: bool = True, with_label: bool = True):
     if cfg.spatial_dims == 3:
         ts.append(Orientationd(keys=keys, axcodes="RAS", labels=None))
         if cfg.pixdim:
-            ts.append(Spacingd(keys=keys, pixdim=cfg.pixdim,
-                               mode=("bilinear", "nearest") if with_label else "bilinear"))
+            ts.append(
+                Spacingd(keys=keys, pixdim=cfg.pixdim, mode=("bilinear", "nearest") if with_label else "bilinear")
+            )
         # MRI intensities have no absolute scale: z-score each modality inside the head.
         ts.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
     return Compose(ts)
@@ -277,19 +287,38 @@ def preprocessing(cfg, train: bool = True, with_label: bool = True):
 def augmentation(cfg, seed: int):
     """Random transforms for training: balanced patch sampling (foreground/background or per
     class), flips, rotations, intensity."""
-    from monai.transforms import (Compose, RandCropByLabelClassesd, RandCropByPosNegLabeld, RandFlipd,
-                                  RandGaussianNoised, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
-                                  SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        RandCropByLabelClassesd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
 
     keys = ["image", "label"]
     if cfg.class_ratios is not None:  # centres drawn per class; a class absent from an image is skipped there
-        crop = RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=cfg.patch_size,
-                                       ratios=cfg.class_ratios, num_classes=len(cfg.label_values),
-                                       num_samples=cfg.samples_per_image, warn=False)
+        crop = RandCropByLabelClassesd(
+            keys=keys,
+            label_key="label",
+            spatial_size=cfg.patch_size,
+            ratios=cfg.class_ratios,
+            num_classes=len(cfg.label_values),
+            num_samples=cfg.samples_per_image,
+            warn=False,
+        )
     else:
-        crop = RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
-                                      pos=cfg.pos_fraction, neg=1 - cfg.pos_fraction,
-                                      num_samples=cfg.samples_per_image)
+        crop = RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=cfg.patch_size,
+            pos=cfg.pos_fraction,
+            neg=1 - cfg.pos_fraction,
+            num_samples=cfg.samples_per_image,
+        )
     ts = [SpatialPadd(keys=keys, spatial_size=cfg.patch_size), crop]
     ts += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
     if cfg.spatial_dims == 2:
@@ -334,5 +363,6 @@ def cached_dataset(cases: Sequence[Case], transform, cache_rate: float = 1.0):
     from monai.data import CacheDataset
 
     with user_errors():
-        return CacheDataset([c.as_dict() for c in cases], transform=transform, cache_rate=cache_rate,
-                        num_workers=0, progress=False)
+        return CacheDataset(
+            [c.as_dict() for c in cases], transform=transform, cache_rate=cache_rate, num_workers=0, progress=False
+        )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,13 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing=Non
         elif has_p != has_t:
             hd.append(float("nan"))
         else:
-            hd.append(float(compute_hausdorff_distance(p[:, c:c + 1], t[:, c:c + 1], include_background=True,
-                                                       percentile=95, spacing=spacing)[0, 0]))
+            hd.append(
+                float(
+                    compute_hausdorff_distance(
+                        p[:, c : c + 1], t[:, c : c + 1], include_background=True, percentile=95, spacing=spacing
+                    )[0, 0]
+                )
+            )
     return [float(d) for d in dice], hd
 
 
@@ -61,8 +67,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
     if spatial_dims == 2:
-        from biocnn.io.images import read_label
         import tifffile
+
+        from biocnn.io.images import read_label
 
         label = read_label(pred_dir / f"{case_id}_label.png")
         prob = tifffile.imread(pred_dir / f"{case_id}_prob.tif")
@@ -76,8 +83,9 @@ def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
     return label, np.moveaxis(prob, -1, 0), ent, [float(z) for z in img.header.get_zooms()[:3]]
 
 
-def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | None = None,
-             seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    pred_dir: str | Path, labels_dir: str | Path, out: str | Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Compare a ``predict`` output directory with the true labels; write ``out`` (JSON)."""
     pred_dir = Path(pred_dir)
     info = read_json(pred_dir / "predict.json")
@@ -107,12 +115,14 @@ def evaluate(pred_dir: str | Path, labels_dir: str | Path, out: str | Path | Non
         truth = label_to_index(truth_values, values, cid, case.label)
         pred_values, prob, ent, spacing = _read_outputs(pred_dir, cid, dims)
         if pred_values.shape != truth.shape:
-            raise InputError(case.label, f"case {cid}: label shape {truth.shape} differs from the "
-                                         f"prediction's {pred_values.shape}")
+            raise InputError(
+                case.label, f"case {cid}: label shape {truth.shape} differs from the prediction's {pred_values.shape}"
+            )
         pred = label_to_index(pred_values, values, cid, pred_dir / f"{cid}_label")
         dice, hd = dice_hd95(pred, truth, num_classes, spacing)
-        per_case.append({"case": cid, "dice": dice, "hd95": hd, "mean_dice": float(np.mean(dice)),
-                         "score": scores[cid]})
+        per_case.append(
+            {"case": cid, "dice": dice, "hd95": hd, "mean_dice": float(np.mean(dice)), "score": scores[cid]}
+        )
         flat = np.arange(truth.size)
         if truth.size > MAX_VOXELS_PER_CASE:
             flat = rng.choice(truth.size, MAX_VOXELS_PER_CASE, replace=False)

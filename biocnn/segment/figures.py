@@ -16,8 +16,14 @@ def _display(image: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def overlay_png(path: str | Path, image: np.ndarray, label: np.ndarray, uncertainty: np.ndarray,
-                title: str = "", truth: np.ndarray | None = None) -> None:
+def overlay_png(
+    path: str | Path,
+    image: np.ndarray,
+    label: np.ndarray,
+    uncertainty: np.ndarray,
+    title: str = "",
+    truth: np.ndarray | None = None,
+) -> None:
     """Two panels: image + contour of each predicted class (and of the truth, dashed, if
     given); image + uncertainty heat (predictive entropy). ``image`` is ``(C, H, W)``."""
     import matplotlib
@@ -35,8 +41,7 @@ def overlay_png(path: str | Path, image: np.ndarray, label: np.ndarray, uncertai
         axes[0].contour(label == k, levels=[0.5], colors=[cmap(int(k) % 10)], linewidths=1.0)
     if truth is not None:
         for k in [v for v in np.unique(truth) if v != 0]:
-            axes[0].contour(truth == k, levels=[0.5], colors=[cmap(int(k) % 10)], linewidths=0.8,
-                            linestyles="dashed")
+            axes[0].contour(truth == k, levels=[0.5], colors=[cmap(int(k) % 10)], linewidths=0.8, linestyles="dashed")
     axes[0].set_title("prediction" + (" (solid) / truth (dashed)" if truth is not None else ""), fontsize=9)
     top = max(float(uncertainty.max()), 1e-3)
     # Hide the faint floor so the image shows through where the model is sure.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import zlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -93,9 +93,17 @@ class UncertaintyPredictor:
             temperature) or no list at all: 1, uncalibrated.
     """
 
-    def __init__(self, models: Sequence[nn.Module], spatial_dims: int, mc_samples: int = 20,
-                 mc_batch: int = 5, tta: bool = False, fast: bool = True, amp: bool = True,
-                 temperatures: Sequence[float | None] | None = None):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        spatial_dims: int,
+        mc_samples: int = 20,
+        mc_batch: int = 5,
+        tta: bool = False,
+        fast: bool = True,
+        amp: bool = True,
+        temperatures: Sequence[float | None] | None = None,
+    ):
         self.models = list(models)
         given = list(temperatures) if temperatures is not None else [None] * len(self.models)
         self.temperatures = [1.0 if t is None else float(t) for t in given]
@@ -140,8 +148,14 @@ def _split(n: int, parts: int) -> list[range]:
     return out
 
 
-def sliding_stats(image: torch.Tensor, predictor: UncertaintyPredictor, roi_size: Sequence[int],
-                  sw_batch_size: int = 4, overlap: float = 0.5, device: torch.device | None = None) -> torch.Tensor:
+def sliding_stats(
+    image: torch.Tensor,
+    predictor: UncertaintyPredictor,
+    roi_size: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.5,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Blend window statistics over a whole image ``(C_in, *spatial)`` -> ``(C + 1, *spatial)``.
 
     The image stays where it is (CPU for big volumes); windows run on ``device``; the
@@ -151,6 +165,13 @@ def sliding_stats(image: torch.Tensor, predictor: UncertaintyPredictor, roi_size
 
     device = device or image.device
     out = sliding_window_inference(
-        image.unsqueeze(0).float(), roi_size=list(roi_size), sw_batch_size=sw_batch_size,
-        predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device, device=image.device)
+        image.unsqueeze(0).float(),
+        roi_size=list(roi_size),
+        sw_batch_size=sw_batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode="gaussian",
+        sw_device=device,
+        device=image.device,
+    )
     return torch.as_tensor(out)[0]

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -75,9 +75,15 @@ def encoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequence[Sequence[int]],
-                   roi_size: Sequence[int], sw_batch_size: int = 4, overlap: float = 0.5,
-                   device: torch.device | None = None) -> np.ndarray:
+def image_features(
+    models: Sequence[nn.Module],
+    image: torch.Tensor,
+    views: Sequence[Sequence[int]],
+    roi_size: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.5,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """Features of one image ``(C_in, *spatial)`` per model and flipped view: ``(M, V, D)``.
 
     The image is cut into the same sliding windows as at prediction (MONAI pads images smaller
@@ -101,9 +107,16 @@ def image_features(models: Sequence[nn.Module], image: torch.Tensor, views: Sequ
                     _windows.append(encoder_features(_model, w).cpu())
                     return w[:, :1]  # the blended output is not used
 
-                sliding_window_inference(x.unsqueeze(0).float(), roi_size=list(roi_size),
-                                         sw_batch_size=max(sw_batch_size, 4), predictor=record, overlap=overlap,
-                                         mode="constant", sw_device=device, device=torch.device("cpu"))
+                sliding_window_inference(
+                    x.unsqueeze(0).float(),
+                    roi_size=list(roi_size),
+                    sw_batch_size=max(sw_batch_size, 4),
+                    predictor=record,
+                    overlap=overlap,
+                    mode="constant",
+                    sw_device=device,
+                    device=torch.device("cpu"),
+                )
                 per_view.append(torch.cat(windows).double().mean(0).numpy())
         result.append(np.stack(per_view))
     return np.stack(result)
@@ -167,7 +180,7 @@ class FeatureDensity:
     precision: np.ndarray
     reference: np.ndarray
     info: dict = field(default_factory=dict)
-    noise: "FeatureDensity | None" = None
+    noise: FeatureDensity | None = None
 
     @staticmethod
     def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,7 +193,7 @@ class FeatureDensity:
         return mean, scale, LedoitWolf().fit(z).precision_
 
     @classmethod
-    def fit(cls, features: np.ndarray, folds: int = 10) -> "FeatureDensity":
+    def fit(cls, features: np.ndarray, folds: int = 10) -> FeatureDensity:
         """Fit on ``(N images, V views, D)`` features; reference distances by K-fold cross-fitting.
 
         All views of one image stay in the same fold, so an image never informs its own
@@ -249,15 +262,18 @@ class FeatureDensity:
 
         path = Path(directory) / FEATURE_STATS
         parts = {"": self, **({"noise_": self.noise} if self.noise is not None else {})}
-        tensors = {prefix + k: np.ascontiguousarray(getattr(part, k), dtype=np.float64)
-                   for prefix, part in parts.items() for k in _ARRAYS}
+        tensors = {
+            prefix + k: np.ascontiguousarray(getattr(part, k), dtype=np.float64)
+            for prefix, part in parts.items()
+            for k in _ARRAYS
+        }
         meta = {"format": FORMAT, "info": json.dumps(self.info, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "FeatureDensity | None":
+    def load(cls, directory: str | Path) -> FeatureDensity | None:
         """The density stored in a model directory, or ``None`` for models trained without one
         (or with an older format, see :data:`OLD_FORMATS`)."""
         from safetensors import SafetensorError, safe_open
@@ -273,15 +289,18 @@ class FeatureDensity:
                 if meta.get("format") in OLD_FORMATS:
                     # Distances to features of another kind, or a threshold on values of another
                     # definition, would be meaningless; the model still predicts without them.
-                    log.warning("%s: feature statistics of an older format (%s: %s); the out-of-distribution "
-                                "columns and the review flag stay empty until the model is retrained",
-                                path, meta["format"], OLD_FORMATS[meta["format"]])
+                    log.warning(
+                        "%s: feature statistics of an older format (%s: %s); the out-of-distribution "
+                        "columns and the review flag stay empty until the model is retrained",
+                        path,
+                        meta["format"],
+                        OLD_FORMATS[meta["format"]],
+                    )
                     return None
                 if meta.get("format") != FORMAT:
                     raise CheckpointError(f"{path}: not a {FORMAT} file")
                 arrays = {k: fh.get_tensor(k) for k in _ARRAYS}
-                noise = ({k: fh.get_tensor("noise_" + k) for k in _ARRAYS}
-                         if "noise_mean" in fh.keys() else None)
+                noise = {k: fh.get_tensor("noise_" + k) for k in _ARRAYS} if "noise_mean" in fh.keys() else None
             info = json.loads(meta.get("info", "{}"))
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read feature statistics: {exc}") from None

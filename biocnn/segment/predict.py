@@ -33,8 +33,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,15 @@ from biocnn.segment.data import Case, find_cases, index_to_label, load_case, pre
 from biocnn.segment.figures import overlay_png, pick_slice
 from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
 from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
-from biocnn.segment.uncertainty import (conformal_quantile, expected_dice_error, image_score, maps_from_stats,
-                                        stored_sampling_matches, structure_uncertainty, threshold_from_training)
+from biocnn.segment.uncertainty import (
+    conformal_quantile,
+    expected_dice_error,
+    image_score,
+    maps_from_stats,
+    stored_sampling_matches,
+    structure_uncertainty,
+    threshold_from_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,9 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
     for d, c in zip(model_dirs[1:], configs[1:]):
         diff = [k for k in _SHARED if c["data"].get(k) != first.get(k)]
         if diff:
-            raise CheckpointError(f"{d}: cannot ensemble with {model_dirs[0]}: data settings differ ({', '.join(diff)})")
+            raise CheckpointError(
+                f"{d}: cannot ensemble with {model_dirs[0]}: data settings differ ({', '.join(diff)})"
+            )
     temperatures = [c["inference"].get("temperature") for c in configs]
     return models, DataConfig(**first), InferenceConfig(**configs[0]["inference"]), temperatures
 
@@ -82,9 +92,17 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
 class Segmenter:
     """Everything needed to predict one case after another with the same settings."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], mc_samples: int | None = None, tta: bool = False,
-                 device: str = "auto", fast: bool = True, amp: bool = True, sw_batch_size: int | None = None,
-                 reference: str | Path | None = None):
+    def __init__(
+        self,
+        model_dirs: Sequence[str | Path],
+        mc_samples: int | None = None,
+        tta: bool = False,
+        device: str = "auto",
+        fast: bool = True,
+        amp: bool = True,
+        sw_batch_size: int | None = None,
+        reference: str | Path | None = None,
+    ):
         self.device = select_device(device)
         self.models, self.data, self.inference, temperatures = load_models(model_dirs, self.device)
         if sw_batch_size is not None:
@@ -94,8 +112,9 @@ class Segmenter:
             self.inference = self.inference.model_copy(update={"sw_batch_size": sw_batch_size})
         self.mc_samples = mc_samples if mc_samples is not None else self.inference.mc_samples
         self.tta = tta
-        self.predictor = UncertaintyPredictor(self.models, self.data.spatial_dims, self.mc_samples,
-                                              self.inference.mc_batch, tta, fast, amp, temperatures)
+        self.predictor = UncertaintyPredictor(
+            self.models, self.data.spatial_dims, self.mc_samples, self.inference.mc_batch, tta, fast, amp, temperatures
+        )
         self.pre = preprocessing(self.data, train=False, with_label=False)
         # Feature statistics per model (None where the model directory has none).
         self.densities = [FeatureDensity.load(d) for d in model_dirs]
@@ -123,18 +142,26 @@ class Segmenter:
         if reference is not None:
             values, failures = self.reference_values(reference)
             return conformal_quantile(values, inference.review_quantile), {
-                "source": str(reference), "images": len(values), "failures": failures}
+                "source": str(reference),
+                "images": len(values),
+                "failures": failures,
+            }
         infos = [d.info for d in self.densities if d is not None]
         found = [t for t in (threshold_from_training(inference, info, self.tta) for info in infos) if t is not None]
         if not found:
             return None, {"source": None}
         matched = all(stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
         if not matched:
-            log.warning("the review threshold comes from the values stored at training, measured with one model "
-                        "and %s Monte Carlo samples (or flip TTA with dropout off), not with this prediction's "
-                        "%d model(s) x %d sample(s)%s, so the flag by structure uncertainty is approximate: pass "
-                        "--reference with the training images to measure it with this sampling",
-                        infos[0].get("mc_samples"), len(self.models), self.mc_samples, " x flips" if self.tta else "")
+            log.warning(
+                "the review threshold comes from the values stored at training, measured with one model "
+                "and %s Monte Carlo samples (or flip TTA with dropout off), not with this prediction's "
+                "%d model(s) x %d sample(s)%s, so the flag by structure uncertainty is approximate: pass "
+                "--reference with the training images to measure it with this sampling",
+                infos[0].get("mc_samples"),
+                len(self.models),
+                self.mc_samples,
+                " x flips" if self.tta else "",
+            )
         return float(np.mean(found)), {"source": "training statistics", "matched": matched}
 
     def reference_values(self, reference: str | Path) -> tuple[list[float], list[dict[str, str]]]:
@@ -150,8 +177,9 @@ class Segmenter:
                 continue
             values.append(structure_uncertainty(maps["prob"], maps["label"], self.inference.structure_margin))
         if len(values) < 3:
-            raise BiocnnError(f"{reference}: {len(values)} readable reference images; the review threshold "
-                              "needs at least 3")
+            raise BiocnnError(
+                f"{reference}: {len(values)} readable reference images; the review threshold needs at least 3"
+            )
         log.info("review reference: %d images from %s", len(values), reference)
         return values, failures
 
@@ -163,8 +191,14 @@ class Segmenter:
         item = load_case(self.pre, Case(case.id, case.images))
         image = item["image"]
         inference = self.inference
-        stats = sliding_stats(image.as_tensor(), self.predictor, inference.roi_size, inference.sw_batch_size,
-                              inference.overlap, device=self.device)
+        stats = sliding_stats(
+            image.as_tensor(),
+            self.predictor,
+            inference.roi_size,
+            inference.sw_batch_size,
+            inference.overlap,
+            device=self.device,
+        )
         if self.data.spatial_dims == 3 and image.applied_operations:
             # Undo orientation (and resampling) so outputs line up with the input file.
             meta = MetaTensor(stats, meta=dict(image.meta))
@@ -189,36 +223,57 @@ class Segmenter:
             written = self._write_2d(case, out_dir, labels, prob, ent, mi)
         else:
             written = self._write_3d(case, out_dir, labels, prob, ent, mi)
-        return {"case": case.id, **self.review(item["image"].as_tensor(), prob, label_idx),
-                "mean_entropy": float(ent.mean()), "mean_mutual_info": float(mi.mean()),
-                "foreground_fraction": float((label_idx > 0).mean()), "label_file": written}
+        return {
+            "case": case.id,
+            **self.review(item["image"].as_tensor(), prob, label_idx),
+            "mean_entropy": float(ent.mean()),
+            "mean_mutual_info": float(mi.mean()),
+            "foreground_fraction": float((label_idx > 0).mean()),
+            "label_file": written,
+        }
 
     def review(self, image: torch.Tensor, prob: np.ndarray, label_idx: np.ndarray) -> dict[str, Any]:
         """The review score, flag and their components for one input (see the module doc)."""
         unc = structure_uncertainty(prob, label_idx, self.inference.structure_margin)
-        row = {"structure_uncertainty": unc, "expected_dice_error": expected_dice_error(prob, label_idx),
-               "feature_distance": "", "noise_percentile": "", "ood_percentile": ""}
+        row = {
+            "structure_uncertainty": unc,
+            "expected_dice_error": expected_dice_error(prob, label_idx),
+            "feature_distance": "",
+            "noise_percentile": "",
+            "ood_percentile": "",
+        }
         pairs = [(m, d) for m, d in zip(self.models, self.densities) if d is not None]
         ood = None
         if pairs:
             from scipy.stats import norm
 
             inference = self.inference
-            feats = image_features([m for m, _ in pairs], image, self.views, inference.roi_size,
-                                   inference.sw_batch_size, inference.overlap, self.device)
+            feats = image_features(
+                [m for m, _ in pairs],
+                image,
+                self.views,
+                inference.roi_size,
+                inference.sw_batch_size,
+                inference.overlap,
+                self.device,
+            )
             # Per model: the distance averaged over the flipped views it predicted with; the
             # members' standardised log distances are averaged into one percentile.
             dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
             row["feature_distance"] = float(np.mean(dists))
             levels = noise_levels(image)
-            noise_z = [d.noise.zscore(float(d.noise.distance(levels)), inference.ood_quantile)
-                       if d.noise is not None else None for _, d in pairs]
+            noise_z = [
+                d.noise.zscore(float(d.noise.distance(levels)), inference.ood_quantile) if d.noise is not None else None
+                for _, d in pairs
+            ]
             known = [n for n in noise_z if n is not None]
             if known:
                 row["noise_percentile"] = float(norm.cdf(np.mean(known)))
             # Per model, its checks joined (encoder features, and the noise levels where stored).
-            z = [combined_zscore([d.zscore(x, inference.ood_quantile)] + ([n] if n is not None else []))
-                 for (_, d), x, n in zip(pairs, dists, noise_z)]
+            z = [
+                combined_zscore([d.zscore(x, inference.ood_quantile)] + ([n] if n is not None else []))
+                for (_, d), x, n in zip(pairs, dists, noise_z)
+            ]
             row["ood_percentile"] = float(norm.cdf(np.mean(z)))
             ood = row["ood_percentile"] > inference.ood_quantile
         flags = []
@@ -228,8 +283,11 @@ class Segmenter:
             # At or above: the threshold is one of the training values (finite-sample quantile),
             # and score >= threshold then holds exactly for the flagged inputs.
             flags.append(unc >= self.threshold)
-        return {"score": image_score(unc, bool(ood), self.threshold),
-                "flag": ("yes" if any(flags) else "no") if flags else "", **row}
+        return {
+            "score": image_score(unc, bool(ood), self.threshold),
+            "flag": ("yes" if any(flags) else "no") if flags else "",
+            **row,
+        }
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.images import read_image, write_float_tiff, write_label
@@ -253,19 +311,42 @@ class Segmenter:
         save_like(out_dir / f"{case.id}_mutual_info.nii.gz", mi, ref, np.float32)
         vol = first if first.ndim == 3 else first[..., 0]
         z = pick_slice(labels, ent)
-        overlay_png(out_dir / f"{case.id}_overlay.png", vol[None, :, :, z], labels[:, :, z], ent[:, :, z],
-                    title=f"{case.id} (slice {z})")
+        overlay_png(
+            out_dir / f"{case.id}_overlay.png",
+            vol[None, :, :, z],
+            labels[:, :, z],
+            ent[:, :, z],
+            title=f"{case.id} (slice {z})",
+        )
         return label_path.name
 
 
-CSV_FIELDS = ("case", "score", "flag", "structure_uncertainty", "expected_dice_error", "feature_distance",
-              "noise_percentile", "ood_percentile", "mean_entropy", "mean_mutual_info", "foreground_fraction",
-              "label_file")
+CSV_FIELDS = (
+    "case",
+    "score",
+    "flag",
+    "structure_uncertainty",
+    "expected_dice_error",
+    "feature_distance",
+    "noise_percentile",
+    "ood_percentile",
+    "mean_entropy",
+    "mean_mutual_info",
+    "foreground_fraction",
+    "label_file",
+)
 
 
-def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: str | Path,
-            mc_samples: int | None = None, tta: bool = False, device: str = "auto",
-            sw_batch_size: int | None = None, reference: str | Path | None = None) -> dict[str, Any]:
+def predict(
+    model_dirs: Sequence[str | Path],
+    input_path: str | Path,
+    out_dir: str | Path,
+    mc_samples: int | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    sw_batch_size: int | None = None,
+    reference: str | Path | None = None,
+) -> dict[str, Any]:
     """Predict every case under ``input_path``; returns the summary written to predict.json.
 
     ``reference``: the models' training images, to measure the review threshold with this
@@ -288,14 +369,24 @@ def predict(model_dirs: Sequence[str | Path], input_path: str | Path, out_dir: s
     writer.writeheader()
     writer.writerows(rows)
     write_text(out_dir / "uncertainty.csv", buf.getvalue())
-    summary = {"models": [str(m) for m in model_dirs], "input": str(input_path), "mc_samples": seg.mc_samples,
-               "tta": tta, "temperatures": seg.predictor.temperatures, "sw_batch_size": seg.inference.sw_batch_size,
-               "spatial_dims": seg.data.spatial_dims, "label_values": seg.data.label_values,
-               "modalities": seg.data.modalities, "inputs_seen": len(cases), "outputs_written": len(rows),
-               "failures": failures, "review_threshold": seg.threshold,
-               "review_reference": seg.threshold_source,
-               "ood_quantile": seg.inference.ood_quantile,
-               "feature_statistics": [d is not None for d in seg.densities],
-               "flagged": [r["case"] for r in rows if r["flag"] == "yes"]}
+    summary = {
+        "models": [str(m) for m in model_dirs],
+        "input": str(input_path),
+        "mc_samples": seg.mc_samples,
+        "tta": tta,
+        "temperatures": seg.predictor.temperatures,
+        "sw_batch_size": seg.inference.sw_batch_size,
+        "spatial_dims": seg.data.spatial_dims,
+        "label_values": seg.data.label_values,
+        "modalities": seg.data.modalities,
+        "inputs_seen": len(cases),
+        "outputs_written": len(rows),
+        "failures": failures,
+        "review_threshold": seg.threshold,
+        "review_reference": seg.threshold_source,
+        "ood_quantile": seg.inference.ood_quantile,
+        "feature_statistics": [d is not None for d in seg.densities],
+        "flagged": [r["case"] for r in rows if r["flag"] == "yes"],
+    }
     write_json(out_dir / "predict.json", summary)
     return summary

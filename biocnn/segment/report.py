@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from biocnn.checkpoint import read_json
 from biocnn.io.atomic import atomic_path, write_json
@@ -49,8 +49,9 @@ def report(named: Sequence[tuple[str, str | Path, str | Path]], out_dir: str | P
     summary = {}
     for name, metrics_path, pred_dir in named:
         metrics = read_json(metrics_path)
-        summary[name] = {k: metrics[k] for k in ("cases", "dice", "dice_per_class", "hd95", "error_auroc",
-                                                 "spearman", "ece")}
+        summary[name] = {
+            k: metrics[k] for k in ("cases", "dice", "dice_per_class", "hd95", "error_auroc", "spearman", "ece")
+        }
         flagged = _flagged(Path(pred_dir))
         _scatter(out_dir / f"{name}_score_vs_error.png", name, metrics, flagged)
         summary[name]["flagged_for_review"] = sorted(flagged)

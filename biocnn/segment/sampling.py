@@ -13,7 +13,7 @@ last feature map is repeated.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -30,8 +30,9 @@ def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def has_active_dropout(model: nn.Module) -> bool:
     """True when some dropout layer of ``model`` is in training mode with a non-zero rate."""
-    return any(isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and _active(m)
-               for m in model.modules())
+    return any(
+        isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and _active(m) for m in model.modules()
+    )
 
 
 @torch.no_grad()
@@ -81,8 +82,13 @@ def _final_conv(final: nn.Module) -> nn.Module | None:
 def _foldable(dropout: nn.Module, final: nn.Module) -> bool:
     """Channel dropout feeding straight into a 1x1 convolution (the default placement)."""
     conv = _final_conv(final)
-    return (_active(dropout) and isinstance(dropout, _CHANNEL_DROPOUT) and conv is not None
-            and all(k == 1 for k in conv.kernel_size) and conv.groups == 1)
+    return (
+        _active(dropout)
+        and isinstance(dropout, _CHANNEL_DROPOUT)
+        and conv is not None
+        and all(k == 1 for k in conv.kernel_size)
+        and conv.groups == 1
+    )
 
 
 def _folded_last_layer(h: torch.Tensor, p: float, final: nn.Module, n: int) -> torch.Tensor:

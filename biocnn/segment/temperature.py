@@ -13,7 +13,8 @@ the review threshold, so both sides of that comparison are on the same scale.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,15 +41,26 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits = logits.double()
     labels = labels.long()
     lo, hi = (math.log(t) for t in T_RANGE)
-    res = minimize_scalar(lambda s: negative_log_likelihood(logits, labels, math.exp(s)), bounds=(lo, hi),
-                          method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda s: negative_log_likelihood(logits, labels, math.exp(s)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(math.exp(res.x))
 
 
 @torch.no_grad()
-def validation_logits(model: nn.Module, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
-                      roi_size: Sequence[int], sw_batch_size: int, overlap: float, seed: int = 0,
-                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_logits(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    roi_size: Sequence[int],
+    sw_batch_size: int,
+    overlap: float,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic sliding-window logits of whole cases: ``(N, C)`` and labels ``(N,)``, at
     most :data:`MAX_VOXELS_PER_CASE` voxels per case (a seeded sample, the same every run)."""
     from monai.inferers import sliding_window_inference
@@ -58,9 +70,16 @@ def validation_logits(model: nn.Module, images: Sequence[torch.Tensor], labels: 
     for image, label in zip(images, labels):
         image = torch.as_tensor(image).float()
         with eval_mode(model):
-            out = sliding_window_inference(image[None], roi_size=list(roi_size), sw_batch_size=sw_batch_size,
-                                           predictor=model, overlap=overlap, mode="gaussian",
-                                           sw_device=device or image.device, device=torch.device("cpu"))
+            out = sliding_window_inference(
+                image[None],
+                roi_size=list(roi_size),
+                sw_batch_size=sw_batch_size,
+                predictor=model,
+                overlap=overlap,
+                mode="gaussian",
+                sw_device=device or image.device,
+                device=torch.device("cpu"),
+            )
         z = torch.as_tensor(out)[0].float().reshape(out.shape[1], -1).T
         y = torch.as_tensor(label).reshape(-1).long().cpu()
         if len(y) > MAX_VOXELS_PER_CASE:
@@ -81,8 +100,11 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         return expected_calibration_error((pred == labels).numpy().astype(float), conf.numpy(), ECE_BINS)
 
     t = fit_temperature(logits, labels)
-    return {"temperature": t, "voxels": int(len(labels)),
-            "val_nll_before": negative_log_likelihood(logits, labels),
-            "val_nll_after": negative_log_likelihood(logits, labels, t),
-            "val_ece_before": ece(1.0), "val_ece_after": ece(t)}
-
+    return {
+        "temperature": t,
+        "voxels": int(len(labels)),
+        "val_nll_before": negative_log_likelihood(logits, labels),
+        "val_nll_after": negative_log_likelihood(logits, labels, t),
+        "val_ece_before": ece(1.0),
+        "val_ece_after": ece(t),
+    }

@@ -23,11 +23,20 @@ log = logging.getLogger(__name__)
 def model_spec(cfg: SegmentConfig) -> dict[str, Any]:
     """The ``{"name": "unet", ...}`` spec stored in config.json."""
     m = cfg.model
-    return {"name": "unet", "spatial_dims": cfg.data.spatial_dims, "in_channels": cfg.data.in_channels,
-            "out_channels": len(cfg.data.label_values), "channels": list(m.channels),
-            "strides": list(m.strides) if m.strides else None, "kernel_size": m.kernel_size,
-            "convs_per_stage": m.convs_per_stage, "norm": m.norm, "act": m.act,
-            "dropout": m.dropout, "decoder_dropout": m.decoder_dropout}
+    return {
+        "name": "unet",
+        "spatial_dims": cfg.data.spatial_dims,
+        "in_channels": cfg.data.in_channels,
+        "out_channels": len(cfg.data.label_values),
+        "channels": list(m.channels),
+        "strides": list(m.strides) if m.strides else None,
+        "kernel_size": m.kernel_size,
+        "convs_per_stage": m.convs_per_stage,
+        "norm": m.norm,
+        "act": m.act,
+        "dropout": m.dropout,
+        "decoder_dropout": m.decoder_dropout,
+    }
 
 
 def split_cases(cfg: SegmentConfig):
@@ -63,8 +72,13 @@ def make_validate(cfg: SegmentConfig):
         predictor = UncertaintyPredictor([model], cfg.data.spatial_dims, mc_samples=1, amp=cfg.train.amp)
         dice = []
         for item in loader.dataset:
-            stats = sliding_stats(torch.as_tensor(item["image"]).to(device), predictor, inference.roi_size,
-                                  inference.sw_batch_size, inference.overlap)
+            stats = sliding_stats(
+                torch.as_tensor(item["image"]).to(device),
+                predictor,
+                inference.roi_size,
+                inference.sw_batch_size,
+                inference.overlap,
+            )
             pred = stats[:-1].argmax(0)[None, None]
             label = torch.as_tensor(item["label"]).to(device)[None].long()
             dice.append(metric(one_hot(pred, num_classes), one_hot(label, num_classes)))
@@ -75,8 +89,9 @@ def make_validate(cfg: SegmentConfig):
     return validate
 
 
-def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
-          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(
+    config_path: str | Path, out_dir: str | Path, resume: bool = False, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train a segmentation model described by ``config_path`` into ``out_dir``."""
     from monai.data import list_data_collate
     from monai.losses import DiceCELoss
@@ -89,8 +104,11 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
     log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
     pre = preprocessing(cfg.data, train=True)
     aug = augmentation(cfg.data, cfg.train.seed)
-    train_ds = cached_dataset(train_cases, Compose([*pre.transforms, *aug.transforms]).set_random_state(
-        seed=cfg.train.seed), cfg.data.cache_rate)
+    train_ds = cached_dataset(
+        train_cases,
+        Compose([*pre.transforms, *aug.transforms]).set_random_state(seed=cfg.train.seed),
+        cfg.data.cache_rate,
+    )
     val_ds = cached_dataset(val_cases, pre, cfg.data.cache_rate)
     data_files = [p for c in train_cases + val_cases for p in [*c.images, c.label] if p]
     model_config = {
@@ -108,9 +126,18 @@ def train(config_path: str | Path, out_dir: str | Path, resume: bool = False,
     with deterministic():
         seed_everything(cfg.train.seed)
         model = build_model(model_config["model"])
-        result = fit(model, train_ds, val_ds, loss_fn=loss, config=cfg.train, out_dir=out_dir,
-                     model_config=model_config, validate=make_validate(cfg), resume=resume,
-                     collate_fn=list_data_collate)
+        result = fit(
+            model,
+            train_ds,
+            val_ds,
+            loss_fn=loss,
+            config=cfg.train,
+            out_dir=out_dir,
+            model_config=model_config,
+            validate=make_validate(cfg),
+            resume=resume,
+            collate_fn=list_data_collate,
+        )
         if is_main_process():  # one writer under torchrun
             # Calibrate first: the review statistics are measured with the calibrated softmax,
             # as predict will measure inputs.
@@ -133,16 +160,32 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
         return cfg
     device = next(model.parameters()).device
     items = [val_ds[i] for i in range(len(val_ds))]
-    logits, labels = validation_logits(model, [torch.as_tensor(it["image"]).to(device) for it in items],
-                                       [torch.as_tensor(it["label"]) for it in items], inference.roi_size,
-                                       inference.sw_batch_size, inference.overlap, seed=cfg.train.seed,
-                                       device=device)
+    logits, labels = validation_logits(
+        model,
+        [torch.as_tensor(it["image"]).to(device) for it in items],
+        [torch.as_tensor(it["label"]) for it in items],
+        inference.roi_size,
+        inference.sw_batch_size,
+        inference.overlap,
+        seed=cfg.train.seed,
+        device=device,
+    )
     report = calibrate(logits, labels)
     if not T_RANGE[0] * 1.01 < report["temperature"] < T_RANGE[1] / 1.01:
-        log.warning("%s: calibration temperature %.3g at the end of its range: the validation predictions are "
-                    "mostly wrong or the validation labels trivial; check val_dice", out_dir, report["temperature"])
-    log.info("temperature %.3f: validation NLL %.4f -> %.4f, ECE %.4f -> %.4f", report["temperature"],
-             report["val_nll_before"], report["val_nll_after"], report["val_ece_before"], report["val_ece_after"])
+        log.warning(
+            "%s: calibration temperature %.3g at the end of its range: the validation predictions are "
+            "mostly wrong or the validation labels trivial; check val_dice",
+            out_dir,
+            report["temperature"],
+        )
+    log.info(
+        "temperature %.3f: validation NLL %.4f -> %.4f, ECE %.4f -> %.4f",
+        report["temperature"],
+        report["val_nll_before"],
+        report["val_nll_after"],
+        report["val_ece_before"],
+        report["val_ece_after"],
+    )
     config = read_model_config(out_dir)
     config["inference"]["temperature"] = report["temperature"]
     write_json(Path(out_dir) / CONFIG, config)
@@ -179,28 +222,40 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     # the reference is kept for Monte Carlo dropout and for flip TTA with dropout off; predict
     # picks the matching one, so a --tta prediction is not judged against the Monte Carlo values.
     t = [inference.temperature]
-    samplers = {"mc": UncertaintyPredictor([model], dims, inference.mc_samples, inference.mc_batch,
-                                           amp=cfg.train.amp, temperatures=t),
-                "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t)}
+    samplers = {
+        "mc": UncertaintyPredictor(
+            [model], dims, inference.mc_samples, inference.mc_batch, amp=cfg.train.amp, temperatures=t
+        ),
+        "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t),
+    }
     feats, noise, unc = [], [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
-        feats.append(image_features([model], image, views, inference.roi_size, inference.sw_batch_size,
-                                    inference.overlap, device)[0])
+        feats.append(
+            image_features(
+                [model], image, views, inference.roi_size, inference.sw_batch_size, inference.overlap, device
+            )[0]
+        )
         noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
         with case_seed(case.id, image.device):  # the samples predict draws for this image
             for name, predictor in samplers.items():
-                stats = sliding_stats(image, predictor, inference.roi_size, inference.sw_batch_size,
-                                      inference.overlap)
+                stats = sliding_stats(image, predictor, inference.roi_size, inference.sw_batch_size, inference.overlap)
                 maps = maps_from_stats(stats[None])
-                unc[name].append(structure_uncertainty(maps["prob"][0].cpu().numpy(),
-                                                       maps["label"][0].cpu().numpy(), inference.structure_margin))
+                unc[name].append(
+                    structure_uncertainty(
+                        maps["prob"][0].cpu().numpy(), maps["label"][0].cpu().numpy(), inference.structure_margin
+                    )
+                )
     density = FeatureDensity.fit(np.stack(feats))
     density.noise = FeatureDensity.fit(np.stack(noise))
-    density.info = {"images": len(cases), "views": len(views), "training_structure_uncertainty": unc["mc"],
-                    "training_structure_uncertainty_tta": unc["tta"], "mc_samples": inference.mc_samples}
+    density.info = {
+        "images": len(cases),
+        "views": len(views),
+        "training_structure_uncertainty": unc["mc"],
+        "training_structure_uncertainty_tta": unc["tta"],
+        "mc_samples": inference.mc_samples,
+    }
     threshold = threshold_from_training(inference, density.info)
     density.save(out_dir)
     log.info("feature statistics of %d images; review threshold %.4g", len(cases), threshold)
     return density.info
-

@@ -14,7 +14,8 @@ mutual information are formed only at the end. Entropies are in nats.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,8 +62,12 @@ def maps_from_stats(stats: torch.Tensor) -> dict[str, torch.Tensor]:
     mean_p = mean_p / mean_p.sum(1, keepdim=True).clamp_min(EPS)  # blending may drift from 1
     expected_h = stats[:, -1]
     pred_h = entropy(mean_p, dim=1)
-    return {"prob": mean_p, "label": mean_p.argmax(1), "entropy": pred_h,
-            "mutual_info": (pred_h - expected_h).clamp_min(0)}
+    return {
+        "prob": mean_p,
+        "label": mean_p.argmax(1),
+        "entropy": pred_h,
+        "mutual_info": (pred_h - expected_h).clamp_min(0),
+    }
 
 
 def structure_uncertainty(prob: np.ndarray, label: np.ndarray, margin: int = 2) -> float:

@@ -26,8 +26,13 @@ def _ellipse(yy, xx, cy, cx, ry, rx, angle):
     return u * u + v * v
 
 
-def malaria_field(rng: np.random.Generator, size: int = 128, shift: str = "none",
-                  severity: float = 1.0, cell_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def malaria_field(
+    rng: np.random.Generator,
+    size: int = 128,
+    shift: str = "none",
+    severity: float = 1.0,
+    cell_scale: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One field: ``(uint8 RGB image (H, W, 3), uint8 label mask (H, W))``.
 
     ``cell_scale`` multiplies cell and parasite sizes (default ``size / 128``, so a field
@@ -59,8 +64,9 @@ def malaria_field(rng: np.random.Generator, size: int = 128, shift: str = "none"
                 py, px = cy + rad * np.sin(ang), cx + rad * np.cos(ang)
                 pr = rng.uniform(1.3, 3.5) * scale
                 kind = rng.random()
-                pd = _ellipse(yy, xx, py, px, pr, pr * (rng.uniform(1.3, 2.2) if kind < 0.3 else 1.0),
-                              rng.uniform(0, np.pi))
+                pd = _ellipse(
+                    yy, xx, py, px, pr, pr * (rng.uniform(1.3, 2.2) if kind < 0.3 else 1.0), rng.uniform(0, np.pi)
+                )
                 mask = pd < 1
                 if kind > 0.8:  # ring form: a dark ring with a paler centre
                     img[mask & (pd > 0.35)] = para
@@ -84,8 +90,9 @@ def malaria_field(rng: np.random.Generator, size: int = 128, shift: str = "none"
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), label
 
 
-def write_malaria(out: str | Path, n: int, seed: int, size: int = 128, shift: str = "none",
-                  severity: float = 1.0, fmt: str = "png") -> list[str]:
+def write_malaria(
+    out: str | Path, n: int, seed: int, size: int = 128, shift: str = "none", severity: float = 1.0, fmt: str = "png"
+) -> list[str]:
     """Write ``n`` fields to ``out/images/field_XXX.<fmt>`` and ``out/labels/field_XXX.png``.
 
     ``fmt="tif"`` writes 16-bit TIFF images instead of 8-bit PNG. Returns the case names.

@@ -63,8 +63,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
         import torch
         import torch.nn.functional as F
 
-        field = F.interpolate(torch.from_numpy(field)[None, None], size=shape, mode="bilinear",
-                              align_corners=False)[0, 0].numpy()
+        field = F.interpolate(torch.from_numpy(field)[None, None], size=shape, mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
     return field / (field.std() + 1e-6)
 
 
@@ -111,7 +112,7 @@ def _cyst(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
     r = cols * rng.uniform(0.02, 0.05)
     yy, xx = np.ogrid[0:rows, 0:cols]
     d2 = ((yy - ys[i]) ** 2 + (xx - xs[i]) ** 2) / r**2
-    img += (rng.uniform(0.05, 0.14) * np.exp(-d2 ** 2) * mask).astype(np.float32)
+    img += (rng.uniform(0.05, 0.14) * np.exp(-(d2**2)) * mask).astype(np.float32)
 
 
 def add_lesion(img: np.ndarray, mask: np.ndarray, lesion: Lesion) -> np.ndarray:
@@ -129,16 +130,19 @@ def add_lesion(img: np.ndarray, mask: np.ndarray, lesion: Lesion) -> np.ndarray:
     lesion_mask = np.zeros(img.shape, dtype=bool)
     if lesion.mass:
         # Irregular outline: a few angular harmonics, plus thin spicules radiating out.
-        outline = r * (1 + sum(rng.uniform(0.05, 0.18) * np.cos(k * angle + rng.uniform(0, 6.28))
-                               for k in (2, 3, 5)))
+        outline = r * (1 + sum(rng.uniform(0.05, 0.18) * np.cos(k * angle + rng.uniform(0, 6.28)) for k in (2, 3, 5)))
         body = 1.0 / (1.0 + np.exp((dist - outline) / (0.08 * r)))
         spicules = np.zeros_like(img)
         for a in rng.uniform(0, 2 * np.pi, rng.integers(6, 12)):
             along = dx * np.cos(a) + dy * np.sin(a)
             across = np.abs(-dx * np.sin(a) + dy * np.cos(a))
             length = r * rng.uniform(1.6, 2.6)
-            spicules = np.maximum(spicules, ((along > 0) & (along < length)) * np.exp(-(across / (0.06 * r + 0.5)) ** 2)
-                                  * (1 - np.clip(along / length, 0, 1)))
+            spicules = np.maximum(
+                spicules,
+                ((along > 0) & (along < length))
+                * np.exp(-((across / (0.06 * r + 0.5)) ** 2))
+                * (1 - np.clip(along / length, 0, 1)),
+            )
         img += (lesion.contrast * np.maximum(body, 0.6 * spicules) * mask).astype(np.float32)
         lesion_mask |= dist < outline * 1.15
     if lesion.calcs:
@@ -153,8 +157,9 @@ def add_lesion(img: np.ndarray, mask: np.ndarray, lesion: Lesion) -> np.ndarray:
     return lesion_mask & mask
 
 
-def view_image(rows: int, cols: int, view: str, rng: np.random.Generator, lesion: Lesion | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def view_image(
+    rows: int, cols: int, view: str, rng: np.random.Generator, lesion: Lesion | None
+) -> tuple[np.ndarray, np.ndarray]:
     """One view (chest wall left) in ``[0, 1]`` and its lesion mask."""
     img, mask = tissue(rows, cols, view, rng)
     for _ in range(rng.integers(0, 3)):
@@ -164,15 +169,21 @@ def view_image(rows: int, cols: int, view: str, rng: np.random.Generator, lesion
     img += (0.015 * rng.standard_normal(img.shape) * mask).astype(np.float32)
     img = np.clip(img, 0.0, 1.0)
     mh, mw = max(4, rows // 30), max(6, cols // 12)
-    img[rows // 30: rows // 30 + mh, cols - mw - cols // 30: cols - cols // 30] = 0.95
+    img[rows // 30 : rows // 30 + mh, cols - mw - cols // 30 : cols - cols // 30] = 0.95
     return img, lesion_mask
 
 
 def random_lesion(rng: np.random.Generator) -> Lesion:
     kind = rng.uniform()
-    return Lesion(y=rng.uniform(0.25, 0.75), x=rng.uniform(0.25, 0.7), radius=rng.uniform(0.035, 0.07),
-                  contrast=rng.uniform(0.16, 0.32), mass=kind < 0.85, calcs=kind > 0.55,
-                  seed=int(rng.integers(2**31)))
+    return Lesion(
+        y=rng.uniform(0.25, 0.75),
+        x=rng.uniform(0.25, 0.7),
+        radius=rng.uniform(0.035, 0.07),
+        contrast=rng.uniform(0.16, 0.32),
+        mass=kind < 0.85,
+        calcs=kind > 0.55,
+        seed=int(rng.integers(2**31)),
+    )
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -224,12 +235,13 @@ def encode_pixels(img: np.ndarray, style: int, bits: int, rng: np.random.Generat
     return {"stored": values, "attrs": attrs}
 
 
-def mg_dataset(stored: np.ndarray, attrs: dict, bits: int, ids: dict, laterality: str, view: str,
-               sop_class: str, frames: int = 1):
+def mg_dataset(
+    stored: np.ndarray, attrs: dict, bits: int, ids: dict, laterality: str, view: str, sop_class: str, frames: int = 1
+):
     """A complete MG dataset (file meta included) around ``stored`` pixel values."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -258,7 +270,9 @@ def mg_dataset(stored: np.ndarray, attrs: dict, bits: int, ids: dict, laterality
     ds.InstanceNumber = 1
     ds.BodyPartExamined = "BREAST"
     ds.BurnedInAnnotation = "NO"
-    ds.PatientOrientation = ["P", "H" if view == "CC" else "FL"] if laterality == "L" else ["A", "H" if view == "CC" else "FR"]
+    ds.PatientOrientation = (
+        ["P", "H" if view == "CC" else "FL"] if laterality == "L" else ["A", "H" if view == "CC" else "FR"]
+    )
     if frames == 1:
         ds.ImageLaterality = laterality
         ds.Laterality = laterality
@@ -342,9 +356,19 @@ def _exam_ids(seed: int, index: int) -> dict:
     }
 
 
-def write_view(out: Path, ids: dict, laterality: str, view: str, img: np.ndarray, lesion_mask: np.ndarray,
-               rng: np.random.Generator, series_number: int, syntax: str | None = None,
-               bits: int | None = None, style: int | None = None) -> tuple[Path, Path]:
+def write_view(
+    out: Path,
+    ids: dict,
+    laterality: str,
+    view: str,
+    img: np.ndarray,
+    lesion_mask: np.ndarray,
+    rng: np.random.Generator,
+    series_number: int,
+    syntax: str | None = None,
+    bits: int | None = None,
+    style: int | None = None,
+) -> tuple[Path, Path]:
     """Write one view's DICOM file (right breasts mirrored) and its mask PNG."""
     if laterality == "R":  # stored as acquired: chest wall on the right
         img, lesion_mask = img[:, ::-1], lesion_mask[:, ::-1]
@@ -354,8 +378,12 @@ def write_view(out: Path, ids: dict, laterality: str, view: str, img: np.ndarray
     if style == 3:
         bits = min(bits, 12)
     enc = encode_pixels(img, style, bits, rng)
-    view_ids = dict(ids, sop=_uid("sop", ids["study"], laterality, view),
-                    series=_uid("series", ids["study"], laterality, view), series_number=series_number)
+    view_ids = dict(
+        ids,
+        sop=_uid("sop", ids["study"], laterality, view),
+        series=_uid("series", ids["study"], laterality, view),
+        series_number=series_number,
+    )
     sop_class = MG_PROCESSING if enc["attrs"]["PresentationIntentType"] == "FOR PROCESSING" else MG_PRESENTATION
     ds = mg_dataset(enc["stored"], enc["attrs"], bits, view_ids, laterality, view, sop_class)
     dcm_path = out / "dicom" / ids["exam"] / f"{laterality}_{view}.dcm"
@@ -366,8 +394,17 @@ def write_view(out: Path, ids: dict, laterality: str, view: str, img: np.ndarray
     return dcm_path, mask_path
 
 
-def write_tomo(out: Path, ids: dict, laterality: str, view: str, rows: int, cols: int, frames: int,
-               lesion: Lesion | None, rng: np.random.Generator) -> tuple[Path, Path]:
+def write_tomo(
+    out: Path,
+    ids: dict,
+    laterality: str,
+    view: str,
+    rows: int,
+    cols: int,
+    frames: int,
+    lesion: Lesion | None,
+    rng: np.random.Generator,
+) -> tuple[Path, Path]:
     """One Breast Tomosynthesis volume: slices share the outline, differ in texture."""
     base, mask = tissue(rows, cols, view, rng)
     slices, lesion_mask = [], np.zeros((rows, cols), dtype=bool)
@@ -382,8 +419,12 @@ def write_tomo(out: Path, ids: dict, laterality: str, view: str, rows: int, cols
         vol, lesion_mask = vol[..., ::-1], lesion_mask[:, ::-1]
     bits = 12
     enc = encode_pixels(vol, 0, bits, rng)
-    view_ids = dict(ids, sop=_uid("tomo", ids["study"], laterality, view),
-                    series=_uid("tomo-series", ids["study"], laterality, view), series_number=10)
+    view_ids = dict(
+        ids,
+        sop=_uid("tomo", ids["study"], laterality, view),
+        series=_uid("tomo-series", ids["study"], laterality, view),
+        series_number=10,
+    )
     ds = mg_dataset(enc["stored"], enc["attrs"], bits, view_ids, laterality, view, BREAST_TOMO, frames)
     dcm_path = out / "dicom" / ids["exam"] / f"{laterality}_{view}_tomo.dcm"
     mask_path = out / "masks" / ids["exam"] / f"{laterality}_{view}_tomo.png"
@@ -400,9 +441,18 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def synthesize(out: str | Path, exams: int, seed: int = 0, rows: int = 640, cols: int = 512,
-               tomo: int = 2, tomo_frames: int = 8, malignant_fraction: float = 0.5,
-               syntax: str | None = None, bits: int | None = None) -> dict:
+def synthesize(
+    out: str | Path,
+    exams: int,
+    seed: int = 0,
+    rows: int = 640,
+    cols: int = 512,
+    tomo: int = 2,
+    tomo_frames: int = 8,
+    malignant_fraction: float = 0.5,
+    syntax: str | None = None,
+    bits: int | None = None,
+) -> dict:
     """Write ``exams`` four-view exams (and ``tomo`` volumes) under ``out``; see the module doc.
 
     ``syntax`` ("native", "rle", "j2k") and ``bits`` force one encoding for every file (the
@@ -424,21 +474,45 @@ def synthesize(out: str | Path, exams: int, seed: int = 0, rows: int = 640, cols
                 this = Lesion(**{**this.__dict__, "y": float(np.clip(this.y + rng.uniform(-0.1, 0.1), 0.2, 0.8))})
             img, lesion_mask = view_image(rows, cols, view, rng, this)
             dcm, mask = write_view(out, ids, laterality, view, img, lesion_mask, rng, number, syntax, bits)
-            manifest.append({"path": dcm.relative_to(out).as_posix(), "patient_id": ids["patient_id"],
-                             "study_id": ids["study"], "laterality": laterality, "view": view,
-                             "label": int(this is not None), "mask": mask.relative_to(out).as_posix()})
+            manifest.append(
+                {
+                    "path": dcm.relative_to(out).as_posix(),
+                    "patient_id": ids["patient_id"],
+                    "study_id": ids["study"],
+                    "laterality": laterality,
+                    "view": view,
+                    "label": int(this is not None),
+                    "mask": mask.relative_to(out).as_posix(),
+                }
+            )
         if index < tomo:
             for laterality, view in (("L", "CC"), ("R", "CC")):
                 this = lesion if (lesion is not None and laterality == side) else None
                 dcm, mask = write_tomo(out, ids, laterality, view, rows // 2, cols // 2, tomo_frames, this, rng)
-                tomo_manifest.append({"path": dcm.relative_to(out).as_posix(), "patient_id": ids["patient_id"],
-                                      "study_id": ids["study"], "laterality": laterality, "view": view,
-                                      "label": int(this is not None), "mask": mask.relative_to(out).as_posix()})
+                tomo_manifest.append(
+                    {
+                        "path": dcm.relative_to(out).as_posix(),
+                        "patient_id": ids["patient_id"],
+                        "study_id": ids["study"],
+                        "laterality": laterality,
+                        "view": view,
+                        "label": int(this is not None),
+                        "mask": mask.relative_to(out).as_posix(),
+                    }
+                )
     _write_manifest(out / "manifest.csv", manifest)
     _write_manifest(out / "tomo_manifest.csv", tomo_manifest)
-    summary = {"exams": exams, "images": len(manifest), "volumes": len(tomo_manifest),
-               "malignant_images": sum(r["label"] for r in manifest), "seed": seed,
-               "manifest": str(out / "manifest.csv"), "tomo_manifest": str(out / "tomo_manifest.csv")}
-    write_text(out / "README.txt", "Synthetic mammograms generated by `biocnn mammo synth` "
-               f"(seed {seed}); not real patients.\n")
+    summary = {
+        "exams": exams,
+        "images": len(manifest),
+        "volumes": len(tomo_manifest),
+        "malignant_images": sum(r["label"] for r in manifest),
+        "seed": seed,
+        "manifest": str(out / "manifest.csv"),
+        "tomo_manifest": str(out / "tomo_manifest.csv"),
+    }
+    write_text(
+        out / "README.txt",
+        f"Synthetic mammograms generated by `biocnn mammo synth` (seed {seed}); not real patients.\n",
+    )
     return summary

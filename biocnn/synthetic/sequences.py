@@ -58,7 +58,7 @@ def sample_site(pfm: np.ndarray, rng: np.random.Generator) -> str:
 def plant(background: str, site: str, rng: np.random.Generator) -> str:
     """``background`` with ``site`` written over it at a random position."""
     pos = int(rng.integers(0, len(background) - len(site) + 1))
-    return background[:pos] + site + background[pos + len(site):]
+    return background[:pos] + site + background[pos + len(site) :]
 
 
 def binding_sets(pfm: np.ndarray, n: int, length: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
@@ -81,9 +81,16 @@ def _write_table(path: Path, pos: list[str], neg: list[str], prefix: str) -> Non
             fh.write(f"{'ABC'[k % 3]}\t{rid}\t{seq}\t{label}\n".encode())
 
 
-def write_demo_binding(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 500,
-                       motif: str = "MA0139", length: int = 101, genome_bp: int = 200_000,
-                       sites_per_100kb: int = 20) -> dict[str, Path]:
+def write_demo_binding(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_train: int = 2000,
+    n_test: int = 500,
+    motif: str = "MA0139",
+    length: int = 101,
+    genome_bp: int = 200_000,
+    sites_per_100kb: int = 20,
+) -> dict[str, Path]:
     """Write the DeepBind demo: train/test tables, a FASTA of positives, a genome + its sites.
 
     Files: ``train.seq.gz`` (positives only, like ENCODE ``_AC`` sets), ``test.seq.gz``
@@ -97,9 +104,15 @@ def write_demo_binding(out_dir: str | Path, seed: int = 0, n_train: int = 2000, 
     name, pfm = jaspar_pfm(motif)
     train_pos, _ = binding_sets(pfm, n_train, length, rng)
     test_pos, test_neg = binding_sets(pfm, n_test, length, rng)
-    files = {"train": out / "train.seq.gz", "test": out / "test.seq.gz", "examples": out / "examples.fa",
-             "genome": out / "genome.fa", "sites": out / "genome_sites.bed", "variants": out / "variants.vcf",
-             "motif": out / "motif.txt"}
+    files = {
+        "train": out / "train.seq.gz",
+        "test": out / "test.seq.gz",
+        "examples": out / "examples.fa",
+        "genome": out / "genome.fa",
+        "sites": out / "genome_sites.bed",
+        "variants": out / "variants.vcf",
+        "motif": out / "motif.txt",
+    }
     _write_table(files["train"], train_pos, [], "train")
     _write_table(files["test"], test_pos, test_neg, "test")
     with atomic_open(files["examples"]) as fh:
@@ -109,7 +122,7 @@ def write_demo_binding(out_dir: str | Path, seed: int = 0, n_train: int = 2000, 
     with atomic_open(files["genome"]) as fh:
         fh.write(">chrDemo\n")
         for i in range(0, len(genome), 60):
-            fh.write(genome[i:i + 60] + "\n")
+            fh.write(genome[i : i + 60] + "\n")
     with atomic_open(files["sites"]) as fh:
         for start, end, strand in sites:
             fh.write(f"chrDemo\t{start}\t{end}\tsite\t0\t{strand}\n")
@@ -119,8 +132,9 @@ def write_demo_binding(out_dir: str | Path, seed: int = 0, n_train: int = 2000, 
     return files
 
 
-def _genome(pfm: np.ndarray, genome_bp: int, per_100kb: int, rng: np.random.Generator
-            ) -> tuple[str, list[tuple[int, int, str]]]:
+def _genome(
+    pfm: np.ndarray, genome_bp: int, per_100kb: int, rng: np.random.Generator
+) -> tuple[str, list[tuple[int, int, str]]]:
     """Random background with sites planted at evenly spread, jittered positions."""
     seq = list(random_dna(genome_bp, rng))
     n_sites = max(1, genome_bp * per_100kb // 100_000)
@@ -133,7 +147,7 @@ def _genome(pfm: np.ndarray, genome_bp: int, per_100kb: int, rng: np.random.Gene
         strand = "+"
         if rng.random() < 0.5:
             site, strand = reverse_complement(site), "-"
-        seq[start:start + width] = list(site)
+        seq[start : start + width] = list(site)
         sites.append((start, start + width, strand))
     return "".join(seq), sites
 
@@ -152,9 +166,9 @@ def _write_vcf(path: Path, genome: str, sites: list[tuple[int, int, str]], rng: 
     pos = int(rng.integers(1000, len(genome) - 1000))
     rows.append((pos + 1, genome[pos], genome[pos] + "GA"))  # insertion
     pos = int(rng.integers(1000, len(genome) - 1000))
-    rows.append((pos + 1, genome[pos:pos + 3], genome[pos]))  # deletion
+    rows.append((pos + 1, genome[pos : pos + 3], genome[pos]))  # deletion
     with atomic_open(path) as fh:
-        fh.write("##fileformat=VCFv4.2\n##contig=<ID=chrDemo,length=%d>\n" % len(genome))
+        fh.write(f"##fileformat=VCFv4.2\n##contig=<ID=chrDemo,length={len(genome)}>\n")
         fh.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
         for i, (pos, ref, alt) in enumerate(sorted(rows)):
             fh.write(f"chrDemo\t{pos}\tvar{i + 1}\t{ref}\t{alt}\t.\tPASS\t.\n")

@@ -29,8 +29,9 @@ _CONTRAST = {
 }
 
 
-def tumor_volume(rng: np.random.Generator, shape=(48, 48, 48), shift: str = "none",
-                 severity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def tumor_volume(
+    rng: np.random.Generator, shape=(48, 48, 48), shift: str = "none", severity: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """One case: ``(float32 (modalities, X, Y, Z), uint8 label (X, Y, Z) in {0,1,2,4})``."""
     if shift not in SHIFTS:
         raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
@@ -86,8 +87,9 @@ def tumor_affine(shape) -> np.ndarray:
     return affine
 
 
-def write_tumor(out: str | Path, n: int, seed: int, shape=(48, 48, 48), shift: str = "none",
-                severity: float = 1.0) -> list[str]:
+def write_tumor(
+    out: str | Path, n: int, seed: int, shape=(48, 48, 48), shift: str = "none", severity: float = 1.0
+) -> list[str]:
     """Write ``n`` cases as ``out/case_XXX/case_XXX_<modality>.nii.gz`` + ``..._seg.nii.gz``."""
     import nibabel as nib
 
