@@ -18,8 +18,7 @@ def peak_rss_gb(code: str, args: list[str] | tuple[str, ...] = ()) -> float:
     ``getrusage``: on Linux ``ru_maxrss`` survives ``exec``, so a child spawned by a large
     benchmark process would report at least that process's size at the time of the spawn.
     """
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{_REPORT}", *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", f"{code}\n{_REPORT}", *args], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"child process failed ({done.returncode}):\n{done.stderr[-2000:]}")
     kb = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KB"))

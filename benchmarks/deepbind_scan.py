@@ -28,11 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from child_memory import peak_rss_gb
 
 from biocnn.deepbind.model import DeepBind
 from biocnn.deepbind.scan import scan_fasta
 from biocnn.io.atomic import write_json
-from child_memory import peak_rss_gb
 
 
 def write_genome(path: Path, bp: int, seed: int, chromosomes: int = 2) -> None:
@@ -81,9 +81,11 @@ def model(seed: int = 0) -> DeepBind:
 
 def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
     """Peak RSS (MB) of a fresh process that scans ``fasta`` (see :func:`child_memory.peak_rss_gb`)."""
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); from deepbind_scan import model; "
-            "from biocnn.deepbind.scan import scan_fasta; "
-            f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r})")
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); from deepbind_scan import model; "
+        "from biocnn.deepbind.scan import scan_fasta; "
+        f"scan_fasta(model(), {str(fasta)!r}, {str(out_prefix)!r})"
+    )
     return peak_rss_gb(code) * 1024
 
 
@@ -133,23 +135,41 @@ def main(argv=None) -> int:
         write_genome(large, int(args.large_mbp * 1e6), args.seed + 2)
         rss_large = peak_rss_mb(large, tmp / "rss50")
 
-    result = {"ours_mbps": ours_mbps, "fimo_mbps": fimo_mbps, "ratio": ours_mbps / fimo_mbps,
-              "roofline_share": roofline, "peak_rss_mb_10mbp": rss_small, "peak_rss_mb_50mbp": rss_large,
-              "matmul_gflops": peak / 1e9, "scan_effective_gflops": ours_mbps * 1e6 * flops_per_bp / 1e9,
-              "roofline_share_actual": ours_mbps * 1e6 * adds_per_bp / peak, "adds_per_bp": adds_per_bp,
-              "fimo_hits": int(sum(len(h) for h in hits)), "windows": ours["windows"], "genome_mbp": args.mbp,
-              "backend": warm["backend"], "kernel_isa": warm.get("kernel_isa"),
-              # Mbp per CPU-second (all threads): comparable when other jobs share the cores.
-              "ours_mbp_per_cpu_s": bp / 1e6 / ours_cpu, "fimo_mbp_per_cpu_s": bp / 1e6 / fimo_cpu}
+    result = {
+        "ours_mbps": ours_mbps,
+        "fimo_mbps": fimo_mbps,
+        "ratio": ours_mbps / fimo_mbps,
+        "roofline_share": roofline,
+        "peak_rss_mb_10mbp": rss_small,
+        "peak_rss_mb_50mbp": rss_large,
+        "matmul_gflops": peak / 1e9,
+        "scan_effective_gflops": ours_mbps * 1e6 * flops_per_bp / 1e9,
+        "roofline_share_actual": ours_mbps * 1e6 * adds_per_bp / peak,
+        "adds_per_bp": adds_per_bp,
+        "fimo_hits": int(sum(len(h) for h in hits)),
+        "windows": ours["windows"],
+        "genome_mbp": args.mbp,
+        "backend": warm["backend"],
+        "kernel_isa": warm.get("kernel_isa"),
+        # Mbp per CPU-second (all threads): comparable when other jobs share the cores.
+        "ours_mbp_per_cpu_s": bp / 1e6 / ours_cpu,
+        "fimo_mbp_per_cpu_s": bp / 1e6 / fimo_cpu,
+    }
     per_cpu = result["ours_mbp_per_cpu_s"], result["fimo_mbp_per_cpu_s"]
     print(f"{'method':<42} {'Mbp/s':>7} {'ratio':>6} {'Mbp/CPU-s':>10} {'ratio':>6}")
-    print(f"{'biocnn deepbind scan (16 x 24, both strands)':<42} {ours_mbps:>7.2f} {ours_mbps / fimo_mbps:>6.2f} "
-          f"{per_cpu[0]:>10.2f} {per_cpu[0] / per_cpu[1]:>6.2f}")
-    print(f"{'memelite FIMO (16 PWMs x 24, both strands)':<42} {fimo_mbps:>7.2f} {1.0:>6.2f} {per_cpu[1]:>10.2f} "
-          f"{1.0:>6.2f}")
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; scan at {result['scan_effective_gflops']:.1f} dense-equivalent "
-          f"GFLOP/s = {roofline:.2f} of it; {adds_per_bp:.0f} additions/bp actually done = "
-          f"{result['roofline_share_actual']:.3f} of it")
+    print(
+        f"{'biocnn deepbind scan (16 x 24, both strands)':<42} {ours_mbps:>7.2f} {ours_mbps / fimo_mbps:>6.2f} "
+        f"{per_cpu[0]:>10.2f} {per_cpu[0] / per_cpu[1]:>6.2f}"
+    )
+    print(
+        f"{'memelite FIMO (16 PWMs x 24, both strands)':<42} {fimo_mbps:>7.2f} {1.0:>6.2f} {per_cpu[1]:>10.2f} "
+        f"{1.0:>6.2f}"
+    )
+    print(
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s; scan at {result['scan_effective_gflops']:.1f} dense-equivalent "
+        f"GFLOP/s = {roofline:.2f} of it; {adds_per_bp:.0f} additions/bp actually done = "
+        f"{result['roofline_share_actual']:.3f} of it"
+    )
     print(f"peak RSS: {rss_small:.0f} MB at {args.mbp:.0f} Mbp, {rss_large:.0f} MB at {args.large_mbp:.0f} Mbp")
     print(f"backend {warm['backend']}, kernel build {warm.get('kernel_isa')}")
     write_json(args.out, result)  # atomic, like every biocnn output

@@ -89,8 +89,11 @@ def test_deepbind_table_header_checked(tmp_path):
         read_deepbind_table(bad)
 
 
-@pytest.mark.parametrize("reader", [read_fasta, read_deepbind_table, lambda p: list(iter_fasta(p))],
-                         ids=["read_fasta", "read_deepbind_table", "iter_fasta"])
+@pytest.mark.parametrize(
+    "reader",
+    [read_fasta, read_deepbind_table, lambda p: list(iter_fasta(p))],
+    ids=["read_fasta", "read_deepbind_table", "iter_fasta"],
+)
 def test_truncated_gzip_and_non_utf8_input_are_errors_naming_the_file(tmp_path, reader):
     table = "FoldID\tEventID\tseq\tBound\n" + "".join(f"A\tseq{i}\tACGTACGTACGTACGTACGT\t1\n" for i in range(3000))
     fasta = "".join(f">seq{i}\nACGTACGTACGTACGTACGT\n" for i in range(3000))

@@ -33,7 +33,7 @@ def _genome(n, seed):
     """Random ACGT with a long N run, scattered IUPAC codes and lowercase (as in real assemblies)."""
     rng = np.random.default_rng(seed)
     seq = rng.choice(list("ACGT"), size=n)
-    seq[n // 3:n // 3 + 300] = "N"
+    seq[n // 3 : n // 3 + 300] = "N"
     seq[rng.choice(n, size=n // 200, replace=False)] = rng.choice(list("NRYSWKMBDHV"), size=n // 200)
     low = rng.choice(n, size=n // 10, replace=False)
     seq[low] = np.char.lower(seq[low])
@@ -41,16 +41,19 @@ def _genome(n, seed):
 
 
 @needs_kernels
-@pytest.mark.parametrize("motifs,motif_len,window,stride,pool,hidden", [
-    (16, 24, 101, 50, "max", 32),  # the default DeepBind model and scan: 32 channels, 6 look-ups a position
-    (16, 24, 101, 50, "maxavg", 32),
-    (5, 7, 30, 40, "maxavg", 0),  # stride > window: gaps between windows; 10 channels padded to 16
-    (24, 11, 60, 7, "max", 8),  # 48 channels; windows overlap by many strides
-    # fused edges (stride >= motif_len - 1) where a base's left- and right-edge pieces overlap by 7
-    # columns, or leave a gap of 5 between them, at bases inside windows (the default: overlap of 1)
-    (6, 9, 15, 8, "maxavg", 16),
-    (6, 8, 19, 12, "maxavg", 0),
-])
+@pytest.mark.parametrize(
+    "motifs,motif_len,window,stride,pool,hidden",
+    [
+        (16, 24, 101, 50, "max", 32),  # the default DeepBind model and scan: 32 channels, 6 look-ups a position
+        (16, 24, 101, 50, "maxavg", 32),
+        (5, 7, 30, 40, "maxavg", 0),  # stride > window: gaps between windows; 10 channels padded to 16
+        (24, 11, 60, 7, "max", 8),  # 48 channels; windows overlap by many strides
+        # fused edges (stride >= motif_len - 1) where a base's left- and right-edge pieces overlap by 7
+        # columns, or leave a gap of 5 between them, at bases inside windows (the default: overlap of 1)
+        (6, 9, 15, 8, "maxavg", 16),
+        (6, 8, 19, 12, "maxavg", 0),
+    ],
+)
 def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window, stride, pool, hidden):
     torch.manual_seed(3)
     model = DeepBind(num_motifs=motifs, motif_len=motif_len, pool=pool, hidden=hidden).eval()
@@ -67,15 +70,16 @@ def test_native_scores_equal_the_model_on_every_window(motifs, motif_len, window
     starts = range(0, len(seq) - window + 1, stride)
     assert len(got) == len(starts) > 2 * NATIVE_BLOCK
     with torch.no_grad():
-        expected = model(torch.stack([x[:, a:a + window] for a in starts]))
+        expected = model(torch.stack([x[:, a : a + window] for a in starts]))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monkeypatch):
     monkeypatch.setattr(fasta_stream, "_READ_BLOCK", 7)  # every header and line break straddles reads
     records = [("chr1", _genome(500, 1)), ("chr2 second record", "ACGTN" * 3), ("empty", ""), ("chrM", _genome(130, 2))]
-    text = "".join(f">{name}\r\n" + "\r\n".join(seq[i:i + 61] for i in range(0, len(seq), 61)) + "\r\n"
-                   for name, seq in records)
+    text = "".join(
+        f">{name}\r\n" + "\r\n".join(seq[i : i + 61] for i in range(0, len(seq), 61)) + "\r\n" for name, seq in records
+    )
     plain, gz = tmp_path / "g.fa", tmp_path / "g.fa.gz"
     plain.write_bytes(text.encode())
     gz.write_bytes(gzip.compress(text.encode()))
@@ -91,9 +95,30 @@ def test_stream_records_reads_blocks_gzip_and_crlf_like_biopython(tmp_path, monk
 def test_bedgraph_from_the_c_formatter_equals_python_formatting(tmp_path):
     kernels = native.load()
     # Halfway cases (rounded to even, as Python does), negative zero, small negatives, large values.
-    values = np.array([0.0, -0.0, 0.00005, 0.00015, -0.00004, 1.23456, -7.77775, 123456.5, 2.5e-5, 1e-9, 0.99995,
-                       9.99999e13, -3e14, 1e20, -3.4e38, np.inf, -np.inf, np.nan,
-                       *np.random.default_rng(0).normal(0, 3, 500)], np.float32)
+    values = np.array(
+        [
+            0.0,
+            -0.0,
+            0.00005,
+            0.00015,
+            -0.00004,
+            1.23456,
+            -7.77775,
+            123456.5,
+            2.5e-5,
+            1e-9,
+            0.99995,
+            9.99999e13,
+            -3e14,
+            1e20,
+            -3.4e38,
+            np.inf,
+            -np.inf,
+            np.nan,
+            *np.random.default_rng(0).normal(0, 3, 500),
+        ],
+        np.float32,
+    )
     starts = np.arange(len(values), dtype=np.int64) * 7_777_777  # 1 to 10 digits
     for chrom in ("chrUn_KI270302v1", "a_record_name_longer_than_32_characters"):  # both copy paths
         out = {}
@@ -111,15 +136,19 @@ def test_scan_backends_agree_and_invalid_character_names_its_position(tmp_path):
     model = DeepBind(num_motifs=6, motif_len=10, hidden=4).eval()
     seq = _genome(5000, 9)
     fa = tmp_path / "g.fa.gz"
-    fa.write_bytes(gzip.compress((">chrA\n" + "\n".join(seq[i:i + 80] for i in range(0, 5000, 80)) + "\n").encode()))
+    fa.write_bytes(gzip.compress((">chrA\n" + "\n".join(seq[i : i + 80] for i in range(0, 5000, 80)) + "\n").encode()))
     rows = {}
     for backend in ("native", "torch"):
         stats = scan_fasta(model, fa, tmp_path / backend, window=50, stride=25, chunk=600, backend=backend)
         assert stats["backend"] == backend and stats["windows"] == (5000 - 50) // 25 + 1
         assert stats.get("kernel_isa") == (native.load().isa if backend == "native" else None)
         assert "fast_path_missing" not in stats  # torch was asked for: nothing is missing
-        rows[backend] = np.array([[float(v) for v in line.split("\t")[1:]]
-                                  for line in (tmp_path / f"{backend}.bedgraph").read_text().splitlines()])
+        rows[backend] = np.array(
+            [
+                [float(v) for v in line.split("\t")[1:]]
+                for line in (tmp_path / f"{backend}.bedgraph").read_text().splitlines()
+            ]
+        )
     assert rows["native"].shape == rows["torch"].shape
     np.testing.assert_array_equal(rows["native"][:, :2], rows["torch"][:, :2])  # batches written in order
     np.testing.assert_allclose(rows["native"][:, 2], rows["torch"][:, 2], atol=2e-4)
@@ -141,13 +170,14 @@ def test_models_wider_than_the_c_kernel_fall_back_to_torch_loudly_and_stay_exact
     seq = _genome(200, 5)
     x = torch.from_numpy(one_hot(seq))
     with torch.no_grad():
-        expected = model(torch.stack([x[:, a:a + 30] for a in range(0, 200 - 30 + 1, 10)]))
+        expected = model(torch.stack([x[:, a : a + 30] for a in range(0, 200 - 30 + 1, 10)]))
     torch.testing.assert_close(scorer.score(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_missing_kernels_are_reported_on_stderr_and_in_the_summary(tmp_path, monkeypatch, capsys):
     """A copy of the package whose kernels were never built still scans (on torch, the same
     scores), and says so: a warning on stderr and ``fast_path_missing`` in PREFIX.json."""
+
     def not_built(isa):
         raise ImportError(f"No module named 'biocnn.deepbind.kernels._scan_{isa}'")
 
@@ -167,7 +197,7 @@ def test_missing_kernels_are_reported_on_stderr_and_in_the_summary(tmp_path, mon
     assert "scan kernels are missing" in summary["fast_path_missing"]
     x = torch.from_numpy(one_hot(_genome(1000, 3)))
     with torch.no_grad():
-        expected = model(torch.stack([x[:, a:a + 50] for a in range(0, 1000 - 50 + 1, 25)])).numpy()
+        expected = model(torch.stack([x[:, a : a + 50] for a in range(0, 1000 - 50 + 1, 25)])).numpy()
     got = [float(line.split("\t")[3]) for line in (tmp_path / "o.bedgraph").read_text().splitlines()]
     np.testing.assert_allclose(got, expected, atol=1e-4)
     with pytest.raises(RuntimeError, match="scan kernels are missing"):
@@ -184,7 +214,7 @@ def test_c_encoder_matches_the_code_table_and_finds_the_first_invalid_byte(isa):
     np.testing.assert_array_equal(chunk_codes(raw, "r", "f", 0, kernels), CODES[np.frombuffer(raw, np.uint8)])
     for pos in (0, 63, 64, 700, 999):  # first / last byte of a vector step, the scalar tail
         for char in (b"X", b"-", b"\xc3"):
-            bad = raw[:pos] + char + raw[pos + 1:] + b"!"  # a later invalid byte must not be reported
+            bad = raw[:pos] + char + raw[pos + 1 :] + b"!"  # a later invalid byte must not be reported
             with pytest.raises(InputError, match=rf"invalid character .* at position {pos + 1}$"):
                 chunk_codes(bad, "r", "f", 0, kernels)
 
@@ -196,7 +226,7 @@ def test_every_build_this_cpu_runs_gives_the_models_scores(isa):
     otherwise) equals the model on every window, max and max+avg pooling."""
     seq = _genome(8000, 6)
     x = torch.from_numpy(one_hot(seq))
-    windows = torch.stack([x[:, a:a + 101] for a in range(0, len(seq) - 101 + 1, 50)])
+    windows = torch.stack([x[:, a : a + 101] for a in range(0, len(seq) - 101 + 1, 50)])
     kernels = native.load(isa)
     assert kernels.isa == isa and kernels.vector_width == (16 if isa == "avx512" else 8)
     for pool in ("max", "maxavg"):
@@ -229,8 +259,9 @@ def test_scratch_memory_the_kernel_cannot_allocate_is_a_memory_error():
     w1t, b1, w2, b2 = scorer.head_weights
     out = np.empty(39, np.float32)
     with pytest.raises(MemoryError, match="cannot allocate"):
-        scorer.kernels.score(buf, lead, scorer.ztab, *scorer.pad_vectors, 8, 50, 25, 0, 39, 1 << 44, 4, 2, False,
-                             w1t, b1, w2, b2, out)
+        scorer.kernels.score(
+            buf, lead, scorer.ztab, *scorer.pad_vectors, 8, 50, 25, 0, 39, 1 << 44, 4, 2, False, w1t, b1, w2, b2, out
+        )
 
 
 def test_scan_output_is_the_same_with_one_or_two_threads(tmp_path):
@@ -241,8 +272,11 @@ def test_scan_output_is_the_same_with_one_or_two_threads(tmp_path):
     model = DeepBind(num_motifs=4, motif_len=9, hidden=8).eval()
     records = [_genome(n, 7 + n) if n else "" for n in (9000, 5, 0, 40, 6100)]
     fa = tmp_path / "multi.fa"
-    fa.write_text("".join(f">r{i}\n" + "\n".join(s[j:j + 70] for j in range(0, len(s), 70)) + "\n"
-                          for i, s in enumerate(records)))
+    fa.write_text(
+        "".join(
+            f">r{i}\n" + "\n".join(s[j : j + 70] for j in range(0, len(s), 70)) + "\n" for i, s in enumerate(records)
+        )
+    )
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
@@ -269,7 +303,7 @@ def test_record_batches_match_slices_of_the_whole_record_for_any_piece_split():
         got = [(bytes(b), o, last) for b, o, last in record_batches(iter(pieces), take, step)]
         expected, o = [], 0
         while n - o >= take:
-            expected.append((seq[o:o + take], o, False))
+            expected.append((seq[o : o + take], o, False))
             o += step
         assert got == [*expected, (seq[o:], o, True)]
 
@@ -283,11 +317,11 @@ def test_windows_farther_apart_than_a_window_score_the_right_bases(tmp_path, mon
     model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
     seq = _genome(3000, 1)
     fa = tmp_path / "g.fa"
-    fa.write_text(">c\n" + "\n".join(seq[i:i + 60] for i in range(0, 3000, 60)) + "\n")
+    fa.write_text(">c\n" + "\n".join(seq[i : i + 60] for i in range(0, 3000, 60)) + "\n")
     scan_fasta(model, fa, tmp_path / "o", window=30, stride=70, chunk=200)
     rows = [line.split("\t") for line in (tmp_path / "o.bedgraph").read_text().splitlines()]
     assert [int(r[1]) for r in rows] == list(range(0, 3000 - 30 + 1, 70))
-    x = torch.from_numpy(np.stack([one_hot(seq[int(r[1]):int(r[1]) + 30]) for r in rows])).float()
+    x = torch.from_numpy(np.stack([one_hot(seq[int(r[1]) : int(r[1]) + 30]) for r in rows])).float()
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose([float(r[3]) for r in rows], expected, atol=1e-4)
@@ -315,7 +349,7 @@ def test_jobs_read_ahead_of_the_writing_stay_bounded(tmp_path, monkeypatch):
     model = DeepBind(num_motifs=4, motif_len=8, hidden=0).eval()
     seq = _genome(6000, 3).replace("N", "A")
     fa = tmp_path / "short.fa"
-    fa.write_text("".join(f">r{i}\n{seq[60 * i:60 * i + 60]}\n" for i in range(100)))
+    fa.write_text("".join(f">r{i}\n{seq[60 * i : 60 * i + 60]}\n" for i in range(100)))
     stats = scan_fasta(model, fa, tmp_path / "o", window=101, stride=50)
     assert stats["windows"] == 100 == len((tmp_path / "o.bedgraph").read_text().splitlines())
     limit = 2 * max(2, torch.get_num_threads())

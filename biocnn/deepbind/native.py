@@ -50,13 +50,33 @@ class Kernels:
         """Codes of ``ascii`` (uint8) through ``lut`` into ``out``; the index of the first invalid
         byte, or -1."""
         assert ascii.dtype == lut.dtype == out.dtype == np.uint8 and len(out) >= len(ascii) and len(lut) == 256
-        return self.lib.biocnn_encode(self._ptr("uint8_t *", ascii), len(ascii), self._ptr("uint8_t *", lut),
-                                      self._ptr("uint8_t *", out))
+        return self.lib.biocnn_encode(
+            self._ptr("uint8_t *", ascii), len(ascii), self._ptr("uint8_t *", lut), self._ptr("uint8_t *", out)
+        )
 
-    def score(self, codes: np.ndarray, lead: int, ztab: np.ndarray, bias: np.ndarray, pad_left: np.ndarray,
-              pad_right: np.ndarray, k: int, window: int, stride: int, i0: int, i1: int, block: int, motifs: int,
-              strands: int, avg: bool, w1t: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: float,
-              out: np.ndarray) -> None:
+    def score(
+        self,
+        codes: np.ndarray,
+        lead: int,
+        ztab: np.ndarray,
+        bias: np.ndarray,
+        pad_left: np.ndarray,
+        pad_right: np.ndarray,
+        k: int,
+        window: int,
+        stride: int,
+        i0: int,
+        i1: int,
+        block: int,
+        motifs: int,
+        strands: int,
+        avg: bool,
+        w1t: np.ndarray,
+        b1: np.ndarray,
+        w2: np.ndarray,
+        b2: float,
+        out: np.ndarray,
+    ) -> None:
         """Scores of windows ``[i0, i1)`` into ``out[i0:i1]``; ``codes[lead:]`` are the chunk's base
         codes with the margins the kernel reads (see ``scan.c``). Raises MemoryError when the
         kernel cannot allocate its scratch memory."""
@@ -64,9 +84,28 @@ class Kernels:
         assert ztab.dtype == np.float32 and out.dtype == np.float32 and len(out) >= i1 and codes.dtype == np.uint8
         f = "float *"
         status = self.lib.biocnn_score(
-            self._ptr("uint8_t *", codes, lead), self._ptr(f, ztab), self._ptr(f, bias), self._ptr(f, pad_left),
-            self._ptr(f, pad_right), channels, k, window, stride, i0, i1, block, motifs, strands, int(avg),
-            self._ptr(f, w1t), self._ptr(f, b1), w1t.shape[1], self._ptr(f, w2), b2, self._ptr(f, out, i0))
+            self._ptr("uint8_t *", codes, lead),
+            self._ptr(f, ztab),
+            self._ptr(f, bias),
+            self._ptr(f, pad_left),
+            self._ptr(f, pad_right),
+            channels,
+            k,
+            window,
+            stride,
+            i0,
+            i1,
+            block,
+            motifs,
+            strands,
+            int(avg),
+            self._ptr(f, w1t),
+            self._ptr(f, b1),
+            w1t.shape[1],
+            self._ptr(f, w2),
+            b2,
+            self._ptr(f, out, i0),
+        )
         if status != 0:
             raise MemoryError(f"scan kernel: cannot allocate scratch memory for {block} windows of {channels} channels")
 
@@ -76,8 +115,15 @@ class Kernels:
         n = len(lo)
         assert lo.dtype == hi.dtype == np.int64 and scores.dtype == np.float32 and len(hi) == len(scores) == n
         assert len(out) >= n * (len(chrom) + 128)
-        return self.lib.biocnn_bedgraph(chrom, len(chrom), self._ptr("int64_t *", lo), self._ptr("int64_t *", hi),
-                                        self._ptr("float *", scores), n, self._ptr("char *", out))
+        return self.lib.biocnn_bedgraph(
+            chrom,
+            len(chrom),
+            self._ptr("int64_t *", lo),
+            self._ptr("int64_t *", hi),
+            self._ptr("float *", scores),
+            n,
+            self._ptr("char *", out),
+        )
 
 
 def _import(isa: str):
@@ -132,12 +178,16 @@ def _load(isa: str) -> Kernels | None:
             why = "no build of them loads"
         except ImportError as err:
             why = f"they are not built ({err})"
-        _MISSING[isa] = (f"the compiled scan kernels are missing: {why}; install biocnn with a C compiler "
-                         "(pip install -e . or pip install .) to build them")
+        _MISSING[isa] = (
+            f"the compiled scan kernels are missing: {why}; install biocnn with a C compiler "
+            "(pip install -e . or pip install .) to build them"
+        )
         return None
     if isa and isa not in runnable:
-        _MISSING[isa] = f"the {isa} build of the scan kernels is not installed or this CPU cannot run it " \
-                        f"(runnable: {', '.join(runnable)})"
+        _MISSING[isa] = (
+            f"the {isa} build of the scan kernels is not installed or this CPU cannot run it "
+            f"(runnable: {', '.join(runnable)})"
+        )
         return None
     chosen = isa or runnable[0]
     return Kernels(_import(chosen), chosen)

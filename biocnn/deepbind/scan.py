@@ -36,9 +36,17 @@ log = logging.getLogger(__name__)
 __all__ = ["WindowScorer", "run_scan", "scan_fasta"]
 
 
-def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
-               threshold: float = 0.0, chunk: int = 1_000_000, progress_every: float = 10.0,
-               backend: str = "auto") -> dict:
+def scan_fasta(
+    model: DeepBind,
+    fasta: str | Path,
+    out_prefix: str | Path,
+    window: int = 101,
+    stride: int = 50,
+    threshold: float = 0.0,
+    chunk: int = 1_000_000,
+    progress_every: float = 10.0,
+    backend: str = "auto",
+) -> dict:
     """Scan every record of ``fasta``; returns counts and speed (also written to PREFIX.json)."""
     scorer = WindowScorer(model, window, stride, backend)
     per_chunk = max(1, chunk // stride)  # windows scored per batch
@@ -50,21 +58,41 @@ def scan_fasta(model: DeepBind, fasta: str | Path, out_prefix: str | Path, windo
         jobs = scan_jobs(fasta, (per_chunk - 1) * stride + window, per_chunk * stride, window, model.motif_len, stats)
         ScanPipeline(scorer, writer, jobs, stats, fasta, progress_every).run()
     seconds = time.perf_counter() - start
-    stats.update({"peaks": writer.n_peaks, "seconds": seconds, "bp_per_s": stats["bp"] / max(seconds, 1e-9),
-                  "window": window, "stride": stride, "threshold": threshold, "backend": scorer.backend})
+    stats.update(
+        {
+            "peaks": writer.n_peaks,
+            "seconds": seconds,
+            "bp_per_s": stats["bp"] / max(seconds, 1e-9),
+            "window": window,
+            "stride": stride,
+            "threshold": threshold,
+            "backend": scorer.backend,
+        }
+    )
     if scorer.backend == "native":
         stats["kernel_isa"] = scorer.kernels.isa
     if scorer.fallback_reason:
         stats["fast_path_missing"] = scorer.fallback_reason
     if stats["short_records"]:
-        log.warning("%s: %d records shorter than motif_len were not scored: %s", fasta,
-                    len(stats["short_records"]), ", ".join(stats["short_records"][:5]))
+        log.warning(
+            "%s: %d records shorter than motif_len were not scored: %s",
+            fasta,
+            len(stats["short_records"]),
+            ", ".join(stats["short_records"][:5]),
+        )
     write_json(out_prefix + ".json", stats)
     return stats
 
 
-def run_scan(model_dir: str | Path, fasta: str | Path, out_prefix: str | Path, window: int = 101, stride: int = 50,
-             threshold: float = 0.0, chunk: int = 1_000_000) -> dict:
+def run_scan(
+    model_dir: str | Path,
+    fasta: str | Path,
+    out_prefix: str | Path,
+    window: int = 101,
+    stride: int = 50,
+    threshold: float = 0.0,
+    chunk: int = 1_000_000,
+) -> dict:
     """The ``scan`` verb: load the model (on CUDA when available) and scan."""
     from biocnn.checkpoint import load_model
     from biocnn.device import select_device

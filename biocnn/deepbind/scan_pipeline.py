@@ -31,8 +31,9 @@ class ScanPipeline:
     another worker reads or writes. A failure stops the reading; the first failure in file order
     is raised once the workers have stopped."""
 
-    def __init__(self, scorer: WindowScorer, writer: TrackWriter, jobs, stats: dict, source: str | Path,
-                 progress_every: float):
+    def __init__(
+        self, scorer: WindowScorer, writer: TrackWriter, jobs, stats: dict, source: str | Path, progress_every: float
+    ):
         self.scorer, self.writer, self.jobs, self.stats, self.source = scorer, writer, jobs, stats, source
         self.progress_every, self.started = progress_every, time.perf_counter()
         self.last_report = self.started
@@ -49,8 +50,7 @@ class ScanPipeline:
         self.failures: list = []  # (job number, exception)
 
     def run(self) -> None:
-        helpers = [threading.Thread(target=self._work, name=f"scan-{i}", daemon=True)
-                   for i in range(1, self.workers)]
+        helpers = [threading.Thread(target=self._work, name=f"scan-{i}", daemon=True) for i in range(1, self.workers)]
         for thread in helpers:
             thread.start()
         try:

@@ -33,8 +33,14 @@ import torch.nn.functional as F
 
 from biocnn.deepbind import native
 from biocnn.deepbind.model import PAD_VALUE, DeepBind
-from biocnn.deepbind.scan_weights import (head_weights, in_huge_pages, lookup_tables, padded_channels, quad_tables,
-                                          strand_weights)
+from biocnn.deepbind.scan_weights import (
+    head_weights,
+    in_huge_pages,
+    lookup_tables,
+    padded_channels,
+    quad_tables,
+    strand_weights,
+)
 from biocnn.errors import InputError
 from biocnn.io.dna import ONE_HOT
 from biocnn.io.fasta_stream import chunk_codes
@@ -93,8 +99,9 @@ class WindowScorer:
         """Why the C kernels cannot score this model here ('' when they can)."""
         if self.kernels is None:
             return native.missing_reason()
-        widths = [self.weight.shape[0]] + [layer.out_features for layer in self.model.head.mlp
-                                           if isinstance(layer, torch.nn.Linear)]
+        widths = [self.weight.shape[0]] + [
+            layer.out_features for layer in self.model.head.mlp if isinstance(layer, torch.nn.Linear)
+        ]
         if max(widths) > native.MAX_CHANNELS:
             return f"the model has {max(widths)} channels or hidden units, the C kernels at most {native.MAX_CHANNELS}"
         if self.k > native.MAX_MOTIF_LEN:
@@ -122,8 +129,9 @@ class WindowScorer:
         to the GPU, the expansion happens there."""
         return self._one_hot[torch.from_numpy(codes).to(self.device).long()].T.contiguous()
 
-    def score_bases(self, raw: bytes, record: str, source: str | Path, offset: int = 0,
-                    split: bool = True) -> np.ndarray:
+    def score_bases(
+        self, raw: bytes, record: str, source: str | Path, offset: int = 0, split: bool = True
+    ) -> np.ndarray:
         """Scores (float32) of the windows of a chunk of ASCII bases; an invalid character is an
         InputError naming ``record`` and its position (``offset``: the chunk's start in it).
         ``split``: spread the chunk's windows over the scorer's threads (C kernels only)."""
@@ -135,7 +143,7 @@ class WindowScorer:
         if n_windows < 1:
             return np.zeros(0, np.float32)
         buf, lead = self._padded(n)  # the bases are encoded straight into the kernel's buffer
-        chunk_codes(raw, record, source, offset, self.kernels, out=buf[lead:lead + n])
+        chunk_codes(raw, record, source, offset, self.kernels, out=buf[lead : lead + n])
         return self._score_native(buf, lead, n_windows, split)
 
     @torch.no_grad()
@@ -148,7 +156,7 @@ class WindowScorer:
             return torch.zeros(0)
         if self.backend == "native":
             buf, lead = self._padded(x.shape[-1])
-            buf[lead:lead + x.shape[-1]] = x
+            buf[lead : lead + x.shape[-1]] = x
             return torch.from_numpy(self._score_native(buf, lead, n_windows))
         pooled, total = self._pool_torch(x, n_windows)
         mean = total / (w + k - 1)
@@ -178,8 +186,26 @@ class WindowScorer:
         w1t, b1, w2, b2 = self.head_weights
 
         def run(a: int, b: int) -> None:
-            self.kernels.score(buf, lead, self.ztab, *self.pad_vectors, self.k, self.window, self.stride, a, b,
-                               NATIVE_BLOCK, self.num_motifs, self.strands, self.avg, w1t, b1, w2, b2, scores)
+            self.kernels.score(
+                buf,
+                lead,
+                self.ztab,
+                *self.pad_vectors,
+                self.k,
+                self.window,
+                self.stride,
+                a,
+                b,
+                NATIVE_BLOCK,
+                self.num_motifs,
+                self.strands,
+                self.avg,
+                w1t,
+                b1,
+                w2,
+                b2,
+                scores,
+            )
 
         if self.pool is None or not split or n_windows < 2 * NATIVE_BLOCK:
             run(0, n_windows)
@@ -203,7 +229,7 @@ class WindowScorer:
         """Rectified outputs of the positions overlapping the padding: (windows, C, 2 * (k - 1))."""
         k, w, s = self.k, self.window, self.stride
         left = x.unfold(1, k - 1, s)[:, :n_windows].permute(1, 0, 2)
-        right = x[:, w - k + 1:].unfold(1, k - 1, s)[:, :n_windows].permute(1, 0, 2)
+        right = x[:, w - k + 1 :].unfold(1, k - 1, s)[:, :n_windows].permute(1, 0, 2)
         left = F.conv1d(F.pad(left, (k - 1, 0), value=PAD_VALUE), self.weight, self.bias)
         right = F.conv1d(F.pad(right, (0, k - 1), value=PAD_VALUE), self.weight, self.bias)
         return torch.cat([left, right], dim=2).clamp_(min=0)

@@ -42,7 +42,7 @@ def lookup_tables(weight: np.ndarray, pad_value: float) -> tuple[np.ndarray, np.
     pad_right = np.zeros((k, channels), np.float32)
     for o in range(1, k):
         pad_left[o] = pad_cols[:o].sum(0)
-        pad_right[o] = pad_cols[k - o:].sum(0)
+        pad_right[o] = pad_cols[k - o :].sum(0)
     return np.ascontiguousarray(table), pad_left, pad_right
 
 
@@ -54,7 +54,7 @@ def quad_tables(table: np.ndarray, channels: int | None = None) -> np.ndarray:
     k, n_codes, c = table.shape
     channels = channels or c
     cols = np.zeros((k + 6, n_codes, channels), np.float32)  # zero columns -3..-1 and k..k+2
-    cols[3:k + 3, :, :c] = table
+    cols[3 : k + 3, :, :c] = table
     digits = np.array(np.unravel_index(np.arange(n_codes**4), (n_codes,) * 4))  # (4, 625)
     out = np.zeros((k + 3, n_codes**4, channels), np.float32)
     for j in range(k + 3):  # row j holds start column j - 3
@@ -77,8 +77,12 @@ def head_weights(mlp: torch.nn.Sequential) -> tuple[np.ndarray, np.ndarray, np.n
 
     out = linear[-1]
     if len(linear) == 1:
-        return (np.zeros((out.in_features, 0), np.float32), np.zeros(0, np.float32), aligned(numpy(out.weight)[0]),
-                float(out.bias.detach()))
+        return (
+            np.zeros((out.in_features, 0), np.float32),
+            np.zeros(0, np.float32),
+            aligned(numpy(out.weight)[0]),
+            float(out.bias.detach()),
+        )
     hidden = linear[0]
     pad = -(-hidden.out_features // 16) * 16 - hidden.out_features
     w1t = np.pad(numpy(hidden.weight).T, [(0, 0), (0, pad)])
@@ -97,7 +101,7 @@ def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
     a = np.ascontiguousarray(a, np.float32)
     raw = np.empty(a.nbytes + align, np.uint8)
     start = -raw.ctypes.data % align
-    out = raw[start:start + a.nbytes].view(np.float32).reshape(a.shape)
+    out = raw[start : start + a.nbytes].view(np.float32).reshape(a.shape)
     out[...] = a
     return out
 
@@ -119,6 +123,6 @@ def in_huge_pages(a: np.ndarray) -> np.ndarray:
         memory.madvise(advice, start, span)
     except OSError:
         pass  # not granted: ordinary pages, the same results
-    out = raw[start:start + a.nbytes].view(np.float32).reshape(a.shape)
+    out = raw[start : start + a.nbytes].view(np.float32).reshape(a.shape)
     out[...] = a
     return out

@@ -75,8 +75,11 @@ class TrackWriter:
 
     def _bedgraph(self, chrom: str, lo: np.ndarray, hi: np.ndarray, scores: np.ndarray) -> None:
         if self.kernels is None:
-            self.bg.write("".join(f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(),
-                                                                                        scores.tolist())).encode())
+            self.bg.write(
+                "".join(
+                    f"{chrom}\t{a}\t{b}\t{v:.4f}\n" for a, b, v in zip(lo.tolist(), hi.tolist(), scores.tolist())
+                ).encode()
+            )
             return
         name = chrom.encode()
         lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)

@@ -7,8 +7,8 @@ character is an :class:`~biocnn.errors.InputError` naming the record and the pos
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -38,8 +38,11 @@ def codes(seq: str, record: str = "<sequence>", source: str | Path = "<input>") 
     if bad.size:
         pos = int(bad[0])
         char = seq[pos] if pos < len(seq) else "?"
-        raise InputError(source, f"record {record!r}: invalid character {char!r} at position {pos + 1} "
-                                 f"(allowed: A C G T, IUPAC ambiguity codes {AMBIGUOUS}, any case)")
+        raise InputError(
+            source,
+            f"record {record!r}: invalid character {char!r} at position {pos + 1} "
+            f"(allowed: A C G T, IUPAC ambiguity codes {AMBIGUOUS}, any case)",
+        )
     return out
 
 
@@ -48,8 +51,9 @@ def one_hot(seq: str, record: str = "<sequence>", source: str | Path = "<input>"
     return ONE_HOT[codes(seq, record, source)].T.copy()
 
 
-def one_hot_batch(seqs: Iterable[str], length: int | None = None, ids: Iterable[str] | None = None,
-                  source: str | Path = "<input>") -> np.ndarray:
+def one_hot_batch(
+    seqs: Iterable[str], length: int | None = None, ids: Iterable[str] | None = None, source: str | Path = "<input>"
+) -> np.ndarray:
     """Encode sequences into one (n, 4, length) float32 array.
 
     Sequences shorter than ``length`` (default: the longest) are filled on the right with

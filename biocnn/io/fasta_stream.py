@@ -10,8 +10,8 @@ on plain, gzip and CRLF files).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -22,8 +22,14 @@ from biocnn.io.textfiles import open_binary
 _READ_BLOCK = 1 << 20  # bytes per read of the FASTA file
 
 
-def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset: int = 0,
-                kernels=None, out: np.ndarray | None = None) -> np.ndarray:
+def chunk_codes(
+    raw: bytes | memoryview,
+    record: str,
+    source: str | Path,
+    offset: int = 0,
+    kernels=None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Base codes (0-3 ACGT, 4 ambiguous) of a chunk of ASCII bases (into ``out`` if given); an
     invalid character is an error naming the record and its 1-based position (``offset``: the
     chunk's start in the record). ``kernels``: :class:`biocnn.deepbind.native.Kernels`, which
@@ -39,7 +45,7 @@ def chunk_codes(raw: bytes | memoryview, record: str, source: str | Path, offset
         hits = np.flatnonzero(codes == 255)
         bad = int(hits[0]) if hits.size else -1
     if bad >= 0:
-        char = bytes(arr[bad:bad + 1]).decode("latin-1")
+        char = bytes(arr[bad : bad + 1]).decode("latin-1")
         raise InputError(source, f"record {record!r}: invalid character {char!r} at position {offset + bad + 1}")
     return codes
 
@@ -95,7 +101,7 @@ class _BlockReader:
         while True:
             end = self.buf.find(b"\n")
             if end >= 0:
-                line, self.buf = self.buf[:end], self.buf[end + 1:]
+                line, self.buf = self.buf[:end], self.buf[end + 1 :]
                 self.line_start = True
                 return line.rstrip(b"\r")
             if not self._fill():

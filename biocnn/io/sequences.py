@@ -11,9 +11,9 @@ empty file, a character that is not DNA, duplicate IDs, a bad label) raise
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -51,8 +51,11 @@ class SequenceSet:
         """Labels as float32; raises when a record has none."""
         missing = [r.id for r in self.records if r.label is None]
         if missing:
-            raise InputError(self.source, f"{len(missing)} records have no label (first: {missing[0]}); "
-                                          "give labels in the header ('label=1') or a --labels TSV")
+            raise InputError(
+                self.source,
+                f"{len(missing)} records have no label (first: {missing[0]}); "
+                "give labels in the header ('label=1') or a --labels TSV",
+            )
         return np.array([r.label for r in self.records], dtype=np.float32)
 
     def skip_summary(self) -> str:
@@ -114,8 +117,7 @@ def _header_label(description: str, record: str, source: str | Path) -> float | 
     return None
 
 
-def read_fasta(path: str | Path, labels: str | Path | dict[str, float] | None = None,
-               min_len: int = 1) -> SequenceSet:
+def read_fasta(path: str | Path, labels: str | Path | dict[str, float] | None = None, min_len: int = 1) -> SequenceSet:
     """Read a FASTA file (plain or gzip) with Biopython.
 
     Labels come from a ``label=<value>`` token in the header or from ``labels`` (a TSV path or
@@ -143,8 +145,10 @@ def read_fasta(path: str | Path, labels: str | Path | dict[str, float] | None = 
     if table is not None:
         unknown = sorted(set(table) - seen)
         if unknown:
-            raise InputError(labels if isinstance(labels, (str, Path)) else path,
-                             f"{len(unknown)} labelled IDs are not in {path} (first: {unknown[0]})")
+            raise InputError(
+                labels if isinstance(labels, (str, Path)) else path,
+                f"{len(unknown)} labelled IDs are not in {path} (first: {unknown[0]})",
+            )
     if not out.records and not out.skipped:
         raise InputError(path, "no FASTA records found")
     return out
@@ -177,8 +181,11 @@ def read_deepbind_table(path: str | Path, min_len: int = 1) -> SequenceSet:
             raise InputError(path, "file is empty")
         missing = [c for c in ("EventID", "seq", "Bound") if c not in header]
         if missing:
-            raise InputError(path, f"header lacks column(s) {', '.join(missing)} "
-                                   f"(expected {' '.join(DEEPBIND_COLUMNS)}); got {' '.join(header)}")
+            raise InputError(
+                path,
+                f"header lacks column(s) {', '.join(missing)} "
+                f"(expected {' '.join(DEEPBIND_COLUMNS)}); got {' '.join(header)}",
+            )
         i_id, i_seq, i_lab = header.index("EventID"), header.index("seq"), header.index("Bound")
         for lineno, row in enumerate(reader, 2):
             if not row:
@@ -215,8 +222,9 @@ def read_bed(path: str | Path) -> list[tuple[str, int, int, str]]:
     return intervals
 
 
-def read_bed_sequences(bed: str | Path, reference: str | Path, min_len: int = 1,
-                       labels: str | Path | None = None) -> SequenceSet:
+def read_bed_sequences(
+    bed: str | Path, reference: str | Path, min_len: int = 1, labels: str | Path | None = None
+) -> SequenceSet:
     """Pull the sequences of BED intervals from an indexed reference FASTA (pyfaidx)."""
     from pyfaidx import Fasta, FetchError
 
@@ -232,14 +240,14 @@ def read_bed_sequences(bed: str | Path, reference: str | Path, min_len: int = 1,
             if chrom not in ref:
                 raise InputError(bed, f"interval {name!r}: chromosome {chrom!r} is not in {reference}")
             if end > len(ref[chrom]):
-                raise InputError(bed, f"interval {name!r}: end {end} is past the end of {chrom} "
-                                      f"({len(ref[chrom])} bp)")
+                raise InputError(bed, f"interval {name!r}: end {end} is past the end of {chrom} ({len(ref[chrom])} bp)")
             _keep(out, seen, SequenceRecord(name, str(ref[chrom][start:end]), table.get(name)), min_len)
     return out
 
 
-def read_sequences(path: str | Path, labels: str | Path | None = None, reference: str | Path | None = None,
-                   min_len: int = 1) -> SequenceSet:
+def read_sequences(
+    path: str | Path, labels: str | Path | None = None, reference: str | Path | None = None, min_len: int = 1
+) -> SequenceSet:
     """Read any supported input, chosen by its name.
 
     ``*.bed`` (needs ``reference``), ``*.fa``/``*.fasta``/``*.fna`` (optionally ``.gz``) and

@@ -70,8 +70,9 @@ class _Text(io.TextIOWrapper):
     source: str
 
     def _failed(self, exc: UnicodeDecodeError) -> InputError:
-        return InputError(self.source, f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}): "
-                                       "is it a FASTA/TSV/VCF file?")
+        return InputError(
+            self.source, f"not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r}): is it a FASTA/TSV/VCF file?"
+        )
 
     def read(self, size: int | None = -1) -> str:
         try:

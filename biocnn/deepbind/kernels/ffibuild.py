@@ -42,9 +42,13 @@ def builder(isa: str) -> FFI:
     ffi = FFI()
     ffi.cdef(cdef())
     # The kernel source is the module's own source: each build compiles its own copy of scan.c.
-    ffi.set_source(f"biocnn.deepbind.kernels._scan_{isa}", (HERE / "scan.c").read_text(),
-                   include_dirs=[str(HERE)], extra_compile_args=COMMON + ISAS[isa],
-                   libraries=[] if sys.platform == "win32" else ["m"])
+    ffi.set_source(
+        f"biocnn.deepbind.kernels._scan_{isa}",
+        (HERE / "scan.c").read_text(),
+        include_dirs=[str(HERE)],
+        extra_compile_args=COMMON + ISAS[isa],
+        libraries=[] if sys.platform == "win32" else ["m"],
+    )
     return ffi
 
 
