@@ -12,6 +12,13 @@ additions it actually performs (``roofline_share_actual``), and the peak RSS of 
 process on 10 and 50 Mbp genomes (flat = memory independent of genome length).
 
     python benchmarks/deepbind_scan.py --out scan.json
+
+``--zoo DIR`` measures instead the many-model scan: every model of ``DIR`` (a folder of model
+directories such as ``biocnn deepbind import``'s ``--out``, or the release's ``db`` folder, then
+imported first) over one generated ``--mbp`` FASTA in one pass, in model x Mbp per second, next
+to the one-model scan of the same FASTA with the default-sized model.
+
+    python benchmarks/deepbind_scan.py --zoo ../shared/data/deepbind/db --mbp 1 --out zoo.json
 """
 
 from __future__ import annotations
@@ -89,6 +96,68 @@ def peak_rss_mb(fasta: Path, out_prefix: Path) -> float:
     return peak_rss_gb(code) * 1024
 
 
+def zoo_benchmark(args, tmp: Path) -> dict:
+    """The many-model scan of one ``--mbp`` FASTA with every model of ``--zoo`` (imported first
+    when it is the release's db folder); the one-model scan of the same FASTA alongside."""
+    from biocnn.deepbind.scan_zoo import load_models, scan_fasta_models
+
+    zoo = Path(args.zoo)
+    if (zoo / "db.tsv").is_file():
+        from biocnn.deepbind.zoo import import_models
+
+        result = import_models(zoo, tmp / "zoo")
+        if result.failures:
+            raise SystemExit(f"{len(result.failures)} models failed to import: {result.failures[:3]}")
+        zoo = tmp / "zoo"
+    start = time.perf_counter()
+    models = load_models([zoo])
+    if args.zoo_models:
+        models = dict(list(models.items())[: args.zoo_models])
+    load_s = time.perf_counter() - start
+    genome = tmp / "genome.fa"
+    bp = int(args.mbp * 1e6)
+    write_genome(genome, bp, args.seed)
+    single = scan_fasta(model(args.seed), genome, tmp / "single")  # also warms the file cache
+    cpu, start = time.process_time(), time.perf_counter()
+    stats = scan_fasta_models(models, genome, tmp / "zoo-out", progress_every=60.0)
+    total_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    motif_lens = sorted({m.motif_len for m in models.values()})
+    result = {
+        "models": len(models),
+        "genome_mbp": args.mbp,
+        "motif_lens": motif_lens,
+        "load_s": load_s,
+        "scan_s": stats["seconds"],
+        "total_s": total_s,  # scan + packing every model's tables
+        "model_mbp_per_s": stats["model_mbp_per_s"],
+        "model_mbp_per_s_with_setup": len(models) * bp / 1e6 / total_s,
+        "model_mbp_per_cpu_s": len(models) * bp / 1e6 / cpu_s,
+        "single_model_mbps": single["bp_per_s"] / 1e6,
+        "output_gb": sum(f.stat().st_size for f in (tmp / "zoo-out").iterdir()) / 1e9,
+        "backend": stats["backend"],
+        "kernel_isa": stats.get("kernel_isa"),
+        "threads": torch.get_num_threads(),
+    }
+    print(f"{'scan':<52} {'models':>6} {'Mbp':>5} {'s':>7} {'model x Mbp/s':>14}")
+    print(
+        f"{'biocnn deepbind scan, every model of the zoo':<52} {len(models):>6} {args.mbp:>5g} "
+        f"{stats['seconds']:>7.1f} {result['model_mbp_per_s']:>14.1f}"
+    )
+    print(
+        f"{'  the same, counting the packing of the models':<52} {len(models):>6} {args.mbp:>5g} "
+        f"{total_s:>7.1f} {result['model_mbp_per_s_with_setup']:>14.1f}"
+    )
+    print(
+        f"{'biocnn deepbind scan, one model (16 x 24)':<52} {1:>6} {args.mbp:>5g} {single['seconds']:>7.1f} "
+        f"{result['single_model_mbps']:>14.1f}"
+    )
+    print(
+        f"motif lengths {motif_lens}; models loaded in {load_s:.1f} s; {result['output_gb']:.2f} GB written; "
+        f"backend {stats['backend']}, kernel build {stats.get('kernel_isa')}, {result['threads']} threads"
+    )
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -96,8 +165,14 @@ def main(argv=None) -> int:
     parser.add_argument("--large-mbp", type=float, default=50.0, help="second genome size for the memory check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per tool, taking turns; the fastest counts")
+    parser.add_argument("--zoo", help="measure the many-model scan with every model of this folder (or db folder)")
+    parser.add_argument("--zoo-models", type=int, help="only the first N models of --zoo")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    if args.zoo:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_json(args.out, zoo_benchmark(args, Path(tmp)))
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -148,8 +148,9 @@ def _variants(args: argparse.Namespace) -> int:
     from biocnn.deepbind.variants import run_variants
 
     counts = run_variants(args.model, args.vcf, args.reference, args.out, flank=args.flank)
+    what = "variants" if counts["models"] == 1 else f"(variant, model) rows of {counts['models']} models"
     print(
-        f"{counts['scored']} variants scored, {counts['ref_mismatch']} with a reference mismatch, "
+        f"{counts['scored']} {what} scored, {counts['ref_mismatch']} with a reference mismatch, "
         f"{counts['failed']} failed -> {args.out}"
     )
     return 0
@@ -167,6 +168,13 @@ def _scan(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         chunk=args.chunk,
     )
+    if "models" in stats:  # many models: a folder of outputs
+        print(
+            f"scanned {stats['bp']} bp with {len(stats['models'])} models in {stats['seconds']:.1f} s "
+            f"({stats['model_mbp_per_s']:.2f} model x Mbp/s), {stats['windows']} windows, "
+            f"{sum(stats['peaks'].values())} peaks -> {args.out}/<model>.bedgraph/.bed"
+        )
+        return 0
     print(
         f"scanned {stats['bp']} bp in {stats['seconds']:.1f} s ({stats['bp_per_s'] / 1e6:.2f} Mbp/s), "
         f"{stats['windows']} windows, {stats['peaks']} peaks -> {args.out}.bedgraph/.bed"
@@ -287,16 +295,31 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, help="map at most this many sequences")
 
     p = add_verb(verbs, "variants", _variants, "score change of VCF variants (SNVs, short indels)")
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model directory, or a folder of them (e.g. an import's --out); repeat for more (adds a model column)",
+    )
     p.add_argument("--vcf", required=True)
     p.add_argument("--reference", required=True, help="reference FASTA (indexed on first use)")
     p.add_argument("--out", required=True, help="TSV to write")
     p.add_argument("--flank", type=int, help="bp of context on each side (default: half the training length)")
 
     p = add_verb(verbs, "scan", _scan, "scan a FASTA (any size) in windows: bedGraph + BED peaks")
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model directory, or a folder of them (e.g. an import's --out); repeat for more (one pass)",
+    )
     p.add_argument("--fasta", required=True)
-    p.add_argument("--out", required=True, help="output prefix: PREFIX.bedgraph, PREFIX.bed, PREFIX.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output prefix: PREFIX.bedgraph, PREFIX.bed, PREFIX.json; with several models a folder: "
+        "OUT/<model>.bedgraph, OUT/<model>.bed, OUT/scan.json",
+    )
     p.add_argument("--window", type=int, default=101, help="window length in bp")
     p.add_argument("--stride", type=int, default=50, help="step between windows in bp")
     p.add_argument("--threshold", type=float, default=0.0, help="peak threshold on the score (logit)")

@@ -85,7 +85,7 @@ def scan_fasta(
 
 
 def run_scan(
-    model_dir: str | Path,
+    model_dir: str | Path | list[str | Path],
     fasta: str | Path,
     out_prefix: str | Path,
     window: int = 101,
@@ -93,9 +93,17 @@ def run_scan(
     threshold: float = 0.0,
     chunk: int = 1_000_000,
 ) -> dict:
-    """The ``scan`` verb: load the model (on CUDA when available) and scan."""
-    from biocnn.checkpoint import load_model
+    """The ``scan`` verb: load the model (on CUDA when available) and scan. Several models (a
+    list, or a folder of model directories) scan in one pass, ``out_prefix`` then being a folder
+    (:func:`biocnn.deepbind.scan_zoo.scan_fasta_models`)."""
+    from biocnn.checkpoint import CONFIG, load_model
     from biocnn.device import select_device
 
-    model, _ = load_model(model_dir, select_device("auto"))
+    paths = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    if len(paths) > 1 or not (Path(paths[0]) / CONFIG).is_file():
+        from biocnn.deepbind.scan_zoo import load_models, scan_fasta_models
+
+        models = load_models(paths, select_device("auto"))
+        return scan_fasta_models(models, fasta, out_prefix, window, stride, threshold, chunk)
+    model, _ = load_model(paths[0], select_device("auto"))
     return scan_fasta(model, fasta, out_prefix, window, stride, threshold, chunk)

@@ -7,13 +7,15 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from biocnn.deepbind.scan_scorer import WindowScorer
 from biocnn.deepbind.tracks import TrackWriter
-from biocnn.io.fasta_stream import chunk_codes
+
+if TYPE_CHECKING:
+    from biocnn.deepbind.scan_zoo import ZooScorer, ZooWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,13 @@ class ScanPipeline:
     is raised once the workers have stopped."""
 
     def __init__(
-        self, scorer: WindowScorer, writer: TrackWriter, jobs, stats: dict, source: str | Path, progress_every: float
+        self,
+        scorer: WindowScorer | ZooScorer,
+        writer: TrackWriter | ZooWriter,
+        jobs,
+        stats: dict,
+        source: str | Path,
+        progress_every: float,
     ):
         self.scorer, self.writer, self.jobs, self.stats, self.source = scorer, writer, jobs, stats, source
         self.progress_every, self.started = progress_every, time.perf_counter()
@@ -130,16 +138,15 @@ class ScanPipeline:
             return self.scorer.score_bases(bases, name, self.source, offset, split)
         if bases is None:
             return None
-        x = self.scorer.one_hot(chunk_codes(bases, name, self.source, offset, self.scorer.kernels))[None]
-        with torch.no_grad():
-            return self.scorer.model(x).float().cpu().numpy()
+        return self.scorer.score_whole(bases, name, self.source, offset)
 
     def _write(self, job: tuple, scores: np.ndarray | None) -> None:
         bases, name, offset, end = job
         if not end:
-            starts = offset + np.arange(len(scores), dtype=np.int64) * self.scorer.stride
+            n = scores.shape[-1]  # (windows,) for one model, (models, windows) for many
+            starts = offset + np.arange(n, dtype=np.int64) * self.scorer.stride
             self.writer.windows(name, starts, scores)
-            self.stats["windows"] += len(scores)
+            self.stats["windows"] += n
             now = time.perf_counter()
             if now - self.last_report > self.progress_every:
                 log.info("scanned %d bp, %.2f Mbp/s", self.stats["bp"], self.stats["bp"] / (now - self.started) / 1e6)

@@ -144,7 +144,13 @@ class WindowScorer:
             return np.zeros(0, np.float32)
         buf, lead = self._padded(n)  # the bases are encoded straight into the kernel's buffer
         chunk_codes(raw, record, source, offset, self.kernels, out=buf[lead : lead + n])
-        return self._score_native(buf, lead, n_windows, split)
+        return self.score_codes(buf, lead, n_windows, split)
+
+    @torch.no_grad()
+    def score_whole(self, raw: bytes, record: str, source: str | Path, offset: int = 0) -> np.ndarray:
+        """The model's score (shape (1,)) of a piece of sequence shorter than a window, scored whole."""
+        x = self.one_hot(chunk_codes(raw, record, source, offset, self.kernels))[None]
+        return self.model(x).float().cpu().numpy()
 
     @torch.no_grad()
     def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -157,7 +163,7 @@ class WindowScorer:
         if self.backend == "native":
             buf, lead = self._padded(x.shape[-1])
             buf[lead : lead + x.shape[-1]] = x
-            return torch.from_numpy(self._score_native(buf, lead, n_windows))
+            return torch.from_numpy(self.score_codes(buf, lead, n_windows))
         pooled, total = self._pool_torch(x, n_windows)
         mean = total / (w + k - 1)
         m = self.num_motifs
@@ -169,17 +175,22 @@ class WindowScorer:
         return torch.stack(scores).amax(0)
 
     # ------------------------------------------------------------------ C kernels
+    @property
+    def margins(self) -> tuple[int, int]:
+        """Codes the C kernel reads before base 0 and after the last base of a chunk."""
+        return 3, 4 * ((self.k + 3) // 4) + 8
+
     def _padded(self, n: int) -> tuple[np.ndarray, int]:
         """A code buffer for ``n`` bases with the margins the C kernel reads (valid codes, their
         values never matter), and the offset of base 0 in it. Reused from batch to batch: a
         fresh megabyte per batch costs page faults."""
-        lead, tail = 3, 4 * ((self.k + 3) // 4) + 8
+        lead, tail = self.margins
         buf = getattr(self._local, "buffer", None)
         if buf is None or len(buf) < lead + n + tail:
             buf = self._local.buffer = np.zeros(lead + n + tail, np.uint8)
         return buf, lead
 
-    def _score_native(self, buf: np.ndarray, lead: int, n_windows: int, split: bool = True) -> np.ndarray:
+    def score_codes(self, buf: np.ndarray, lead: int, n_windows: int, split: bool = True) -> np.ndarray:
         """Window scores with the C kernels (pooling and the head in one call), windows split over
         threads when ``split``. ``buf``: base codes from ``lead`` on, with the margins of :meth:`_padded`."""
         scores = np.empty(n_windows, np.float32)
