@@ -75,7 +75,7 @@ def main() -> int:
         device = select_device(args.device)
         model, config = load_model(model_dir, device)
         size, depth, spatial_dims = input_spec(config)
-        _, files = list_inputs(tmp / "data" / "dicom")
+        files = list_inputs(tmp / "data" / "dicom")[1].files
         n = len(files)
 
         def loader() -> DataLoader:

@@ -42,3 +42,25 @@ def existing_path(value: str) -> Path:
     if not path.exists():
         raise InputError(path, "no such file or directory")
     return path
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1 (batch sizes, counts)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer of at least 0 (worker processes: 0 = decode in the main process)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number

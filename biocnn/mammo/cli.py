@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from biocnn.cli_common import add_group, add_verb, existing_file, existing_path
+from biocnn.cli_common import add_group, add_verb, existing_file, existing_path, non_negative_int, positive_int
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -101,8 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, type=existing_path, help="model directory")
     p.add_argument("--manifest", required=True, type=existing_file, help="labelled manifest CSV")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--heatmaps", type=int, default=8, help="Grad-CAM overlays to write (malignant images)")
-    p.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    p.add_argument("--heatmaps", type=non_negative_int, default=8, help="Grad-CAM overlays to write (malignant images)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="decoding worker processes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = add_verb(verbs, "score", _score, "score a folder of studies (or a manifest) for clinicians")
@@ -113,8 +113,10 @@ def register(subparsers) -> None:
     p.add_argument("--keep-ids", action="store_true", help="keep patient and study IDs (default: keyed hash)")
     p.add_argument("--force", action="store_true", help="re-score files already in the outputs")
     p.add_argument("--key-file", help="pseudonymisation key (default: $BIOCNN_PSEUDONYM_KEY or OUT/.pseudonym.key)")
-    p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: cores - 1)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--workers", type=non_negative_int, default=None, help="decoding worker processes (default: cores - 1)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per model call")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = add_verb(verbs, "report", _report, "figures and summary.json for the HTML report")

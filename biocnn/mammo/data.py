@@ -8,7 +8,10 @@ paths are relative to the manifest's folder.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from biocnn.errors import InputError
+from biocnn.errors import BiocnnError, InputError
 from biocnn.io.dicom import read_mammogram
 from biocnn.mammo.preprocess import Geometry, preprocess
 
@@ -162,6 +165,47 @@ def collate_decoded(items: list[Decoded]) -> dict[str, Any]:
     return {"images": images, "ok": ok, "failed": [(it.index, it.reason) for it in items if it.image is None]}
 
 
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """In a decoding worker: have Linux kill it when its parent dies (PR_SET_PDEATHSIG).
+
+    PyTorch's own check of the parent runs only between items, so a worker busy decoding a
+    huge or hostile file would otherwise outlive a killed run.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def worker_init() -> Callable[[int], None]:
+    """``worker_init_fn`` for DataLoaders that decode files: workers die with this process."""
+    return functools.partial(_die_with_parent, os.getpid())
+
+
+def surviving_workers(batches: Iterator[Any], advice: str) -> Iterator[Any]:
+    """A DataLoader's batches; a decoding worker that died (killed, out of memory) becomes one
+    line (:class:`BiocnnError`) ending with ``advice``, not a traceback."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise BiocnnError(
+                f"a decoding worker stopped ({str(exc).splitlines()[0]}); {advice} "
+                "(with fewer --workers if memory is short)"
+            ) from None
+        yield batch
+
+
 def _single(batch: list[Decoded]) -> Decoded:
     return batch[0]
 
@@ -179,8 +223,11 @@ def decode_all(
     from tqdm.auto import tqdm
 
     ds = DecodeDataset(paths, size, depth, spatial_dims)
-    loader = DataLoader(ds, batch_size=1, num_workers=workers, collate_fn=_single)
-    return [item for item in tqdm(loader, desc=desc, unit="img", leave=False)]
+    loader = DataLoader(
+        ds, batch_size=1, num_workers=workers, collate_fn=_single, worker_init_fn=worker_init() if workers else None
+    )
+    batches = surviving_workers(iter(loader), "nothing was written: run again")
+    return [item for item in tqdm(batches, total=len(ds), desc=desc, unit="img", leave=False)]
 
 
 def augmentation(rotate: float, scale: float, translate: float, flip: bool, gamma: float, noise: float):

@@ -21,6 +21,7 @@ from biocnn.checkpoint import load_model
 from biocnn.device import autocast, select_device
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_open, write_json
+from biocnn.io.paths import inside, safe_component
 from biocnn.mammo import metrics as M
 from biocnn.mammo.data import decode_all, read_manifest
 from biocnn.mammo.gradcam import grad_cam, overlay_png, pointing_hit
@@ -37,6 +38,13 @@ def input_spec(config: dict[str, Any]) -> tuple[tuple[int, int], int | None, int
     return (int(inp.get("height", 256)), int(inp.get("width", 192))), inp.get("depth"), spatial_dims
 
 
+def heatmap_path(out: Path, index: int, record) -> Path:
+    """``out/heatmaps/<manifest row>_<folder>_<laterality>_<view>.png``: the row number keeps
+    single-view files of one folder apart; the folder and view (manifest text) are made safe."""
+    name = f"{index + 1:05d}_{Path(record.path).parent.name}_{record.laterality}_{record.view or 'NA'}"
+    return inside(out / "heatmaps", safe_component(name) + ".png")
+
+
 def evaluate(
     model_dir: str | Path,
     manifest: str | Path,
@@ -48,6 +56,8 @@ def evaluate(
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on ``manifest``; returns (and writes) the metrics."""
+    if heatmaps < 0 or workers < 0:
+        raise ValueError(f"heatmaps and workers must be 0 or more, got {heatmaps} and {workers}")
     out = Path(out)
     dev = select_device(device)
     model, config = load_model(model_dir, dev)
@@ -92,12 +102,7 @@ def evaluate(
                     row["pointing_hit"] = int(pointing_hit(cam, mask, tolerance=stride))
                     hits.append(bool(row["pointing_hit"]))
             if r.label and shown < heatmaps:
-                overlay_png(
-                    d.image,
-                    cam,
-                    out / "heatmaps" / f"{Path(r.path).parent.name}_{r.laterality}_{r.view}.png",
-                    f"p={p:.2f}",
-                )
+                overlay_png(d.image, cam, heatmap_path(out, d.index, r), f"p={p:.2f}")
                 shown += 1
             rows.append(row)
     labels = [r["label"] for r in rows]

@@ -14,6 +14,7 @@ from typing import Any
 
 from biocnn.errors import InputError
 from biocnn.io.atomic import atomic_path, write_json
+from biocnn.io.paths import inside
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def build_report(evaluation: str | Path, scores: str | Path, out: str | Path, he
     rows.sort(key=lambda r: -float(r["probability"]))
     for i, r in enumerate(rows[:heatmaps]):
         name = f"gradcam_{i + 1}.png"
-        _copy(scores / r["heatmap"], out / name)
+        _copy(inside(scores, r["heatmap"]), out / name)  # a path read from a table must stay in its folder
         captions[name] = (
             f"Grad-CAM (last backbone stage), {r['laterality']} {r['view']}, "
             f"probability {float(r['probability']):.2f}{' (flagged)' if r['flagged'] == '1' else ''}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +240,31 @@ def _fit_operating_point(
 
 
 def read_operating_point(model_dir: str | Path) -> dict[str, Any]:
-    """The operating point stored by :func:`train`."""
+    """The operating point stored by :func:`train`, checked: a threshold in ``[0, 1]`` and, when
+    present, a calibration with a finite numeric slope and intercept."""
     path = Path(model_dir) / OPERATING_POINT
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; this model directory was not made by 'biocnn mammo train'")
-    return read_json(path)
+    try:
+        op = read_json(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+
+    def number(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"{path}: {what} must be a finite number, got {value!r}")
+        return float(value)
+
+    if "threshold" not in op:
+        raise CheckpointError(f"{path}: no 'threshold'")
+    if not 0.0 <= number(op["threshold"], "threshold") <= 1.0:
+        raise CheckpointError(f"{path}: threshold must be between 0 and 1, got {op['threshold']!r}")
+    calibration = op.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            raise CheckpointError(f"{path}: calibration must be an object with slope and intercept")
+        for key in ("slope", "intercept"):
+            if key not in calibration:
+                raise CheckpointError(f"{path}: calibration has no {key!r}")
+            number(calibration[key], f"calibration.{key}")
+    return op
