@@ -39,6 +39,16 @@ def db_input(kind):
 
 DEEPBIND_TARGETS = [f"{DB_DIR}/report/summary.json"] if task_enabled("deepbind") and DB_EXPERIMENTS else []
 
+# Published DeepBind models (key `zoo`): `ids` imported from the release's `db` folder, then one
+# many-model scan of `genome` and one variant table of `variants` (against `reference`, default
+# `genome`), each only when given. No ids (the default): none of these rules runs.
+DB_ZOO = DEEPBIND.get("zoo", {})
+DB_ZOO_IDS = list(DB_ZOO.get("ids", []))
+DB_ZOO_DIR = f"{RESULTS}/deepbind_zoo"
+if task_enabled("deepbind") and DB_ZOO_IDS:
+    DEEPBIND_TARGETS += [f"{DB_ZOO_DIR}/scan/scan.json"] if DB_ZOO.get("genome") else []
+    DEEPBIND_TARGETS += [f"{DB_ZOO_DIR}/variants.tsv"] if DB_ZOO.get("variants") else []
+
 
 wildcard_constraints:
     exp="[A-Za-z0-9_.-]+",
@@ -269,3 +279,73 @@ rule deepbind_report:
     shell:
         "{BIOCNN} deepbind report --results {DB_DIR} --experiments {params.experiments} --out {params.out} "
         "> {log} 2>&1"
+
+
+if DB_ZOO_IDS:  # the published models' rules exist only when models are named
+
+    rule deepbind_zoo_import:
+        """The published models named in deepbind.zoo.ids, as biocnn model directories (the folder
+        holds only those: the scan and variants read all of it)."""
+        input:
+            db=lambda wc: repo_path(f"{DB_ZOO.get('db', '../shared/data/deepbind/db')}/db.tsv"),
+        output:
+            expand(f"{DB_ZOO_DIR}/models/{{id}}/config.json", id=DB_ZOO_IDS),
+        log:
+            f"{RESULTS}/logs/deepbind_zoo/import.log",
+        params:
+            db=lambda wc, input: str(Path(input.db).parent),
+            ids=" ".join(DB_ZOO_IDS),
+            out=f"{DB_ZOO_DIR}/models",
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        shell:
+            "rm -rf {params.out} && "
+            "{BIOCNN} deepbind import --db {params.db} --ids {params.ids} --out {params.out} > {log} 2>&1"
+
+
+    rule deepbind_zoo_scan:
+        """Every imported model over the genome in one pass: a bedGraph and a peak BED per model."""
+        input:
+            models=rules.deepbind_zoo_import.output,
+            fasta=lambda wc: repo_path(DB_ZOO["genome"]),
+        output:
+            stats=f"{DB_ZOO_DIR}/scan/scan.json",
+            bedgraphs=expand(f"{DB_ZOO_DIR}/scan/{{id}}.bedgraph", id=DB_ZOO_IDS),
+            beds=expand(f"{DB_ZOO_DIR}/scan/{{id}}.bed", id=DB_ZOO_IDS),
+        log:
+            f"{RESULTS}/logs/deepbind_zoo/scan.log",
+        params:
+            models=f"{DB_ZOO_DIR}/models",
+            out=f"{DB_ZOO_DIR}/scan",
+            window=DB_SCAN.get("window", 101),
+            stride=DB_SCAN.get("stride", 50),
+            threshold=DB_SCAN.get("threshold", 2.0),
+        threads: 2
+        resources:
+            mem_mb=2000 + 8 * len(DB_ZOO_IDS),
+            runtime=60,
+        shell:
+            "{BIOCNN} deepbind scan --model {params.models} --fasta {input.fasta} --out {params.out} "
+            "--window {params.window} --stride {params.stride} --threshold {params.threshold} > {log} 2>&1"
+
+
+    rule deepbind_zoo_variants:
+        """Score change of every VCF variant under every imported model: one row per variant and model."""
+        input:
+            models=rules.deepbind_zoo_import.output,
+            vcf=lambda wc: repo_path(DB_ZOO["variants"]),
+            reference=lambda wc: repo_path(DB_ZOO.get("reference") or DB_ZOO["genome"]),
+        output:
+            f"{DB_ZOO_DIR}/variants.tsv",
+        log:
+            f"{RESULTS}/logs/deepbind_zoo/variants.log",
+        params:
+            models=f"{DB_ZOO_DIR}/models",
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "{BIOCNN} deepbind variants --model {params.models} --vcf {input.vcf} --reference {input.reference} "
+            "--out {output} > {log} 2>&1"
+
