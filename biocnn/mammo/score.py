@@ -449,24 +449,24 @@ def _score_files(
             worker_init_fn=worker_init() if workers else None,
         )
         bar = tqdm(total=len(files), desc="scoring", unit="img", disable=not progress, mininterval=1.0)
-        batches = iter(loader)  # the workers start decoding now, while the model loads
-        model, _ = load_model(model_dir, dev)
-        for batch in surviving_workers(batches, f"the finished rows are kept in {out}: run again to go on"):
-            finished = []
-            for index, reason in batch["failed"]:
-                row = {"file": names[index], "reason": reason}
-                new_failures.append(row)
-                finished.append({"failure": row})
-            if batch["images"] is not None:
-                batch_names = [names[item.index] for item in batch["ok"]]
-                for row in _score_batch(
-                    model, batch, batch_names, dev, calibration, threshold, heatmaps, keep_ids, pseudo, out
-                ):
-                    new_scores.append(row)
-                    finished.append({"score": row})
-            journal.append(finished)
-            bar.update(len(batch["ok"]) + len(batch["failed"]))
-        bar.close()
+        with bar:  # closed on an error too, so the error line starts on a line of its own
+            batches = iter(loader)  # the workers start decoding now, while the model loads
+            model, _ = load_model(model_dir, dev)
+            for batch in surviving_workers(batches, f"the finished rows are kept in {out}: run again to go on"):
+                finished = []
+                for index, reason in batch["failed"]:
+                    row = {"file": names[index], "reason": reason}
+                    new_failures.append(row)
+                    finished.append({"failure": row})
+                if batch["images"] is not None:
+                    batch_names = [names[item.index] for item in batch["ok"]]
+                    for row in _score_batch(
+                        model, batch, batch_names, dev, calibration, threshold, heatmaps, keep_ids, pseudo, out
+                    ):
+                        new_scores.append(row)
+                        finished.append({"score": row})
+                journal.append(finished)
+                bar.update(len(batch["ok"]) + len(batch["failed"]))
     return new_scores, new_failures
 
 
