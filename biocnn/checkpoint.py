@@ -110,12 +110,30 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(problems))
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a model directory, load its weights, and return it in eval mode."""
+# What each registered model is, for the message when a task is given another task's model.
+MODEL_KINDS = {
+    "classifier": "a mammography classifier",
+    "unet": "a segmentation (U-Net) model",
+    "deepbind": "a DeepBind binding model",
+}
+
+
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu", expect: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a model directory, load its weights, and return it in eval mode.
+
+    ``expect``: the registry name (``"deepbind"``, ``"unet"``, ``"classifier"``) the caller can
+    use; another task's model is a :class:`CheckpointError` naming the directory and what it holds.
+    """
     directory = Path(directory)
     config = read_model_config(directory)
     if "model" not in config:
         raise CheckpointError(f"{directory / CONFIG}: no 'model' section")
+    name = config["model"].get("name") if isinstance(config["model"], dict) else None
+    if expect is not None and name != expect:
+        what = MODEL_KINDS.get(name, f"a model named {name!r}")
+        raise CheckpointError(f"{directory}: holds {what}, not {MODEL_KINDS.get(expect, expect)}")
     model = build_model(config["model"])
     state = load_weights(directory / WEIGHTS)
     check_state_dict(model, state, str(directory))

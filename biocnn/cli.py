@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(exc: OSError) -> str:
+    """``file: reason`` for an operating-system error (both files for a failed rename)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``biocnn`` console script."""
     try:
@@ -126,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # matplotlib logs every font it considers at DEBUG: -v is for biocnn's own messages.
+        for noisy in ("matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         return int(args.handler(args) or 0)
     except BiocnnError as exc:
         print(f"biocnn: error: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"biocnn: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:
+        # A missing input, a read-only or full output (ENOSPC, EROFS, EACCES): one line naming the file.
+        print(f"biocnn: error: {_os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("biocnn: interrupted", file=sys.stderr)

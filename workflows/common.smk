@@ -2,6 +2,7 @@
 # Rules call the `biocnn` command line; the library never calls Snakemake.
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
@@ -41,6 +42,36 @@ def repo_path(path):
     if p.is_absolute() or p.exists():
         return str(p)
     return str(REPO / p)
+
+
+# Each task's training YAML, and the flags its training rule sets (their values are not known
+# here): the YAML is checked with biocnn's own loader when the workflow loads.
+_TASK_SCHEMAS = {
+    "mammo": ("biocnn.mammo.config", "MammoConfig", {"data.manifest": "<set by the workflow>"}),
+    "segment": ("biocnn.segment.config", "SegmentConfig", {"data.train": "<set by the workflow>"}),
+    "deepbind": ("biocnn.deepbind.config", "DeepBindConfig", {}),
+}
+
+
+def task_config(task, path):
+    """`path`, a task's training YAML, checked as `biocnn <task> train` will check it: an unknown
+    key or a wrong value stops the workflow (a dry run too) with the file and the key. Not
+    checked where biocnn cannot be imported here (the rule's own run checks it then)."""
+    if not task_enabled(task):
+        return path
+    try:
+        import importlib
+
+        from biocnn.config import load_config
+        from biocnn.errors import BiocnnError
+    except ImportError:
+        return path
+    import_name, schema, overrides = _TASK_SCHEMAS[task]
+    try:
+        load_config(path, getattr(importlib.import_module(import_name), schema), overrides)
+    except BiocnnError as exc:
+        raise WorkflowError(f"{task} config: {exc}") from None
+    return path
 
 
 rule environment:

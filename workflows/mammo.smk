@@ -59,7 +59,7 @@ rule mammo_train:
     """The view classifier (shared 2D backbone + classification head), val AUC monitored."""
     input:
         manifest=f"{MAMMO_DIR}/synth/train/manifest.csv",
-        config=repo_path(MAMMO.get("config", "configs/mammo_demo.yaml")),
+        config=task_config("mammo", repo_path(MAMMO.get("config", "configs/mammo_demo.yaml"))),
     output:
         weights=f"{MAMMO_DIR}/model/weights.safetensors",
         config=f"{MAMMO_DIR}/model/config.json",

@@ -18,6 +18,8 @@ def seg_opt(kind, key):
 
 
 SEGMENT_TARGETS = [f"{SEG_DIR}/report/summary.json"] if task_enabled("segment") else []
+for _kind in SEG_KINDS:  # each kind's training YAML, checked now (see task_config)
+    task_config("segment", repo_path(seg_opt(_kind, "config")))
 
 wildcard_constraints:
     kind="malaria|tumor",

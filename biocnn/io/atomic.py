@@ -8,12 +8,55 @@ live on the same filesystem, which is why the temporary file sits beside the tar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# This machine, in temporary file names: a shared folder may hold files of writers on other
+# machines, whose PIDs mean nothing here.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TMP_NAME = re.compile(r"\..*\.tmp-([0-9a-f]{8})-([0-9]+)\..*")
+_SWEPT: set[str] = set()  # folders already swept by this process
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that killed writers on this machine left in ``folder``.
+
+    Only files named as :func:`atomic_path` names them, by this machine, whose writer's PID no
+    longer runs, are removed: a live writer's file, or another machine's, is left alone.
+    Returns the removed files.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_NAME.fullmatch(entry.name)
+        if match is None or match[1] != _HOST:
+            continue
+        pid = int(match[2])
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
@@ -21,20 +64,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
 
     Use this for writers that want a file name (``safetensors``, ``nibabel``, ``PIL``,
-    ``matplotlib``). On error the temporary file is removed and ``path`` is untouched.
+    ``matplotlib``). On error the temporary file is removed and ``path`` is untouched. The
+    temporary name, ``.<name>.tmp-<machine>-<pid>.<random><suffixes>``, lets a later run
+    remove what a killed one left behind: the first write of a process into a folder sweeps it
+    (:func:`remove_stale_temporaries`). An ``OSError`` without a file name (a full disk while
+    writing) is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the suffix so libraries that infer the format from the name still work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
+    folder = os.path.abspath(path.parent)
+    if folder not in _SWEPT:
+        _SWEPT.add(folder)
+        remove_stale_temporaries(folder)
+    # Keep the suffixes so libraries that infer the format from the name still work.
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}.", suffix="".join(path.suffixes), dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 
 

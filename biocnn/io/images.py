@@ -64,17 +64,17 @@ def _scale(path: Path, arr: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read a 2D image as float32 ``(channels, height, width)`` in [0, 1] (floats: as stored).
 
-    Grayscale gives one channel, RGB three (an alpha channel is dropped). A TIFF stored
-    channel-first (``(C, H, W)`` with C <= 4) is accepted as well.
+    Grayscale gives one channel, RGB three (an alpha channel is dropped), whatever the size. A
+    TIFF stored channel-first (``(C, H, W)`` with C <= 4 and W > 4) is accepted as well.
     """
     path = Path(path)
     arr = _read_raw(path)
     if arr.ndim == 2:
         arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
-        arr = np.moveaxis(arr[..., :3], -1, 0)
-    elif arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:
+    elif arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:  # channel-first TIFF
         arr = arr[:3] if arr.shape[0] == 4 else arr
+    elif arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):  # (H, W, gray + alpha | RGB | RGBA), even 1 x 1
+        arr = np.moveaxis(arr[..., :1] if arr.shape[-1] == 2 else arr[..., :3], -1, 0)
     else:
         raise InputError(
             path,

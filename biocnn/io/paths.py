@@ -88,6 +88,8 @@ def ensure_writable_dir(path: str | Path) -> Path:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(path, "output folder is not writable (a file is in the way of the folder)") from None
     except OSError as exc:
         raise InputError(path, f"output folder is not writable ({exc.strerror or exc})") from None
     return path

@@ -61,8 +61,23 @@ def _find_by_stem(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def find_cases_2d(path: str | Path, require_labels: bool = False) -> list[Case]:
-    """2D cases from an image file, a directory of images, or ``DIR/images`` + ``DIR/labels``."""
+def _bad_case(failures: list[dict[str, str]] | None, case_id: str, exc: InputError) -> None:
+    """Record a case that cannot be used in ``failures``, or raise when there is no list (training)."""
+    if failures is None:
+        raise exc
+    failures.append({"case": case_id, "error": str(exc)})
+    log.error("%s: %s", case_id, exc)
+
+
+def find_cases_2d(
+    path: str | Path, require_labels: bool = False, failures: list[dict[str, str]] | None = None
+) -> list[Case]:
+    """2D cases from an image file, a directory of images, or ``DIR/images`` + ``DIR/labels``.
+
+    With a ``failures`` list, a file that cannot be a case (a NIfTI volume, an image without its
+    label, a second image with the same id) is appended to it and the others are returned;
+    without one it raises.
+    """
     path = Path(path)
     if path.is_file():
         if is_nifti_file(path):
@@ -72,17 +87,25 @@ def find_cases_2d(path: str | Path, require_labels: bool = False) -> list[Case]:
         raise InputError(path, "no such file or directory")
     image_dir = path / "images" if (path / "images").is_dir() else path
     label_dir = path / "labels"
-    cases = []
+    cases, seen = [], {}
     for image in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
         if is_nifti_file(image):
-            raise InputError(image, "is a NIfTI volume but the model is 2D (PNG/TIFF images)")
+            problem = "is a NIfTI volume but the model is 2D (PNG/TIFF images)"
+            _bad_case(failures, nifti_stem(image), InputError(image, problem))
+            continue
         if not is_image_file(image):
             continue
+        if image.stem in seen:  # e.g. a.png and a.tif: their outputs would overwrite each other
+            problem = f"the same case id {image.stem!r} as {seen[image.stem].name}"
+            _bad_case(failures, image.name, InputError(image, problem))
+            continue
+        seen[image.stem] = image
         label = _find_by_stem(label_dir, image.stem) if label_dir.is_dir() else None
         if require_labels and label is None:
-            raise InputError(image, f"no label mask {label_dir}/{image.stem}.png|.tif")
+            _bad_case(failures, image.stem, InputError(image, f"no label mask {label_dir}/{image.stem}.png|.tif"))
+            continue
         cases.append(Case(image.stem, [image], label))
-    if not cases:
+    if not cases and not failures:
         raise InputError(image_dir, "no PNG or TIFF images found")
     return cases
 
@@ -112,8 +135,18 @@ def _case_from_dir(directory: Path, modalities: Sequence[str]) -> Case:
     return Case(cid, images, label)
 
 
-def find_cases_3d(path: str | Path, modalities: Sequence[str], require_labels: bool = False) -> list[Case]:
-    """3D cases from a 4D NIfTI file, one case directory, or a directory of case directories."""
+def find_cases_3d(
+    path: str | Path,
+    modalities: Sequence[str],
+    require_labels: bool = False,
+    failures: list[dict[str, str]] | None = None,
+) -> list[Case]:
+    """3D cases from a 4D NIfTI file, one case directory, or a directory of case directories.
+
+    With a ``failures`` list, an entry that cannot be a case (a case missing a modality or its
+    label, a 2D image among the case folders) is appended to it and the others are returned;
+    without one it raises.
+    """
     path = Path(path)
     if path.is_file():
         if is_image_file(path):
@@ -123,28 +156,36 @@ def find_cases_3d(path: str | Path, modalities: Sequence[str], require_labels: b
         return [Case(nifti_stem(path), [path])]
     if not path.is_dir():
         raise InputError(path, "no such file or directory")
-    flat_images = [p for p in path.iterdir() if p.is_file() and is_image_file(p)]
-    if flat_images:
-        raise InputError(flat_images[0], "is a 2D image but the model is 3D (NIfTI volumes)")
+    for image in sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p)):
+        _bad_case(failures, image.stem, InputError(image, "is a 2D image but the model is 3D (NIfTI volumes)"))
     own = [p for p in path.iterdir() if p.is_file() and is_nifti_file(p) and p.name.startswith(path.name + "_")]
     dirs = [path] if own else sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    cases = [_case_from_dir(d, modalities) for d in dirs]
-    if require_labels:
-        for c in cases:
-            if c.label is None:
-                raise InputError(path / c.id, f"case {c.id}: no label file {c.id}_seg.nii.gz")
-    if not cases:
+    cases = []
+    for d in dirs:
+        try:
+            case = _case_from_dir(d, modalities)
+            if require_labels and case.label is None:
+                raise InputError(path / case.id, f"case {case.id}: no label file {case.id}_seg.nii.gz")
+        except InputError as exc:
+            _bad_case(failures, d.name, exc)
+            continue
+        cases.append(case)
+    if not cases and not failures:
         raise InputError(path, "no cases found (expected <case>/<case>_<modality>.nii.gz)")
     return cases
 
 
 def find_cases(
-    path: str | Path, spatial_dims: int, modalities: Sequence[str] = (), require_labels: bool = False
+    path: str | Path,
+    spatial_dims: int,
+    modalities: Sequence[str] = (),
+    require_labels: bool = False,
+    failures: list[dict[str, str]] | None = None,
 ) -> list[Case]:
-    """The cases under ``path`` for a 2D or 3D model."""
+    """The cases under ``path`` for a 2D or 3D model (``failures``: see :func:`find_cases_3d`)."""
     if spatial_dims == 2:
-        return find_cases_2d(path, require_labels)
-    return find_cases_3d(path, modalities, require_labels)
+        return find_cases_2d(path, require_labels, failures)
+    return find_cases_3d(path, modalities, require_labels, failures)
 
 
 # ----------------------------------------------------------------------------- reading

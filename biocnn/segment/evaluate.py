@@ -21,6 +21,7 @@ import numpy as np
 from biocnn.checkpoint import read_json
 from biocnn.errors import InputError
 from biocnn.io.atomic import write_json
+from biocnn.io.paths import safe_component
 from biocnn.metrics import expected_calibration_error, roc_auc
 from biocnn.segment.data import find_cases, label_to_index
 
@@ -66,20 +67,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
+    from biocnn.segment.predict import output_path  # the names predict wrote
+
     if spatial_dims == 2:
         import tifffile
 
         from biocnn.io.images import read_label
 
-        label = read_label(pred_dir / f"{case_id}_label.png")
-        prob = tifffile.imread(pred_dir / f"{case_id}_prob.tif")
-        ent = tifffile.imread(pred_dir / f"{case_id}_entropy.tif")
+        label = read_label(output_path(pred_dir, case_id, "label.png"))
+        prob = tifffile.imread(output_path(pred_dir, case_id, "prob.tif"))
+        ent = tifffile.imread(output_path(pred_dir, case_id, "entropy.tif"))
         return label, prob, ent, None
     from biocnn.io.nifti import read_volume
 
-    label, img = read_volume(pred_dir / f"{case_id}_label.nii.gz", dtype=np.int64)
-    prob, _ = read_volume(pred_dir / f"{case_id}_prob.nii.gz")
-    ent, _ = read_volume(pred_dir / f"{case_id}_entropy.nii.gz")
+    label, img = read_volume(output_path(pred_dir, case_id, "label.nii.gz"), dtype=np.int64)
+    prob, _ = read_volume(output_path(pred_dir, case_id, "prob.nii.gz"))
+    ent, _ = read_volume(output_path(pred_dir, case_id, "entropy.nii.gz"))
     return label, np.moveaxis(prob, -1, 0), ent, [float(z) for z in img.header.get_zooms()[:3]]
 
 
@@ -118,7 +121,7 @@ def evaluate(
             raise InputError(
                 case.label, f"case {cid}: label shape {truth.shape} differs from the prediction's {pred_values.shape}"
             )
-        pred = label_to_index(pred_values, values, cid, pred_dir / f"{cid}_label")
+        pred = label_to_index(pred_values, values, cid, pred_dir / f"{safe_component(cid)}_label")
         dice, hd = dice_hd95(pred, truth, num_classes, spacing)
         per_case.append(
             {"case": cid, "dice": dice, "hd95": hd, "mean_dice": float(np.mean(dice)), "score": scores[cid]}

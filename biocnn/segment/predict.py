@@ -42,8 +42,9 @@ import torch
 
 from biocnn.checkpoint import load_model
 from biocnn.device import select_device
-from biocnn.errors import BiocnnError, CheckpointError
+from biocnn.errors import BiocnnError, CheckpointError, InputError
 from biocnn.io.atomic import write_json, write_text
+from biocnn.io.paths import ensure_writable_dir, inside, safe_component
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
@@ -73,7 +74,7 @@ def load_models(model_dirs: Sequence[str | Path], device: torch.device):
     """
     models, configs = [], []
     for d in model_dirs:
-        model, config = load_model(d, device)
+        model, config = load_model(d, device, expect="unet")
         if "data" not in config or "inference" not in config:
             raise CheckpointError(f"{d}: not a segmentation model (config.json has no data/inference)")
         models.append(model)
@@ -168,7 +169,7 @@ class Segmenter:
         """Structure uncertainty of every case under ``reference`` with this sampling (the value
         ``predict`` would write for it) and the cases that failed to load."""
         values, failures = [], []
-        for case in find_cases(reference, self.data.spatial_dims, self.data.modalities):
+        for case in find_cases(reference, self.data.spatial_dims, self.data.modalities, failures=failures):
             try:
                 maps, _ = self.maps(case)
             except BiocnnError as exc:
@@ -212,7 +213,16 @@ class Segmenter:
         information maps (:func:`~biocnn.segment.uncertainty.maps_from_stats`) in its grid."""
         with case_seed(case.id, self.device):  # the same input gives the same samples, whatever else is predicted
             stats, item = self.stats(case)
-        return {k: v[0].numpy() for k, v in maps_from_stats(stats[None].float()).items()}, item
+        maps = {k: v[0].numpy() for k, v in maps_from_stats(stats[None].float()).items()}
+        bad = [k for k in ("prob", "entropy", "mutual_info") if not np.isfinite(maps[k]).all()]
+        if bad:
+            # NaN probabilities would argmax to background: a confident empty segmentation.
+            raise InputError(
+                case.images[0],
+                f"case {case.id}: the model's {'/'.join(bad)} values are not finite (NaN or Inf); "
+                "are the intensities far outside what the model was trained on?",
+            )
+        return maps, item
 
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
         """Predict one case, write its files, return its ``uncertainty.csv`` row."""
@@ -292,33 +302,39 @@ class Segmenter:
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.images import read_image, write_float_tiff, write_label
 
-        label_path = out_dir / f"{case.id}_label.png"
+        label_path = output_path(out_dir, case.id, "label.png")
         write_label(label_path, labels)
-        write_float_tiff(out_dir / f"{case.id}_prob.tif", prob)
-        write_float_tiff(out_dir / f"{case.id}_entropy.tif", ent)
-        write_float_tiff(out_dir / f"{case.id}_mutual_info.tif", mi)
-        overlay_png(out_dir / f"{case.id}_overlay.png", read_image(case.images[0]), labels, ent, title=case.id)
+        write_float_tiff(output_path(out_dir, case.id, "prob.tif"), prob)
+        write_float_tiff(output_path(out_dir, case.id, "entropy.tif"), ent)
+        write_float_tiff(output_path(out_dir, case.id, "mutual_info.tif"), mi)
+        overlay = output_path(out_dir, case.id, "overlay.png")
+        overlay_png(overlay, read_image(case.images[0]), labels, ent, title=case.id)
         return label_path.name
 
     def _write_3d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.nifti import read_volume, save_like
 
         first, ref = read_volume(case.images[0])
-        label_path = out_dir / f"{case.id}_label.nii.gz"
+        label_path = output_path(out_dir, case.id, "label.nii.gz")
         save_like(label_path, labels, ref, np.uint8 if max(self.data.label_values) < 256 else np.int16)
-        save_like(out_dir / f"{case.id}_prob.nii.gz", np.moveaxis(prob, 0, -1), ref, np.float32)
-        save_like(out_dir / f"{case.id}_entropy.nii.gz", ent, ref, np.float32)
-        save_like(out_dir / f"{case.id}_mutual_info.nii.gz", mi, ref, np.float32)
+        save_like(output_path(out_dir, case.id, "prob.nii.gz"), np.moveaxis(prob, 0, -1), ref, np.float32)
+        save_like(output_path(out_dir, case.id, "entropy.nii.gz"), ent, ref, np.float32)
+        save_like(output_path(out_dir, case.id, "mutual_info.nii.gz"), mi, ref, np.float32)
         vol = first if first.ndim == 3 else first[..., 0]
         z = pick_slice(labels, ent)
         overlay_png(
-            out_dir / f"{case.id}_overlay.png",
+            output_path(out_dir, case.id, "overlay.png"),
             vol[None, :, :, z],
             labels[:, :, z],
             ent[:, :, z],
             title=f"{case.id} (slice {z})",
         )
         return label_path.name
+
+
+def output_path(out_dir: str | Path, case_id: str, what: str) -> Path:
+    """``out_dir/<case id>_<what>``, the case id made file-name safe (:func:`~biocnn.io.paths.safe_component`)."""
+    return inside(out_dir, f"{safe_component(case_id)}_{what}")
 
 
 CSV_FIELDS = (
@@ -352,11 +368,13 @@ def predict(
     ``reference``: the models' training images, to measure the review threshold with this
     prediction's sampling (see :meth:`Segmenter._resolve_threshold`; needed for ensembles).
     """
-    out_dir = Path(out_dir)
+    out_dir = ensure_writable_dir(out_dir)  # before any long work
     seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size, reference=reference)
-    cases = find_cases(input_path, seg.data.spatial_dims, seg.data.modalities)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows, failures = [], []
+    # A case that cannot be read, or is incomplete, is a failure; the others are still predicted.
+    failures: list[dict[str, str]] = []
+    cases = find_cases(input_path, seg.data.spatial_dims, seg.data.modalities, failures=failures)
+    not_cases = len(failures)
+    rows = []
     for case in cases:
         try:
             rows.append(seg.predict_case(case, out_dir))
@@ -379,7 +397,7 @@ def predict(
         "spatial_dims": seg.data.spatial_dims,
         "label_values": seg.data.label_values,
         "modalities": seg.data.modalities,
-        "inputs_seen": len(cases),
+        "inputs_seen": len(cases) + not_cases,
         "outputs_written": len(rows),
         "failures": failures,
         "review_threshold": seg.threshold,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from biocnn.checkpoint import read_json
 from biocnn.io.atomic import atomic_path, write_json
+from biocnn.io.paths import safe_component
 
 
 def _flagged(pred_dir: Path) -> set[str]:
@@ -56,7 +57,7 @@ def report(named: Sequence[tuple[str, str | Path, str | Path]], out_dir: str | P
         _scatter(out_dir / f"{name}_score_vs_error.png", name, metrics, flagged)
         summary[name]["flagged_for_review"] = sorted(flagged)
         worst = max(metrics["per_case"], key=lambda r: r["score"])["case"]
-        overlay = Path(pred_dir) / f"{worst}_overlay.png"
+        overlay = Path(pred_dir) / f"{safe_component(worst)}_overlay.png"  # as predict names it
         if overlay.is_file():
             with atomic_path(out_dir / f"{name}_most_uncertain_overlay.png") as tmp:
                 shutil.copyfile(overlay, tmp)
