@@ -209,3 +209,12 @@ def test_workflow_imports_named_models_and_scans_and_scores_variants_with_them(t
     table = (out / "variants.tsv").read_text().splitlines()
     assert table[0].split("\t")[5] == "model" and len(table) == 1 + 9 * len(ids)
     assert [row.split("\t")[5] for row in table[1:3]] == ids
+
+
+@needs_kernels
+def test_a_failed_many_model_scan_leaves_no_output(models, tmp_path):
+    fasta = tmp_path / "bad.fa"
+    fasta.write_text(">chr1\n" + "ACGT" * 500 + "\n>chr2\n" + "ACGT" * 100 + "X" + "ACGT" * 100 + "\n")
+    out = tmp_path / "out"
+    assert main(["deepbind", "scan", "--model", str(models), "--fasta", str(fasta), "--out", str(out)]) != 0
+    assert list(out.iterdir()) == []  # neither a model's file nor the hidden work folder

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +34,7 @@ from biocnn.deepbind.scan_pipeline import ScanPipeline
 from biocnn.deepbind.scan_scorer import WindowScorer
 from biocnn.deepbind.tracks import TrackWriter
 from biocnn.errors import InputError
-from biocnn.io.atomic import atomic_open, write_json
+from biocnn.io.atomic import write_json
 from biocnn.io.fasta_stream import chunk_codes
 
 log = logging.getLogger(__name__)
@@ -46,15 +49,16 @@ class ZooScorer:
     single batch keeps every core busy. Scores are ``(models, windows)``."""
 
     def __init__(self, models: list[DeepBind], window: int, stride: int, backend: str = "auto"):
-        self.scorers = [WindowScorer(m, window, stride, backend) for m in models]
         self.window, self.stride = window, stride
+        threads = max(1, torch.get_num_threads())
+        with ThreadPoolExecutor(threads) as pool:  # packing the tables is a few ms per model
+            self.scorers = list(pool.map(lambda m: WindowScorer(m, window, stride, backend), models))
         self.motif_lens = np.array([s.k for s in self.scorers])
-        first = self.scorers[0]
-        self.kernels = first.kernels
+        self.kernels = self.scorers[0].kernels
         self.native = all(s.backend == "native" for s in self.scorers)
         self.backend = "native" if self.native else "torch"
         self.fallback_reason = next((s.fallback_reason for s in self.scorers if s.fallback_reason), "")
-        self.threads = max(1, torch.get_num_threads()) if self.native else 1
+        self.threads = threads if self.native else 1
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.lead = max(s.margins[0] for s in self.scorers)
         self.tail = max(s.margins[1] for s in self.scorers)
@@ -148,16 +152,28 @@ def scan_fasta_models(
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {"bp": 0, "windows": 0, "records": 0, "short_records": []}
     start = time.perf_counter()
-    with contextlib.ExitStack() as files:
-        writers = []
+    # Every file is written in a hidden folder, made durable (fsync, in parallel: one after the other
+    # they take ms each) and moved into place once the scan has succeeded; on failure none is.
+    tmp = Path(tempfile.mkdtemp(prefix=".scan-", dir=out_dir))
+    try:
+        with contextlib.ExitStack() as files:
+            writers, handles = [], []
+            for name in names:
+                bg = files.enter_context(open(tmp / f"{name}.bedgraph", "wb"))
+                bed = files.enter_context(open(tmp / f"{name}.bed", "w"))
+                writers.append(TrackWriter(bg, bed, window, stride, threshold, scorer.kernels))
+                handles += [bg, bed]
+            writer = ZooWriter(writers)
+            take, step = (per_chunk - 1) * stride + window, per_chunk * stride
+            jobs = scan_jobs(fasta, take, step, window, int(scorer.motif_lens.min()), stats)
+            ScanPipeline(scorer, writer, jobs, stats, fasta, progress_every).run()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(_sync, handles))
         for name in names:
-            bg = files.enter_context(atomic_open(out_dir / f"{name}.bedgraph", "wb"))
-            bed = files.enter_context(atomic_open(out_dir / f"{name}.bed"))
-            writers.append(TrackWriter(bg, bed, window, stride, threshold, scorer.kernels))
-        writer = ZooWriter(writers)
-        take, step = (per_chunk - 1) * stride + window, per_chunk * stride
-        jobs = scan_jobs(fasta, take, step, window, int(scorer.motif_lens.min()), stats)
-        ScanPipeline(scorer, writer, jobs, stats, fasta, progress_every).run()
+            for ext in ("bedgraph", "bed"):
+                os.replace(tmp / f"{name}.{ext}", out_dir / f"{name}.{ext}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     stats.update(
         {
@@ -185,6 +201,11 @@ def scan_fasta_models(
         )
     write_json(out_dir / SUMMARY, stats)
     return stats
+
+
+def _sync(fh) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def load_models(paths: list[str | Path], device: str | torch.device = "cpu") -> dict[str, DeepBind]:
