@@ -159,7 +159,7 @@ def run_motifs(
     """The ``motifs`` verb: ``motifs.meme``, ``logos/*.png``, ``jaspar_matches.tsv``, ``summary.json``."""
     from biocnn.checkpoint import load_model
 
-    model, _ = load_model(model_dir, "cpu")
+    model, _ = load_model(model_dir, "cpu", expect="deepbind")
     out = Path(out_dir)
     seqs = read_set(sequences, model.motif_len, reference=reference)
     records = [r for r in seqs.records if r.label in (None, 1.0)]  # positives carry the motif

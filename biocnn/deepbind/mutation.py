@@ -17,6 +17,7 @@ import torch
 
 from biocnn.deepbind.model import DeepBind
 from biocnn.io.atomic import atomic_open, atomic_path, write_json
+from biocnn.io.paths import safe_component
 from biocnn.io.sequences import ALPHABET, one_hot, read_fasta
 from biocnn.predict import eval_mode
 
@@ -87,10 +88,6 @@ def write_matrix(path: str | Path, seq: str, delta: np.ndarray) -> None:
             fh.write(f"{i + 1}\t{ch}\t" + "\t".join(f"{v:.5f}" for v in delta[:, i]) + "\n")
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def run_mutation_maps(
     model_dir: str | Path, fasta: str | Path, out_dir: str | Path, limit: int | None = None
 ) -> tuple[int, list[tuple[str, str]]]:
@@ -101,18 +98,18 @@ def run_mutation_maps(
     from biocnn.checkpoint import load_model
     from biocnn.device import select_device
 
-    model, _ = load_model(model_dir, select_device("auto"))
+    model, _ = load_model(model_dir, select_device("auto"), expect="deepbind")
     seqs = read_fasta(fasta, min_len=model.motif_len)
     failures = list(seqs.skipped)
     records = seqs.records[:limit] if limit else seqs.records
     out = Path(out_dir)
     summary = []
-    for rec in records:
+    for rec in records:  # record ids are unique (read_fasta checks), so are their file names
         if len(rec.seq) > MAX_LENGTH:
             failures.append((rec.id, f"{len(rec.seq)} bp is longer than {MAX_LENGTH} bp"))
             continue
         ref, delta = mutation_map(model, rec.seq, rec.id)
-        name = _safe(rec.id)
+        name = safe_component(rec.id)  # a file name inside out_dir whatever the record id
         write_matrix(out / f"{name}.tsv", rec.seq, delta)
         draw_mutation_map(out / f"{name}.png", rec.seq, delta, f"{rec.id}  score {ref:.3f}")
         imp = importance(delta)

@@ -6,24 +6,37 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
+import numpy as np
+
+from biocnn.errors import InputError
 from biocnn.io.fasta_stream import stream_records
 
 
 def scan_jobs(fasta: str | Path, take: int, step: int, window: int, motif_len: int, stats: dict):
     """The scan's jobs in file order: ``(bases, record, offset, False)`` for a batch of windows
     starting at ``offset``, then per record ``(short, record, offset, True)``, its end: ``short``
-    the bases left over that are shorter than a window but not than a motif (scored whole, as the
-    model would score them), else None. Counts bases, records and too-short records in ``stats``."""
+    a record shorter than a window but not than a motif (scored whole, as the model would score
+    it), else None. The windows are those at 0, stride, 2 x stride, ... that fit in the record,
+    whatever the batch size (``take``, ``step``): the bases after a longer record's last window
+    are not scored. Counts bases, records and too-short records in ``stats``; a record name seen
+    twice is an InputError (its rows would overlap the first one's in the bedGraph)."""
+    seen: set[str] = set()
     for name, pieces in stream_records(fasta):
+        if name in seen:
+            raise InputError(
+                fasta, f"record name {name!r} appears more than once: its bedGraph rows would overlap (rename one)"
+            )
+        seen.add(name)
         stats["records"] += 1
         for bases, offset, rest in record_batches(_counted(pieces, stats), take, step):
             if not rest:
                 yield bases, name, offset, False
         if len(bases) >= window:
             yield bases, name, offset, False
-        elif len(bases) < motif_len and (bases or offset == 0):
+        elif offset == 0 and len(bases) < motif_len:
             stats["short_records"].append(name)
-        yield (bases if window > len(bases) >= motif_len else None), name, offset, True
+        whole = offset == 0 and window > len(bases) >= motif_len  # the whole record is shorter than a window
+        yield (bases if whole else None), name, offset, True
 
 
 def record_batches(pieces, take: int, step: int):
@@ -79,3 +92,15 @@ def _drop(held: deque, n: int) -> int:
             held[0] = held[0][n:]
             n = 0
     return n
+
+
+def uninformative_windows(codes: np.ndarray, n_windows: int, window: int, stride: int) -> np.ndarray:
+    """Indices of the windows (at 0, stride, ...) of a batch's base ``codes`` that hold no A, C, G
+    or T: only N and other ambiguity codes, which every model scores as one constant, not as
+    binding. Cheap when the batch holds no ambiguity code at all (the common case)."""
+    if n_windows < 1 or int(codes.max(initial=0)) < 4:
+        return np.zeros(0, np.int64)
+    known = np.zeros(len(codes) + 1, np.int64)
+    np.cumsum(codes < 4, out=known[1:])
+    starts = np.arange(n_windows, dtype=np.int64) * stride
+    return np.flatnonzero(known[starts + window] == known[starts])

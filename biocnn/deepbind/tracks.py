@@ -39,9 +39,20 @@ class TrackWriter:
         self.span = min(stride, window)
         self.peak: list | None = None
         self.n_peaks = 0
+        self.uninformative = 0  # masked windows (no A/C/G/T base): in neither file
         self._text = np.empty(0, np.uint8)
 
     def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
+        """Write windows starting at ``starts`` (ending at ``ends``, default ``starts + window``).
+        ``scores`` may be a masked array: a masked window has no informative base (only N and
+        other ambiguity codes), and is counted in :attr:`uninformative`, not written, never a peak."""
+        if np.ma.isMaskedArray(scores):
+            keep = ~np.ma.getmaskarray(scores)
+            self.uninformative += int(keep.size - np.count_nonzero(keep))
+            starts, scores = starts[keep], np.asarray(scores.data)[keep]
+            ends = None if ends is None else ends[keep]
+            if not scores.size:
+                return
         lo = starts + self.offset
         hi = lo + self.span if ends is None else ends
         self._bedgraph(chrom, lo, hi, scores)
