@@ -35,7 +35,6 @@ from biocnn.deepbind.scan_scorer import WindowScorer
 from biocnn.deepbind.tracks import TrackWriter
 from biocnn.errors import InputError
 from biocnn.io.atomic import write_json
-from biocnn.io.fasta_stream import chunk_codes
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +71,46 @@ class ZooScorer:
     def score_bases(
         self, raw: bytes, record: str, source: str | Path, offset: int = 0, split: bool = True
     ) -> np.ndarray:
-        """``(models, windows)`` scores of the windows of a chunk of ASCII bases."""
+        """``(models, windows)`` scores of the windows of a chunk of ASCII bases, each row what the
+        model's own :meth:`~biocnn.deepbind.scan_scorer.WindowScorer.score_bases` gives (masked
+        windows included)."""
         n = len(raw)
-        n_windows = (n - self.window) // self.stride + 1
-        out = np.empty((len(self.scorers), max(n_windows, 0)), np.float32)
-        if n_windows < 1:
-            return out
         if not self.native:
-            for i, scorer in enumerate(self.scorers):
-                out[i] = scorer.score_bases(raw, record, source, offset)
-            return out
-        buf = getattr(self._local, "buffer", None)
-        if buf is None or len(buf) < self.lead + n + self.tail:
-            buf = self._local.buffer = np.zeros(self.lead + n + self.tail, np.uint8)
-        chunk_codes(raw, record, source, offset, self.kernels, out=buf[self.lead : self.lead + n])
+            return _stack([scorer.score_bases(raw, record, source, offset) for scorer in self.scorers])
+        rows: list = [None] * len(self.scorers)
 
         def run(i: int) -> None:
-            out[i] = self.scorers[i].score_codes(buf, self.lead, n_windows, split=False)
+            # The thread's one code buffer, lent to every model's scorer (each would keep its own).
+            buf = getattr(self._local, "buffer", None)
+            if buf is None or len(buf) < self.lead + n + self.tail:
+                buf = self._local.buffer = np.zeros(self.lead + n + self.tail, np.uint8)
+            self.scorers[i]._local.buffer = buf
+            rows[i] = self.scorers[i].score_bases(raw, record, source, offset, split=False)
 
         if self.pool is None:
             for i in range(len(self.scorers)):
                 run(i)
         else:  # the kernels run without the GIL; one task per model balances different motif lengths
             list(self.pool.map(run, range(len(self.scorers))))
-        return out
+        return _stack(rows)
 
     def score_whole(self, raw: bytes, record: str, source: str | Path, offset: int = 0) -> np.ndarray:
         """``(models, 1)`` scores of a piece shorter than a window, scored whole; NaN for the models
         whose motif is longer than the piece (a one-model scan does not score it either)."""
-        out = np.full((len(self.scorers), 1), np.nan, np.float32)
-        for i, scorer in enumerate(self.scorers):
-            if len(raw) >= scorer.k:
-                out[i] = scorer.score_whole(raw, record, source, offset)
-        return out
+        nan = np.full(1, np.nan, np.float32)
+        return _stack(
+            [
+                scorer.score_whole(raw, record, source, offset) if len(raw) >= scorer.k else nan
+                for scorer in self.scorers
+            ]
+        )
+
+
+def _stack(rows: list) -> np.ndarray:
+    """Rows of scores as one ``(models, windows)`` array, masked where any row is."""
+    if any(np.ma.isMaskedArray(row) for row in rows):
+        return np.ma.stack([np.ma.asarray(row) for row in rows])
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
 class ZooWriter:
@@ -115,7 +121,7 @@ class ZooWriter:
 
     def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
         for writer, row in zip(self.writers, scores):
-            if ends is None or not np.isnan(row).all():
+            if ends is None or not np.isnan(np.ma.getdata(row)).all():
                 writer.windows(chrom, starts, row, ends)
 
     def flush(self) -> None:
