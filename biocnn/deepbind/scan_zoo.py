@@ -1,8 +1,8 @@
 """Genome scans with many models at once (e.g. the 927 published DeepBind models): one pass over
 the FASTA, one bedGraph and one peak BED per model.
 
-The FASTA is read, cut into batches and encoded once (:mod:`biocnn.deepbind.scan_batches`, the
-same jobs as the one-model scan); each batch is then scored by every model's
+The FASTA is read and cut into batches once (:mod:`biocnn.deepbind.scan_batches`, the same
+jobs as the one-model scan); each batch is then scored by every model's
 :class:`~biocnn.deepbind.scan_scorer.WindowScorer`, the models shared out over the threads, and
 every model's windows go to its own :class:`~biocnn.deepbind.tracks.TrackWriter`. A model's
 outputs are therefore the bytes a one-model scan writes. Memory: the models' weight tables (a
@@ -43,9 +43,9 @@ SUMMARY = "scan.json"
 
 
 class ZooScorer:
-    """Scores a batch's windows with every model: the bases are encoded once, then each model's
-    C kernels (or torch) score them; the models are shared out over :attr:`threads` threads, so a
-    single batch keeps every core busy. Scores are ``(models, windows)``."""
+    """Scores a batch's windows with every model (each with its own scorer, into one code buffer
+    per thread); the models are shared out over :attr:`threads` threads, so a single batch keeps
+    every core busy. Scores are ``(models, windows)``."""
 
     def __init__(self, models: list[DeepBind], window: int, stride: int, backend: str = "auto"):
         self.window, self.stride = window, stride
