@@ -104,3 +104,15 @@ def uninformative_windows(codes: np.ndarray, n_windows: int, window: int, stride
     np.cumsum(codes < 4, out=known[1:])
     starts = np.arange(n_windows, dtype=np.int64) * stride
     return np.flatnonzero(known[starts + window] == known[starts])
+
+
+def mask_uninformative(scores: np.ndarray, codes: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """``scores`` of the windows of ``codes``, masked where a window has no A/C/G/T base (see
+    :func:`uninformative_windows`; :class:`~biocnn.deepbind.tracks.TrackWriter` leaves those
+    out and counts them); the plain array when there is none."""
+    idx = uninformative_windows(codes, len(scores), window, stride)
+    if not idx.size:
+        return scores
+    mask = np.zeros(len(scores), bool)
+    mask[idx] = True
+    return np.ma.masked_array(scores, mask)
