@@ -3,6 +3,8 @@ the output, duplicate record names and N-only windows are not silently wrong."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,77 @@ def test_mutation_map_files_are_distinct_and_inside_for_any_record_id(tmp_path, 
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 3 and "a_b.png" in pngs  # a plain id keeps its name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.fa", "maps", "model"]  # nothing outside
+
+
+@pytest.mark.parametrize("chunk", [300, 10**6])
+def test_n_only_windows_are_counted_not_scored_and_never_peaks(tmp_path, model, chunk):
+    left, right = _seq(1000, 4), _seq(1000, 5)
+    seq = left + "N" * 400 + right
+    fa = _fasta(tmp_path / "n.fa", {"chrN": seq, "allN": "N" * 200, "shortN": "N" * 30})
+    window, stride = 50, 20
+    stats = scan_fasta(model, fa, tmp_path / "o", window=window, stride=stride, threshold=-1e9, chunk=chunk)
+    starts = range(0, len(seq) - window + 1, stride)
+    n_only = [p for p in starts if 1000 <= p and p + window <= 1400]
+    expected = len(n_only) + len(range(0, 200 - window + 1, stride)) + 1  # + the short all-N record
+    assert stats["uninformative_windows"] == expected
+    assert json.loads((tmp_path / "o.json").read_text())["uninformative_windows"] == expected
+    rows = [line.split("\t") for line in (tmp_path / "o.bedgraph").read_text().splitlines()]
+    assert {r[0] for r in rows} == {"chrN"}
+    assert len(rows) == len(starts) - len(n_only)
+    # Every informative window is above this threshold: the peaks stop at the N run.
+    peaks = [line.split("\t") for line in (tmp_path / "o.bed").read_text().splitlines()]
+    assert [(p[0], int(p[1]), int(p[2])) for p in peaks] == [
+        ("chrN", 0, n_only[0] - stride + window),
+        ("chrN", n_only[-1] + stride, starts[-1] + window),
+    ]
+
+
+def _mammo_dir(path):
+    from biocnn.checkpoint import save_model
+    from biocnn.models import build_model
+
+    spec = {"name": "classifier", "spatial_dims": 2, "in_channels": 1, "channels": [4, 8], "hidden": [4]}
+    return save_model(path, build_model(spec), {"model": spec})
+
+
+VCF_HEAD = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+
+
+def test_a_mammography_model_given_to_scan_or_variants_is_one_line(tmp_path, capsys):
+    from biocnn.cli import main
+
+    model_dir = _mammo_dir(tmp_path / "mammo_model")
+    fa = _fasta(tmp_path / "g.fa", {"chr1": _seq(500, 1)})
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text(VCF_HEAD + "chr1\t250\t.\tA\tC\t.\t.\t.\n")
+    for argv in (
+        ["deepbind", "scan", "--model", str(model_dir), "--fasta", str(fa), "--out", str(tmp_path / "s")],
+        ["deepbind", "variants", "--model", str(model_dir), "--vcf", str(vcf), "--reference", str(fa)]
+        + ["--out", str(tmp_path / "v.tsv")],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1
+        assert f"{model_dir}: holds a mammography classifier, not a DeepBind binding model" in err
+
+
+def test_a_variant_outside_its_chromosome_is_reported_as_such(tmp_path, model):
+    from biocnn.checkpoint import save_model
+    from biocnn.deepbind.variants import run_variants
+
+    spec = {"name": "deepbind", "num_motifs": 4, "motif_len": 9, "hidden": 8}
+    model_dir = save_model(tmp_path / "model", model, {"model": spec})
+    seq = _seq(1000, 1)
+    fa = _fasta(tmp_path / "ref.fa", {"chr1": seq})
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text(
+        VCF_HEAD
+        + f"chr1\t500\tmid\t{seq[499]}\tN\t.\t.\t.\n"
+        + f"chr1\t10\tnear\t{seq[9]}\tN\t.\t.\t.\n"
+        + "chr1\t5000000\tfar\tA\tC\t.\t.\t.\n"
+    )
+    out = tmp_path / "v.tsv"
+    run_variants(model_dir, vcf, fa, out, flank=20)
+    notes = {r.split("\t")[2]: r.split("\t")[-1] for r in out.read_text().splitlines()[1:]}
+    assert notes["far"] == "position 5000000 is outside chr1 (1 to 1000)"
+    assert notes["near"] == "within 20 bp of the end of chr1"

@@ -38,3 +38,13 @@ def test_unknown_key_in_a_task_config_stops_the_dry_run(tmp_path):
     assert (
         _dry_run({"results": str(tmp_path / "out"), "tasks": ["segment"], "segment": segment}, tmp_path).returncode == 0
     )
+
+
+def test_an_experiment_name_that_is_not_a_plain_folder_name_stops_the_dry_run(tmp_path):
+    for name in ("../../escape", ".hidden", "a/b"):
+        config = {"results": str(tmp_path / "out"), "tasks": ["deepbind"]}
+        config["deepbind"] = {"experiments": {name: {"motif": "MA0139"}}}
+        run = _dry_run(config, tmp_path)
+        assert run.returncode != 0 and name in run.stdout + run.stderr
+    config["deepbind"] = {"experiments": {"CTCF.v2-rep_1": {"motif": "MA0139"}}}
+    assert _dry_run(config, tmp_path).returncode == 0

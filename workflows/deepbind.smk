@@ -8,7 +8,7 @@
 DEEPBIND = config.get("deepbind", {})
 DB_DIR = f"{RESULTS}/deepbind"
 DB_SEED = DEEPBIND.get("seed", 5)
-DB_CONFIG = repo_path(DEEPBIND.get("config", "configs/deepbind_demo.yaml"))
+DB_CONFIG = task_config("deepbind", repo_path(DEEPBIND.get("config", "configs/deepbind_demo.yaml")))
 DB_EXPERIMENTS = DEEPBIND.get("experiments", {})
 DB_DEMO = DEEPBIND.get("demo", {})
 DB_SCAN = DEEPBIND.get("scan", {})
@@ -51,7 +51,7 @@ if task_enabled("deepbind") and DB_ZOO_IDS:
 
 
 wildcard_constraints:
-    exp="[A-Za-z0-9_.-]+",
+    exp="[A-Za-z0-9][A-Za-z0-9_.-]*",  # as the config schema requires of experiment names
     trial="[0-9]+",
 
 

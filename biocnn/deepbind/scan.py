@@ -61,6 +61,8 @@ def scan_fasta(
     stats.update(
         {
             "peaks": writer.n_peaks,
+            # windows with no A/C/G/T (N runs): scanned, but in neither output file
+            "uninformative_windows": writer.uninformative,
             "seconds": seconds,
             "bp_per_s": stats["bp"] / max(seconds, 1e-9),
             "window": window,
@@ -98,12 +100,15 @@ def run_scan(
     (:func:`biocnn.deepbind.scan_zoo.scan_fasta_models`)."""
     from biocnn.checkpoint import CONFIG, load_model
     from biocnn.device import select_device
+    from biocnn.io.paths import ensure_writable_dir
 
     paths = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
-    if len(paths) > 1 or not (Path(paths[0]) / CONFIG).is_file():
+    many = len(paths) > 1 or not (Path(paths[0]) / CONFIG).is_file()
+    ensure_writable_dir(Path(out_prefix) if many else Path(out_prefix).parent)  # before any long work
+    if many:
         from biocnn.deepbind.scan_zoo import load_models, scan_fasta_models
 
         models = load_models(paths, select_device("auto"))
         return scan_fasta_models(models, fasta, out_prefix, window, stride, threshold, chunk)
-    model, _ = load_model(paths[0], select_device("auto"))
+    model, _ = load_model(paths[0], select_device("auto"), expect="deepbind")
     return scan_fasta(model, fasta, out_prefix, window, stride, threshold, chunk)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from biocnn.deepbind import native
 from biocnn.deepbind.model import PAD_VALUE, DeepBind
+from biocnn.deepbind.scan_batches import mask_uninformative
 from biocnn.deepbind.scan_weights import (
     head_weights,
     in_huge_pages,
@@ -137,20 +138,23 @@ class WindowScorer:
         ``split``: spread the chunk's windows over the scorer's threads (C kernels only)."""
         if self.backend != "native":
             codes = chunk_codes(raw, record, source, offset, self.kernels)
-            return self.score(self.one_hot(codes)).float().cpu().numpy()
+            scores = self.score(self.one_hot(codes)).float().cpu().numpy()
+            return mask_uninformative(scores, codes, self.window, self.stride)
         n = len(raw)
         n_windows = (n - self.window) // self.stride + 1
         if n_windows < 1:
             return np.zeros(0, np.float32)
         buf, lead = self._padded(n)  # the bases are encoded straight into the kernel's buffer
         chunk_codes(raw, record, source, offset, self.kernels, out=buf[lead : lead + n])
-        return self.score_codes(buf, lead, n_windows, split)
+        scores = self.score_codes(buf, lead, n_windows, split)
+        return mask_uninformative(scores, buf[lead : lead + n], self.window, self.stride)
 
     @torch.no_grad()
     def score_whole(self, raw: bytes, record: str, source: str | Path, offset: int = 0) -> np.ndarray:
         """The model's score (shape (1,)) of a piece of sequence shorter than a window, scored whole."""
-        x = self.one_hot(chunk_codes(raw, record, source, offset, self.kernels))[None]
-        return self.model(x).float().cpu().numpy()
+        codes = chunk_codes(raw, record, source, offset, self.kernels)
+        scores = self.model(self.one_hot(codes)[None]).float().cpu().numpy()
+        return mask_uninformative(scores, codes, len(codes), 1)
 
     @torch.no_grad()
     def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -114,8 +114,10 @@ def _windows(records: list, ref_fa, flank: int) -> tuple[list[dict], list[tuple[
             if problem is None and chrom not in ref_fa:
                 problem = f"chromosome {chrom!r} is not in the reference"
             if problem is None:
-                start, end = pos - 1, pos - 1 + len(ref)
-                if start - flank < 0 or end + flank > len(ref_fa[chrom]):
+                start, end, length = pos - 1, pos - 1 + len(ref), len(ref_fa[chrom])
+                if start < 0 or end > length:
+                    problem = f"position {pos} is outside {chrom} (1 to {length})"
+                elif start - flank < 0 or end + flank > length:
                     problem = f"within {flank} bp of the end of {chrom}"
             if problem is not None:
                 row.update(status="failed", note=problem)
@@ -168,13 +170,15 @@ def run_variants(
     from biocnn.checkpoint import CONFIG, load_model
     from biocnn.deepbind.predict import model_dirs, model_name
     from biocnn.device import select_device
+    from biocnn.io.paths import ensure_writable_dir
 
+    ensure_writable_dir(Path(out).parent)  # before any long work
     device = select_device("auto")
     paths = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     many = len(paths) > 1 or not (Path(paths[0]) / CONFIG).is_file()
     models: list[tuple[str, DeepBind, int]] = []  # (name, model, flank)
     for d in model_dirs(paths):
-        model, config = load_model(d, device)
+        model, config = load_model(d, device, expect="deepbind")
         models.append(
             (model_name(d, config), model, flank if flank is not None else int(config.get("input_length", 100)) // 2)
         )
