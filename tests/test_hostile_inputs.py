@@ -20,7 +20,7 @@ from PIL import Image
 from biocnn.checkpoint import load_model, save_model
 from biocnn.cli import main
 from biocnn.config import validate_config
-from biocnn.errors import CheckpointError
+from biocnn.errors import CheckpointError, InputError
 from biocnn.io import atomic
 from biocnn.io.atomic import write_json
 from biocnn.io.images import read_image
@@ -251,3 +251,13 @@ def test_two_images_with_one_case_id_are_a_failure_not_overwritten_outputs(tmp_p
     cases = find_cases(tmp_path, 2, failures=failures)
     assert [c.id for c in cases] == ["a", "b"] and [c.images[0].name for c in cases] == ["a.png", "b.png"]
     assert failures == [{"case": "a.tif", "error": f"{tmp_path / 'a.tif'}: the same case id 'a' as a.png"}]
+
+
+def test_a_one_pixel_image_is_a_failure_with_its_size(tmp_path):
+    from biocnn.segment.data import Case, read_case_2d
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "one.png")
+    with pytest.raises(InputError, match=r"one\.png: case one: image is 1 x 1 pixels; at least 2 x 2 needed"):
+        read_case_2d(Case("one", [tmp_path / "one.png"]), 3)
+    Image.new("RGB", (2, 3)).save(tmp_path / "two.png")
+    assert read_case_2d(Case("two", [tmp_path / "two.png"]), 3)[0].shape == (3, 3, 2)

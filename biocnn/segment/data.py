@@ -33,6 +33,9 @@ from biocnn.io.nifti import is_nifti_file, nifti_stem, read_volume
 
 log = logging.getLogger(__name__)
 
+# The smallest image side segmented (the overlay's contours need 2 x 2; smaller is no image to segment).
+MIN_SIDE = 2
+
 
 @dataclass
 class Case:
@@ -212,6 +215,11 @@ def read_case_2d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
     if is_nifti_file(path):
         raise InputError(path, f"case {case.id}: a NIfTI volume given to a 2D model")
     image = read_image(path)
+    if min(image.shape[1:]) < MIN_SIDE:
+        height, width = image.shape[1:]
+        raise InputError(
+            path, f"case {case.id}: image is {width} x {height} pixels; at least {MIN_SIDE} x {MIN_SIDE} needed"
+        )
     if image.shape[0] != in_channels:
         if in_channels == 3 and image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)  # grayscale into an RGB model: replicate
