@@ -13,10 +13,8 @@ user's mistake (never a traceback); every input of a batch either written, or li
 failure with its reason; outputs stay inside their folder; the output never depends on how
 the work was cut into batches.
 
-Mammography probes (UIDs in heatmap paths, concurrent runs, resume, walking a folder) live
-with that code: a module ``benchmarks/hostile_probe_mammo.py`` exposing
-``probes(root: Path, run) -> list[(name, callable)]`` is picked up when present (each callable
-returns ``(result, ok)``; ``run`` is :func:`run_biocnn`).
+The mammography probes cover ``mammo score``'s paths, folder walk and flags; concurrency and
+resume are checked in ``tests/test_mammo_score.py``, where a run can be stopped mid-way.
 """
 
 from __future__ import annotations
@@ -280,6 +278,98 @@ class Probes:
         noisy = [line for line in run.stderr.splitlines() if "DEBUG matplotlib" in line or "DEBUG PIL" in line]
         return f"rc {run.returncode}, {len(noisy)} matplotlib/PIL debug lines", run.returncode == 0 and not noisy
 
+    # -- mammo score
+    def _mammo_scorer(self) -> Path:
+        """A tiny view classifier with an operating point: enough for ``mammo score``."""
+        from biocnn.checkpoint import save_model
+        from biocnn.models import build_model
+
+        def make():
+            spec = {"name": "classifier", "spatial_dims": 2, "channels": [4, 8], "strides": [2, 2], "hidden": [4]}
+            path = self.root / "models" / "mammo_scorer"
+            save_model(path, build_model(spec), {"model": spec, "input": {"height": 32, "width": 24}})
+            (path / "operating_point.json").write_text(json.dumps({"threshold": 0.5, "calibration": None}))
+            return path
+
+        return self._once("mammo_scorer", make)
+
+    def _views(self, folder: Path, n: int, **uids) -> Path:
+        """``n`` small MG files (the DICOM writer of the tests), with the given UIDs."""
+        import warnings
+
+        sys.path.insert(0, str(REPO / "tests"))
+        from test_mammo_dicom import encoded, ramp_image, write
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid UIDs are the point
+            for i in range(n):
+                write(folder, f"v{i}.dcm", *encoded(ramp_image(), 0), laterality="LR"[i % 2], view="CC", **uids)
+        return folder
+
+    def probe_mammo_score_uids_that_escape(self):
+        folder = self._views(self.root / "mg_escape", 4, StudyInstanceUID="../../../esc", SOPInstanceUID="/tmp/esc")
+        out = self.root / "mg_escape_out"
+        run = run_biocnn(
+            "mammo",
+            "score",
+            "--model",
+            self._mammo_scorer(),
+            "--input",
+            folder,
+            "--out",
+            out,
+            "--keep-ids",
+            "--heatmaps",
+        )
+        pngs = sorted(out.rglob("*.png"))
+        outside = [p for p in self.root.rglob("esc*") if out not in p.parents] + list(Path("/tmp").glob("esc*.png"))
+        ok = run.returncode == 0 and len(pngs) == 4 and not outside and TRACEBACK not in run.stderr
+        return f"rc {run.returncode}, {len(pngs)} heatmaps for 4 images, {len(outside)} files outside", ok
+
+    def probe_mammo_score_self_referencing_link(self):
+        folder = self._views(self.root / "mg_loop", 2)
+        os.symlink(folder, folder / "loop")
+        (folder / "sub").mkdir()
+        os.symlink(folder / "missing", folder / "sub" / "broken")
+        out = self.root / "mg_loop_out"
+        run = run_biocnn("mammo", "score", "--model", self._mammo_scorer(), "--input", folder, "--out", out)
+        if TRACEBACK in run.stderr or not (out / "summary.json").is_file():
+            return one_line_error(run)[0], False
+        summary = json.loads((out / "summary.json").read_text())
+        failures = (out / "failures.csv").read_text()
+        # every entry accounted for: 2 views scored, the broken link a failure, the loop skipped
+        ok = run.returncode == 0 and summary["scored"] == 2 and "sub/broken" in failures and summary["skipped"] == 1
+        return f"scored {summary['scored']}, failed {summary['failed']}, skipped {summary['skipped']}", ok
+
+    def probe_mammo_score_batch_size_zero(self):
+        run = run_biocnn(
+            "mammo",
+            "score",
+            "--model",
+            self._mammo_scorer(),
+            "--input",
+            self.root,
+            "--out",
+            self.root / "mg_b0",
+            "--batch-size",
+            "0",
+        )
+        ok = run.returncode != 0 and "--batch-size" in run.stderr and TRACEBACK not in run.stderr
+        return f"rc {run.returncode}, {run.stderr.strip().splitlines()[-1][:100]}", ok
+
+    def probe_mammo_score_bad_operating_point(self):
+        import shutil
+
+        model = self.root / "models" / "mammo_bad_op"
+        shutil.copytree(self._mammo_scorer(), model)
+        (model / "operating_point.json").write_text('{"threshold": 7}')
+        folder = self._views(self.root / "mg_op", 1)
+        return one_line_error(
+            run_biocnn("mammo", "score", "--model", model, "--input", folder, "--out", self.root / "mg_op_out"),
+            "operating_point.json",
+        )
+
     # -- deepbind
     def probe_scan_chunk_independent(self):
         fa = write_fasta(self.root / "chunks.fa", {"r1": genome(1030, 1), "r2": genome(1035, 2), "r3": genome(40, 3)})
@@ -473,19 +563,6 @@ class Probes:
         )
 
 
-def _mammo_probes(root: Path) -> list[tuple[str, Callable]]:
-    """The mammography probes, where their module exists (see the module docstring)."""
-    path = Path(__file__).with_name("hostile_probe_mammo.py")
-    if not path.is_file():
-        return []
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("hostile_probe_mammo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return list(module.probes(root / "mammo", run_biocnn))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
@@ -496,7 +573,6 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         probes = Probes(root)
         todo = [(name[len("probe_") :], getattr(probes, name)) for name in dir(probes) if name.startswith("probe_")]
-        todo += _mammo_probes(root)
         if args.only:
             todo = [(n, f) for n, f in todo if any(o in n for o in args.only)]
         rows = []
