@@ -145,6 +145,15 @@ def write_fasta(path: Path, records: dict[str, str]) -> Path:
 
 
 # ----------------------------------------------------------------------------- the probes
+def _wait_for_rows(journal: Path, n: int, timeout: float = 120) -> None:
+    """Wait until a running ``mammo score`` has journalled ``n`` finished rows."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if journal.is_file() and journal.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+
+
 class Probes:
     """Each ``probe_*`` method returns ``(result, ok)``; setup is shared and built lazily."""
 
@@ -341,6 +350,70 @@ class Probes:
         # every entry accounted for: 2 views scored, the broken link a failure, the loop skipped
         ok = run.returncode == 0 and summary["scored"] == 2 and "sub/broken" in failures and summary["skipped"] == 1
         return f"scored {summary['scored']}, failed {summary['failed']}, skipped {summary['skipped']}", ok
+
+    def _score_cmd(self, folder: Path, out: Path, *extra: str) -> list[str]:
+        model = self._mammo_scorer()
+        return [
+            sys.executable,
+            "-m",
+            "biocnn",
+            "mammo",
+            "score",
+            "--model",
+            str(model),
+            "--input",
+            str(folder),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+
+    def probe_mammo_score_two_runs_at_once(self):
+        folder = self._views(self.root / "mg_many", 4)
+        out = self.root / "mg_many_out"
+        out.mkdir()
+        # Another process holds the folder the way a running `mammo score` does (tests/test_mammo_score
+        # races two real runs); this run must be refused with one line and leave the folder alone.
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from biocnn.io.journal import output_lock\n"
+                "with output_lock(sys.argv[1], 'mammo score'):\n    print('held', flush=True); time.sleep(120)",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            holder.stdout.readline()  # "held"
+            second = subprocess.run(self._score_cmd(folder, out), capture_output=True, text=True, timeout=300)
+        finally:
+            holder.kill()
+            holder.wait()
+        result, refused = one_line_error(second, str(out))
+        return result, refused and not (out / "scores.csv").exists()
+
+    def probe_mammo_score_killed_run_resumes(self):
+        folder = self._views(self.root / "mg_kill", 120)
+        out, clean = self.root / "mg_kill_out", self.root / "mg_kill_clean"
+        run = subprocess.Popen(self._score_cmd(folder, out), stderr=subprocess.DEVNULL)
+        _wait_for_rows(out / ".progress.jsonl", 10)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        again = subprocess.run(self._score_cmd(folder, out), capture_output=True, text=True, timeout=300)
+        subprocess.run(self._score_cmd(folder, clean), capture_output=True, text=True, timeout=300)
+        if again.returncode != 0 or not (out / "summary.json").is_file():
+            return one_line_error(again)[0], False
+        resumed = json.loads((out / "summary.json").read_text())["this_run"]["resumed"]
+
+        def probabilities(d):  # pseudonyms differ between output folders (each has its key)
+            lines = (d / "scores.csv").read_text().splitlines()
+            return sorted(",".join(c for i, c in enumerate(line.split(",")) if i not in (1, 2)) for line in lines)
+
+        same = probabilities(out) == probabilities(clean)
+        return f"resumed {resumed} rows, final table == a clean run's: {same}", 0 < resumed < 120 and same
 
     def probe_mammo_score_batch_size_zero(self):
         run = run_biocnn(
