@@ -261,3 +261,19 @@ def test_a_one_pixel_image_is_a_failure_with_its_size(tmp_path):
         read_case_2d(Case("one", [tmp_path / "one.png"]), 3)
     Image.new("RGB", (2, 3)).save(tmp_path / "two.png")
     assert read_case_2d(Case("two", [tmp_path / "two.png"]), 3)[0].shape == (3, 3, 2)
+
+
+def test_staging_folder_of_a_killed_many_model_scan_is_removed_by_the_next_write(tmp_path):
+    code = (
+        "import os, signal, sys\n"
+        "from biocnn.io.atomic import temporary_dir\n"
+        "staging = temporary_dir(sys.argv[1], 'scan')\n"
+        "(staging / 'D00001.001.bedgraph').write_text('half')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    assert writer.wait(timeout=120) == -signal.SIGKILL
+    left = [p for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].is_dir() and left[0].name.startswith(f".scan.tmp-{atomic._HOST}-{writer.pid}.")
+    write_json(tmp_path / "scan.json", {"ok": 1})  # the next write of a process into the folder
+    assert [p.name for p in tmp_path.iterdir()] == ["scan.json"]

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from biocnn.deepbind.scan_pipeline import ScanPipeline
 from biocnn.deepbind.scan_scorer import WindowScorer
 from biocnn.deepbind.tracks import TrackWriter
 from biocnn.errors import InputError
-from biocnn.io.atomic import write_json
+from biocnn.io.atomic import temporary_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ def scan_fasta_models(
     start = time.perf_counter()
     # Every file is written in a hidden folder, made durable (fsync, in parallel: one after the other
     # they take ms each) and moved into place once the scan has succeeded; on failure none is.
-    tmp = Path(tempfile.mkdtemp(prefix=".scan-", dir=out_dir))
+    tmp = temporary_dir(out_dir, "scan")
     try:
         with contextlib.ExitStack() as files:
             writers, handles = [], []

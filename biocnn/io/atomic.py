@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -54,9 +55,29 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         pid = int(match[2])
         if pid != os.getpid() and not _pid_alive(pid):
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):  # a staging folder (:func:`temporary_dir`)
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+def _sweep_once(folder: str | Path) -> None:
+    """Remove killed writers' temporaries from ``folder`` the first time this process writes there."""
+    folder = os.path.abspath(folder)
+    if folder not in _SWEPT:
+        _SWEPT.add(folder)
+        remove_stale_temporaries(folder)
+
+
+def temporary_dir(folder: str | Path, name: str) -> Path:
+    """A new hidden staging folder in ``folder``, named like :func:`atomic_path`'s temporaries
+    (``.<name>.tmp-<machine>-<pid>.<random>``) so that a later run removes it if this process
+    is killed before it cleans up. The caller moves files out of it and removes it."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    _sweep_once(folder)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_HOST}-{os.getpid()}.", dir=folder))
 
 
 @contextlib.contextmanager
@@ -72,10 +93,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.path.abspath(path.parent)
-    if folder not in _SWEPT:
-        _SWEPT.add(folder)
-        remove_stale_temporaries(folder)
+    _sweep_once(path.parent)
     # Keep the suffixes so libraries that infer the format from the name still work.
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}.", suffix="".join(path.suffixes), dir=path.parent
