@@ -4,6 +4,10 @@ Images are returned channel-first as float32 scaled to [0, 1] by their bit depth
 16-bit / 65535) so that an 8-bit PNG and the same field saved as a 16-bit TIFF give the same
 numbers. Label masks are returned as integer arrays. Every problem raises
 :class:`~biocnn.errors.InputError` naming the file.
+
+An alpha channel (grey + alpha, RGBA) is no image content: a constant one (published datasets
+such as the Data Science Bowl nuclei store fully opaque RGBA) is dropped, a varying one is an
+error, because dropping it would silently show the model pixels the file marks as transparent.
 """
 
 from __future__ import annotations
@@ -61,20 +65,36 @@ def _scale(path: Path, arr: np.ndarray) -> np.ndarray:
     raise InputError(path, f"unsupported pixel type {arr.dtype} (use 8 or 16 bit, or float)")
 
 
+def _drop_alpha(path: Path, arr: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` with C = 2 (grey + alpha) or 4 (RGBA) -> without the alpha channel, which
+    must be constant; other channel counts are returned as they are."""
+    if arr.shape[0] not in (2, 4):
+        return arr
+    alpha = arr[-1]
+    if alpha.size and alpha.min() != alpha.max():
+        raise InputError(
+            path,
+            f"alpha (transparency) channel varies ({alpha.min()} to {alpha.max()}); biocnn reads opaque images "
+            "only: flatten the image or save it without alpha",
+        )
+    return arr[:-1]
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a 2D image as float32 ``(channels, height, width)`` in [0, 1] (floats: as stored).
 
-    Grayscale gives one channel, RGB three (an alpha channel is dropped), whatever the size. A
-    TIFF stored channel-first (``(C, H, W)`` with C <= 4 and W > 4) is accepted as well.
+    Grayscale gives one channel, RGB three, whatever the size; a constant alpha channel is
+    dropped, a varying one is an error. A TIFF stored channel-first (``(C, H, W)`` with C <= 4
+    and W > 4) is accepted as well.
     """
     path = Path(path)
     arr = _read_raw(path)
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:  # channel-first TIFF
-        arr = arr[:3] if arr.shape[0] == 4 else arr
+        arr = _drop_alpha(path, arr)
     elif arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):  # (H, W, gray + alpha | RGB | RGBA), even 1 x 1
-        arr = np.moveaxis(arr[..., :1] if arr.shape[-1] == 2 else arr[..., :3], -1, 0)
+        arr = _drop_alpha(path, np.moveaxis(arr, -1, 0))
     else:
         raise InputError(
             path,
@@ -84,12 +104,32 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_scale(path, arr))
 
 
+# ITU-R BT.601 luma weights, the ones PIL's ``convert("L")`` uses.
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` RGB -> ``(1, H, W)`` grey.
+
+    Grey stored as RGB (the same value in R, G and B, as fluorescence images often are) gives
+    that value exactly; a colour image gives its luma (ITU-R BT.601 weights, as PIL), so a
+    1-channel model can still be shown, and flag, a colour image unlike its training data.
+    """
+    if (image[0] == image[1]).all() and (image[1] == image[2]).all():
+        return image[:1].copy()
+    weights = np.asarray(GREY_WEIGHTS, np.float32)[:, None, None]
+    return (image * weights).sum(0, keepdims=True, dtype=np.float32)
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """Read a 2D label mask as an int64 ``(height, width)`` array of label values."""
     path = Path(path)
     arr = _read_raw(path)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        rgb = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):
+        arr = np.moveaxis(_drop_alpha(path, np.moveaxis(arr, -1, 0)), 0, -1)
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        rgb = arr
         if not ((rgb == rgb[..., :1]).all()):
             raise InputError(path, "label mask is a colour image; expected one integer label per pixel")
         arr = rgb[..., 0]

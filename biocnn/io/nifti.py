@@ -61,6 +61,23 @@ def read_volume(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, object]
     return data, img
 
 
+def read_label_volume(path: str | Path) -> tuple[np.ndarray, object]:
+    """Read a NIfTI label map as ``(int64 array, nibabel image)``.
+
+    Label maps are often stored as floats (BRATS' ``OTMultiClass`` is float32): integer-valued
+    floats are accepted, any other value is an error naming the file (casting would silently
+    turn 0.5 into 0).
+    """
+    data, img = read_volume(path, dtype=np.float64)
+    fractional = np.mod(data, 1) != 0
+    if fractional.any():
+        example = float(data[fractional].flat[0])
+        raise InputError(
+            path, f"label map holds {int(fractional.sum())} non-integer values (e.g. {example:g}); labels are integers"
+        )
+    return data.astype(np.int64), img
+
+
 def save_like(path: str | Path, data: np.ndarray, reference, dtype=None) -> None:
     """Write ``data`` to ``path`` with ``reference``'s affine and header (copied).
 

@@ -6,6 +6,8 @@ import json
 
 from biocnn.cli_common import add_group, add_verb, existing_file, existing_path
 
+DATALIST_KEY_HELP = "the list of a datalist JSON to read (default: test)"
+
 
 def _synth(args) -> int:
     if args.kind == "malaria":
@@ -54,6 +56,7 @@ def _predict(args) -> int:
         args.device,
         sw_batch_size=args.sw_batch_size,
         reference=args.reference,
+        datalist_key=args.datalist_key,
     )
     print(f"{summary['outputs_written']} of {summary['inputs_seen']} inputs predicted -> {args.out}")
     for f in summary["failures"]:
@@ -62,10 +65,9 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from biocnn.segment.evaluate import evaluate
+    from biocnn.segment.evaluate import evaluate, metrics_table
 
-    m = evaluate(args.pred, args.labels, args.out)
-    print(json.dumps({k: v for k, v in m.items() if k != "per_case"}, indent=2))
+    print(metrics_table(evaluate(args.pred, args.labels, args.out, datalist_key=args.datalist_key)))
     return 0
 
 
@@ -98,8 +100,8 @@ def register(subparsers) -> None:
     p = add_verb(verbs, "train", _train, "train a U-Net from a YAML config")
     p.add_argument("--config", type=existing_file, required=True)
     p.add_argument("--out", required=True, help="model directory")
-    p.add_argument("--train", help="override data.train")
-    p.add_argument("--val", help="override data.val")
+    p.add_argument("--train", help="override data.train (a folder, or a datalist JSON: its 'training' list)")
+    p.add_argument("--val", help="override data.val (a folder, or a datalist JSON: its 'validation' list)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--seed", type=int, help="override train.seed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
@@ -107,7 +109,12 @@ def register(subparsers) -> None:
 
     p = add_verb(verbs, "predict", _predict, "label maps, probabilities, entropy and mutual information")
     p.add_argument("--model", action="append", required=True, help="model directory (repeat for an ensemble)")
-    p.add_argument("--input", type=existing_path, required=True, help="image file, 4D NIfTI, case dir or dir of cases")
+    p.add_argument(
+        "--input",
+        type=existing_path,
+        required=True,
+        help="image file, 4D NIfTI, case dir, dir of cases, or a datalist JSON (its --datalist-key list)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--mc-samples", dest="mc_samples", type=int, help="Monte Carlo dropout samples (default: model config, 20)"
@@ -124,12 +131,17 @@ def register(subparsers) -> None:
         "--reference",
         type=existing_path,
         help="the models' training images (labels not needed): measure the review threshold with this "
-        "sampling; needed for an ensemble or a --mc-samples other than the model config's",
+        "sampling; needed for an ensemble or a --mc-samples other than the model config's "
+        "(a datalist JSON: its 'training' list)",
     )
+    p.add_argument("--datalist-key", dest="datalist_key", default="test", help=DATALIST_KEY_HELP)
 
     p = add_verb(verbs, "evaluate", _evaluate, "Dice, HD95, error-detection AUROC, Spearman, ECE")
     p.add_argument("--pred", type=existing_path, required=True, help="directory written by predict")
-    p.add_argument("--labels", type=existing_path, required=True, help="directory with the true labels")
+    p.add_argument(
+        "--labels", type=existing_path, required=True, help="directory with the true labels, or a datalist JSON"
+    )
+    p.add_argument("--datalist-key", dest="datalist_key", default="test", help=DATALIST_KEY_HELP)
     p.add_argument("--out", required=True, help="metrics JSON")
 
     p = add_verb(verbs, "report", _report, "figures and summary.json for the report")

@@ -21,7 +21,19 @@ class DataConfig(StrictModel):
     modalities: list[str] = []
     # Label values in the masks; class index = position (BraTS: [0, 1, 2, 4]).
     label_values: list[int] = [0, 1]
+    # Named groups of label values that ``segment evaluate`` scores as one structure each, next
+    # to the single classes (BraTS: {WT: [1, 2, 3, 4], TC: [1, 3, 4], ET: [4]}).
+    regions: dict[str, list[int]] = {}
     pixdim: list[float] | None = None
+    # Intensity normalisation per case and channel: "nonzero" z-scores over the non-zero voxels
+    # (MRI with a zero background: the head), "image" over the whole image (nnU-Net's choice for
+    # microscopy), "none" keeps the values read (2D: scaled to [0, 1] by bit depth; data that
+    # come z-scored already). Default: "nonzero" in 3D, "none" in 2D.
+    normalize: Literal["nonzero", "image", "none"] | None = None
+    # 3D: crop each case to the bounding box of its voxels above the case's minimum (the head in
+    # an MRI whose background is one constant value, zero or not) before sampling and prediction;
+    # predictions are padded back to the input's grid as certain background.
+    crop_foreground: bool = False
     patch_size: list[int]
     samples_per_image: int = Field(4, ge=1)
     pos_fraction: float = Field(0.5, ge=0, le=1)
@@ -39,6 +51,13 @@ class DataConfig(StrictModel):
             raise ValueError("in_channels must equal the number of modalities")
         if self.label_values[0] != 0 or len(set(self.label_values)) != len(self.label_values):
             raise ValueError("label_values must start with 0 (background) and be distinct")
+        if self.normalize is None:
+            self.normalize = "nonzero" if self.spatial_dims == 3 else "none"
+        if self.crop_foreground and self.spatial_dims != 3:
+            raise ValueError("crop_foreground is for 3D volumes")
+        for name, values in self.regions.items():
+            if not values or not set(values) <= set(self.label_values[1:]):
+                raise ValueError(f"regions.{name} must list foreground label values of {self.label_values}")
         if self.pixdim is not None and len(self.pixdim) != self.spatial_dims:
             raise ValueError(f"pixdim needs {self.spatial_dims} entries")
         if self.class_ratios is not None and (

@@ -8,6 +8,11 @@ Layouts:
   modality (BraTS style) or one 4D ``DIR/<id>/<id>_image.nii.gz``, with the label in
   ``DIR/<id>/<id>_seg.nii.gz``. A single case directory or a single 4D file works for
   prediction.
+* A datalist: a MONAI / Medical Segmentation Decathlon JSON file
+  (``{"training": [{"image": ..., "label": ...}], "test": [...]}``, ``image`` one path or a
+  list of paths in modality order, paths relative to the JSON file's folder), read with
+  :func:`monai.data.load_decathlon_datalist`. Which list is read is the caller's ``datalist_key``
+  (training reads ``training``, validation ``validation``, prediction and evaluation ``test``).
 
 :class:`LoadCased` reads a case and checks it (shapes and affines agree across modalities and
 with the label, no NaN/Inf, label values known, a 2D file is not given to a 3D model); every
@@ -28,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from biocnn.errors import BiocnnError, InputError
-from biocnn.io.images import IMAGE_SUFFIXES, is_image_file, read_image, read_label
-from biocnn.io.nifti import is_nifti_file, nifti_stem, read_volume
+from biocnn.io.images import IMAGE_SUFFIXES, is_image_file, read_image, read_label, to_grey
+from biocnn.io.nifti import is_nifti_file, nifti_stem, read_label_volume, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +183,129 @@ def find_cases_3d(
     return cases
 
 
+def is_datalist(path: str | Path) -> bool:
+    """True for a ``.json`` path: a datalist rather than a folder or an image."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def _datalist_entries(path: Path, key: str) -> list[dict[str, Any]]:
+    """The ``key`` list of the datalist at ``path``, paths made absolute (MONAI's reader)."""
+    import json
+
+    from monai.data import load_decathlon_datalist
+
+    if not path.is_file():
+        raise InputError(path, "datalist file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read the datalist: {exc}") from None
+    if not isinstance(content, dict) or key not in content:
+        keys = ", ".join(repr(k) for k in content) if isinstance(content, dict) else "none: not a JSON object"
+        raise InputError(path, f"datalist has no {key!r} list (its keys: {keys})")
+    if not isinstance(content[key], list):
+        raise InputError(path, f"datalist {key!r} is not a list")
+    if not content[key]:
+        return []
+    try:
+        return load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=path.parent)
+    except (TypeError, ValueError) as exc:  # an entry that is not a {"image": ...} object
+        raise InputError(path, f"datalist {key!r}: {exc}") from None
+
+
+def _entry_paths(value: Any) -> list[Path] | None:
+    """An entry's ``image`` (a path or a list of paths) as paths; None when malformed."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) and v for v in values):
+        return None
+    return [Path(v) for v in values]
+
+
+def _datalist_ids(entries: Sequence[list[Path]]) -> list[str]:
+    """Case ids of datalist entries.
+
+    An entry of one image file is named by that file (without suffix), an entry of several (one
+    per modality, e.g. BRATS' ``Flair_subtrMeanDivStd.nii.gz`` in every case folder) by their
+    folder; where those names repeat in the list the other naming is tried, then ``entry<N>``.
+    """
+
+    def by_file(images: list[Path]) -> str:
+        return nifti_stem(images[0]) if is_nifti_file(images[0]) else images[0].stem
+
+    def by_folder(images: list[Path]) -> str:
+        return images[0].parent.name
+
+    several = any(len(images) > 1 for images in entries)
+    for name in (by_folder, by_file) if several else (by_file, by_folder):
+        ids = [name(images) for images in entries]
+        if len(set(ids)) == len(ids) and all(ids):
+            return ids
+    return [f"entry{i}" for i in range(len(entries))]
+
+
+def find_cases_datalist(
+    path: str | Path,
+    key: str,
+    spatial_dims: int,
+    require_labels: bool = False,
+    failures: list[dict[str, str]] | None = None,
+) -> list[Case]:
+    """The cases of the ``key`` list of a datalist JSON (see the module doc).
+
+    An entry whose files are missing, or that has no label when ``require_labels``, names the
+    JSON file, the entry and the path; with a ``failures`` list it is appended there and the
+    other entries are returned, without one it raises.
+    """
+    path = Path(path)
+    raw = _datalist_entries(path, key)
+    entries, problems = [], []
+    for i, item in enumerate(raw):
+        images = _entry_paths(item.get("image"))
+        if images is None:
+            problems.append((i, f"entry {i} of {key!r}: 'image' must be a path or a list of paths"))
+            entries.append([Path(f"entry{i}")])
+            continue
+        entries.append(images)
+        problems.append((i, None))
+    ids = _datalist_ids(entries)
+    cases = []
+    for (i, problem), images, cid in zip(problems, entries, ids):
+        item = raw[i]
+        label = item.get("label")
+        if problem is None and label is not None and not (isinstance(label, str) and label):
+            problem = f"entry {i} of {key!r}: 'label' must be a path"
+        if problem is None:
+            missing = [p for p in [*images, *([Path(label)] if label else [])] if not p.is_file()]
+            if missing:
+                problem = f"entry {i} of {key!r}: file not found: {missing[0]}"
+        if problem is None and require_labels and not label:
+            problem = f"entry {i} of {key!r}: no 'label'"
+        if problem is None and spatial_dims == 2 and len(images) != 1:
+            problem = f"entry {i} of {key!r}: {len(images)} image files; a 2D case is one image file"
+        if problem is not None:
+            _bad_case(failures, cid, InputError(path, problem))
+            continue
+        cases.append(Case(cid, images, Path(label) if label else None))
+    if not cases and not failures:
+        raise InputError(path, f"datalist {key!r} lists no cases")
+    return cases
+
+
 def find_cases(
     path: str | Path,
     spatial_dims: int,
     modalities: Sequence[str] = (),
     require_labels: bool = False,
     failures: list[dict[str, str]] | None = None,
+    datalist_key: str = "test",
 ) -> list[Case]:
-    """The cases under ``path`` for a 2D or 3D model (``failures``: see :func:`find_cases_3d`)."""
+    """The cases under ``path`` for a 2D or 3D model (``failures``: see :func:`find_cases_3d`).
+
+    A ``.json`` path is a datalist, whose ``datalist_key`` list is read.
+    """
+    if is_datalist(path):
+        return find_cases_datalist(path, datalist_key, spatial_dims, require_labels, failures)
     if spatial_dims == 2:
         return find_cases_2d(path, require_labels, failures)
     return find_cases_3d(path, modalities, require_labels, failures)
@@ -223,6 +343,8 @@ def read_case_2d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
     if image.shape[0] != in_channels:
         if in_channels == 3 and image.shape[0] == 1:
             image = np.repeat(image, 3, axis=0)  # grayscale into an RGB model: replicate
+        elif in_channels == 1 and image.shape[0] == 3:
+            image = to_grey(image)  # RGB into a grey model: the grey value (R = G = B) or the luma
         else:
             raise InputError(
                 path, f"case {case.id}: image has {image.shape[0]} channel(s), the model expects {in_channels}"
@@ -266,16 +388,14 @@ def read_case_3d(case: Case, in_channels: int) -> tuple[np.ndarray, np.ndarray |
     image = np.stack(arrays).astype(np.float32)
     label = None
     if case.label is not None:
-        ldata, limg = read_volume(case.label, dtype=np.float64)
+        ldata, limg = read_label_volume(case.label)
         if ldata.shape != image.shape[1:]:
             raise InputError(
                 case.label, f"case {case.id}: label shape {ldata.shape} does not match image shape {image.shape[1:]}"
             )
         if not np.allclose(limg.affine, ref.affine, atol=1e-3):
             raise InputError(case.label, f"case {case.id}: label affine differs from the image's")
-        if not np.equal(np.mod(ldata, 1), 0).all():
-            raise InputError(case.label, f"case {case.id}: label volume holds non-integer values")
-        label = ldata.astype(np.int64)
+        label = ldata
     return image, label, ref
 
 
@@ -312,13 +432,21 @@ def _load_transform(spatial_dims: int, in_channels: int, label_values: Sequence[
     return LoadCased()
 
 
+def above_minimum(image):
+    """Foreground for cropping: voxels above their channel's minimum (a constant background,
+    zero or the negative value of a volume z-scored inside the head, is the minimum)."""
+    spatial = tuple(range(1, image.ndim))
+    return image > image.amin(dim=spatial, keepdim=True)
+
+
 def preprocessing(cfg, train: bool = True, with_label: bool = True):
-    """The deterministic (cached) transforms: load + check, orientation, spacing, intensity.
+    """The deterministic (cached) transforms: load + check, orientation, spacing, foreground
+    crop, intensity normalisation (``data.normalize``).
 
     ``cfg`` is a :class:`~biocnn.segment.config.DataConfig` (or the ``data`` dict of a model
     directory's config.json, validated into one).
     """
-    from monai.transforms import Compose, NormalizeIntensityd, Orientationd, Spacingd
+    from monai.transforms import Compose, CropForegroundd, NormalizeIntensityd, Orientationd, Spacingd
 
     keys = ["image", "label"] if with_label else ["image"]
     ts = [_load_transform(cfg.spatial_dims, cfg.in_channels, cfg.label_values, train)]
@@ -328,16 +456,25 @@ def preprocessing(cfg, train: bool = True, with_label: bool = True):
             ts.append(
                 Spacingd(keys=keys, pixdim=cfg.pixdim, mode=("bilinear", "nearest") if with_label else "bilinear")
             )
-        # MRI intensities have no absolute scale: z-score each modality inside the head.
-        ts.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    if cfg.crop_foreground:
+        ts.append(CropForegroundd(keys=keys, source_key="image", select_fn=above_minimum, allow_smaller=True))
+    if cfg.normalize != "none":
+        ts.append(NormalizeIntensityd(keys="image", nonzero=cfg.normalize == "nonzero", channel_wise=True))
     return Compose(ts)
 
 
 def augmentation(cfg, seed: int):
-    """Random transforms for training: balanced patch sampling (foreground/background or per
-    class), flips, rotations, intensity."""
+    """Training transforms: padding to the patch size and the sampler's voxel indices (both
+    deterministic, so :class:`~monai.data.CacheDataset` caches them with the preprocessing),
+    then plain tensors (no MONAI metadata: it costs more than the small U-Net's own work), then
+    the random part: balanced patch sampling (foreground/background or per class), flips,
+    rotations, intensity."""
     from monai.transforms import (
+        ClassesToIndicesd,
         Compose,
+        DeleteItemsd,
+        EnsureTyped,
+        FgBgToIndicesd,
         RandCropByLabelClassesd,
         RandCropByPosNegLabeld,
         RandFlipd,
@@ -350,6 +487,8 @@ def augmentation(cfg, seed: int):
 
     keys = ["image", "label"]
     if cfg.class_ratios is not None:  # centres drawn per class; a class absent from an image is skipped there
+        indices = ClassesToIndicesd(keys="label", num_classes=len(cfg.label_values))
+        index_keys = ["label_cls_indices"]
         crop = RandCropByLabelClassesd(
             keys=keys,
             label_key="label",
@@ -357,9 +496,12 @@ def augmentation(cfg, seed: int):
             ratios=cfg.class_ratios,
             num_classes=len(cfg.label_values),
             num_samples=cfg.samples_per_image,
+            indices_key="label_cls_indices",
             warn=False,
         )
     else:
+        indices = FgBgToIndicesd(keys="label")
+        index_keys = ["label_fg_indices", "label_bg_indices"]
         crop = RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
@@ -367,8 +509,16 @@ def augmentation(cfg, seed: int):
             pos=cfg.pos_fraction,
             neg=1 - cfg.pos_fraction,
             num_samples=cfg.samples_per_image,
+            fg_indices_key="label_fg_indices",
+            bg_indices_key="label_bg_indices",
         )
-    ts = [SpatialPadd(keys=keys, spatial_size=cfg.patch_size), crop]
+    ts = [
+        SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
+        indices,
+        EnsureTyped(keys=keys, track_meta=False),
+        crop,
+        DeleteItemsd(keys=index_keys),  # the patches need them no more (and they do not collate)
+    ]
     ts += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
     if cfg.spatial_dims == 2:
         ts.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))

@@ -1,7 +1,8 @@
 """``biocnn segment evaluate``: segmentation quality and uncertainty quality.
 
 * Dice per class and HD95 per class (MONAI metrics; HD95 in mm for NIfTI, using the voxel
-  size, in pixels for 2D);
+  size, in pixels for 2D), and the same per region, a named group of label values scored as
+  one structure (``data.regions`` of the model, e.g. the BraTS whole tumour {1, 2, 3, 4});
 * ``error_auroc``: AUROC of voxel predictive entropy for finding wrong voxels (pooled over
   cases, a seeded subsample of voxels per case);
 * ``spearman``: Spearman correlation of the image-level score with 1 - mean foreground Dice;
@@ -57,6 +58,19 @@ def dice_hd95(pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing=Non
     return [float(d) for d in dice], hd
 
 
+def region_dice_hd95(
+    pred: np.ndarray, truth: np.ndarray, label_values: Sequence[int], regions: dict[str, Sequence[int]], spacing=None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Dice and HD95 per region: the class-index maps ``pred`` and ``truth`` reduced to "in the
+    region's label values or not" (:func:`dice_hd95` of the two binary maps)."""
+    dice, hd = {}, {}
+    for name, values in regions.items():
+        classes = [list(label_values).index(v) for v in values]
+        d, h = dice_hd95(np.isin(pred, classes), np.isin(truth, classes), 2, spacing)
+        dice[name], hd[name] = d[0], h[0]
+    return dice, hd
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (NaN for fewer than 3 cases or constant input)."""
     from scipy.stats import spearmanr
@@ -87,19 +101,29 @@ def _read_outputs(pred_dir: Path, case_id: str, spatial_dims: int):
 
 
 def evaluate(
-    pred_dir: str | Path, labels_dir: str | Path, out: str | Path | None = None, seed: int = 0
+    pred_dir: str | Path,
+    labels_dir: str | Path,
+    out: str | Path | None = None,
+    seed: int = 0,
+    datalist_key: str = "test",
 ) -> dict[str, Any]:
-    """Compare a ``predict`` output directory with the true labels; write ``out`` (JSON)."""
+    """Compare a ``predict`` output directory with the true labels (a folder, or a datalist whose
+    ``datalist_key`` list is read); write ``out`` (JSON)."""
     pred_dir = Path(pred_dir)
     info = read_json(pred_dir / "predict.json")
-    dims, values = info["spatial_dims"], info["label_values"]
+    dims, values, regions = info["spatial_dims"], info["label_values"], info.get("regions", {})
     num_classes = len(values)
     rows_path = pred_dir / "uncertainty.csv"
     if not rows_path.is_file():
         raise InputError(rows_path, "not found (run biocnn segment predict first)")
     with open(rows_path, newline="") as fh:
         scores = {r["case"]: float(r["score"]) for r in csv.DictReader(fh)}
-    truth_cases = {c.id: c for c in find_cases(labels_dir, dims, info.get("modalities", []), require_labels=True)}
+    truth_cases = {
+        c.id: c
+        for c in find_cases(
+            labels_dir, dims, info.get("modalities", []), require_labels=True, datalist_key=datalist_key
+        )
+    }
     missing = sorted(set(scores) - set(truth_cases))
     if missing:
         raise InputError(labels_dir, f"no labels for predicted case(s) {', '.join(missing[:5])}")
@@ -112,9 +136,9 @@ def evaluate(
 
             truth_values = read_label(case.label)
         else:
-            from biocnn.io.nifti import read_volume
+            from biocnn.io.nifti import read_label_volume
 
-            truth_values, _ = read_volume(case.label, dtype=np.int64)
+            truth_values, _ = read_label_volume(case.label)
         truth = label_to_index(truth_values, values, cid, case.label)
         pred_values, prob, ent, spacing = _read_outputs(pred_dir, cid, dims)
         if pred_values.shape != truth.shape:
@@ -123,8 +147,17 @@ def evaluate(
             )
         pred = label_to_index(pred_values, values, cid, pred_dir / f"{safe_component(cid)}_label")
         dice, hd = dice_hd95(pred, truth, num_classes, spacing)
+        region_dice, region_hd = region_dice_hd95(pred, truth, values, regions, spacing)
         per_case.append(
-            {"case": cid, "dice": dice, "hd95": hd, "mean_dice": float(np.mean(dice)), "score": scores[cid]}
+            {
+                "case": cid,
+                "dice": dice,
+                "hd95": hd,
+                "dice_per_region": region_dice,
+                "hd95_per_region": region_hd,
+                "mean_dice": float(np.mean(dice)),
+                "score": scores[cid],
+            }
         )
         flat = np.arange(truth.size)
         if truth.size > MAX_VOXELS_PER_CASE:
@@ -142,6 +175,8 @@ def evaluate(
         "label_values": values,
         "dice_per_class": {str(v): float(np.mean(dice_arr[:, i])) for i, v in enumerate(values[1:])},
         "hd95_per_class": {str(v): _nanmean(hd_arr[:, i]) for i, v in enumerate(values[1:])},
+        "dice_per_region": {r: float(np.mean([c["dice_per_region"][r] for c in per_case])) for r in regions},
+        "hd95_per_region": {r: _nanmean([c["hd95_per_region"][r] for c in per_case]) for r in regions},
         "dice": float(dice_arr.mean()),
         "hd95": _nanmean(hd_arr.ravel()),
         "error_auroc": roc_auc(wrong_a, unc_a),
@@ -153,6 +188,25 @@ def evaluate(
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """The headline numbers of :func:`evaluate`'s result as a text table: Dice and HD95 per class
+    and per region, then the summary metrics."""
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = [f"{'structure':<16} {'Dice':>8} {'HD95':>8}"]
+    for v, d in metrics["dice_per_class"].items():
+        lines.append(f"{'class ' + v:<16} {num(d):>8} {num(metrics['hd95_per_class'][v]):>8}")
+    for r, d in metrics.get("dice_per_region", {}).items():
+        lines.append(f"{'region ' + r:<16} {num(d):>8} {num(metrics['hd95_per_region'][r]):>8}")
+    lines.append(
+        f"{metrics['cases']} cases: mean Dice {num(metrics['dice'])}, HD95 {num(metrics['hd95'])}, "
+        f"error AUROC {num(metrics['error_auroc'])}, Spearman {num(metrics['spearman'])}, ECE {num(metrics['ece'])}"
+    )
+    return "\n".join(lines)
 
 
 def finite_or_none(obj: Any) -> Any:

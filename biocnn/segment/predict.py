@@ -169,7 +169,10 @@ class Segmenter:
         """Structure uncertainty of every case under ``reference`` with this sampling (the value
         ``predict`` would write for it) and the cases that failed to load."""
         values, failures = [], []
-        for case in find_cases(reference, self.data.spatial_dims, self.data.modalities, failures=failures):
+        cases = find_cases(
+            reference, self.data.spatial_dims, self.data.modalities, failures=failures, datalist_key="training"
+        )
+        for case in cases:
             try:
                 maps, _ = self.maps(case)
             except BiocnnError as exc:
@@ -206,6 +209,8 @@ class Segmenter:
             item["pred"] = meta
             inv = Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=False)
             stats = torch.as_tensor(inv(item)["pred"])
+            if self.data.crop_foreground:  # cropped away (all channels 0 after padding back): certain background
+                stats[0][stats[:-1].sum(0) == 0] = 1.0
         return stats, item
 
     def maps(self, case: Case) -> tuple[dict[str, np.ndarray], dict]:
@@ -362,8 +367,12 @@ def predict(
     device: str = "auto",
     sw_batch_size: int | None = None,
     reference: str | Path | None = None,
+    datalist_key: str = "test",
 ) -> dict[str, Any]:
     """Predict every case under ``input_path``; returns the summary written to predict.json.
+
+    ``input_path`` may be a datalist JSON: its ``datalist_key`` list is predicted (a
+    ``--reference`` datalist's ``training`` list is read).
 
     ``reference``: the models' training images, to measure the review threshold with this
     prediction's sampling (see :meth:`Segmenter._resolve_threshold`; needed for ensembles).
@@ -372,7 +381,9 @@ def predict(
     seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size, reference=reference)
     # A case that cannot be read, or is incomplete, is a failure; the others are still predicted.
     failures: list[dict[str, str]] = []
-    cases = find_cases(input_path, seg.data.spatial_dims, seg.data.modalities, failures=failures)
+    cases = find_cases(
+        input_path, seg.data.spatial_dims, seg.data.modalities, failures=failures, datalist_key=datalist_key
+    )
     not_cases = len(failures)
     rows = []
     for case in cases:
@@ -396,6 +407,7 @@ def predict(
         "sw_batch_size": seg.inference.sw_batch_size,
         "spatial_dims": seg.data.spatial_dims,
         "label_values": seg.data.label_values,
+        "regions": seg.data.regions,
         "modalities": seg.data.modalities,
         "inputs_seen": len(cases) + not_cases,
         "outputs_written": len(rows),

@@ -20,6 +20,12 @@ from biocnn.segment.data import augmentation, cached_dataset, find_cases, load_c
 log = logging.getLogger(__name__)
 
 
+def plain(x) -> torch.Tensor:
+    """A plain tensor (a MONAI ``MetaTensor`` sends every operation through its
+    ``__torch_function__``, which costs more than a small U-Net's convolutions)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 def model_spec(cfg: SegmentConfig) -> dict[str, Any]:
     """The ``{"name": "unet", ...}`` spec stored in config.json."""
     m = cfg.model
@@ -40,11 +46,14 @@ def model_spec(cfg: SegmentConfig) -> dict[str, Any]:
 
 
 def split_cases(cfg: SegmentConfig):
-    """Training and validation cases (a seeded split of ``data.train`` when no ``data.val``)."""
+    """Training and validation cases (a seeded split of ``data.train`` when no ``data.val``).
+
+    A datalist's ``training`` list is read for ``data.train``, its ``validation`` list for ``data.val``.
+    """
     d = cfg.data
-    train = find_cases(d.train, d.spatial_dims, d.modalities, require_labels=True)
+    train = find_cases(d.train, d.spatial_dims, d.modalities, require_labels=True, datalist_key="training")
     if d.val:
-        return train, find_cases(d.val, d.spatial_dims, d.modalities, require_labels=True)
+        return train, find_cases(d.val, d.spatial_dims, d.modalities, require_labels=True, datalist_key="validation")
     if len(train) < 2:
         raise InputError(d.train, "need at least 2 labelled cases to split off validation (or set data.val)")
     order = np.random.default_rng(cfg.train.seed).permutation(len(train))
@@ -73,14 +82,14 @@ def make_validate(cfg: SegmentConfig):
         dice = []
         for item in loader.dataset:
             stats = sliding_stats(
-                torch.as_tensor(item["image"]).to(device),
+                plain(item["image"]).to(device),
                 predictor,
                 inference.roi_size,
                 inference.sw_batch_size,
                 inference.overlap,
             )
             pred = stats[:-1].argmax(0)[None, None]
-            label = torch.as_tensor(item["label"]).to(device)[None].long()
+            label = plain(item["label"]).to(device)[None].long()
             dice.append(metric(one_hot(pred, num_classes), one_hot(label, num_classes)))
         # Reduced here, not by metric.aggregate(): under torchrun only rank 0 validates, and
         # aggregate() would wait for the other ranks' buffers.
@@ -162,8 +171,8 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
     items = [val_ds[i] for i in range(len(val_ds))]
     logits, labels = validation_logits(
         model,
-        [torch.as_tensor(it["image"]).to(device) for it in items],
-        [torch.as_tensor(it["label"]) for it in items],
+        [plain(it["image"]).to(device) for it in items],
+        [plain(it["label"]) for it in items],
         inference.roi_size,
         inference.sw_batch_size,
         inference.overlap,
