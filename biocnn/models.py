@@ -23,6 +23,7 @@ MODEL_REGISTRY: dict[str, str] = {
     "classifier": "biocnn.models:Classifier",
     "unet": "biocnn.models:UNet",
     "deepbind": "biocnn.deepbind.model:DeepBind",
+    "patch_classifier": "biocnn.mammo.heatmap:PatchClassifier",
 }
 
 

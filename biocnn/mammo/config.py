@@ -54,6 +54,21 @@ class AugmentSection(StrictModel):
     noise: float = Field(0.01, ge=0)
 
 
+class PatchSection(StrictModel):
+    """The patch model (``method: patch``): trained on patches from the lesion circles (the
+    manifest's ``mask`` column) vs normal tissue, scored on a whole view by its window logits."""
+
+    size: int = Field(64, ge=8)  # patch side in model input pixels; a multiple of the backbone's stride
+    positives: Literal["finding", "label"] = "finding"  # every view's circles, or those of label-1 views only
+    per_epoch: int = Field(2048, ge=8)  # patches per epoch, drawn afresh each epoch
+    positive_fraction: float = Field(0.5, gt=0, lt=1)
+    negative_margin: float = Field(0.5, ge=0)  # negatives centred this many patch sides from a circle
+    shift: float = Field(0.125, ge=0, lt=0.5)  # largest centre shift, fraction of a side
+    scale: float = Field(0.2, ge=0, le=1)  # largest zoom, log factor
+    gamma: float = Field(0.25, ge=0, le=1)  # largest contrast change, log factor of gamma
+    top_k: int = Field(5, ge=1)  # image logit = mean of the top_k window logits inside the breast
+
+
 def _default_train() -> TrainConfig:
     return TrainConfig(
         epochs=15,
@@ -72,6 +87,8 @@ class MammoConfig(StrictModel):
     input: InputSection = InputSection()
     model: ModelSection = ModelSection()
     augment: AugmentSection = AugmentSection()
+    method: Literal["image", "patch"] = "image"  # whole-image classifier, or the patch model
+    patch: PatchSection = PatchSection()
     train: TrainConfig = Field(default_factory=_default_train)
     balance: Literal["pos_weight", "sampler", "none"] = "pos_weight"
     aggregate: Literal["mean", "max"] = "mean"
