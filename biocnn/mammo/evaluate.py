@@ -3,8 +3,9 @@
 Writes to the output folder: ``predictions.csv`` (one row per image), ``metrics.json`` (image,
 breast and exam level: AUC + 95% bootstrap interval over patients, sensitivity at 90%
 specificity, specificity at 90% sensitivity, sensitivity/specificity at the stored operating
-point, ECE; the Grad-CAM pointing game when the manifest has lesion masks), ``roc.png``,
-``reliability.png`` and a few Grad-CAM overlays under ``heatmaps/``.
+point, ECE; the pointing game of the heatmaps when the manifest has lesion masks), ``roc.png``,
+``reliability.png`` and a few heatmap overlays under ``heatmaps/`` (the patch model's window map, or
+Grad-CAM for the whole-image classifier: :func:`biocnn.mammo.heatmap.view_heatmaps`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from biocnn.io.atomic import atomic_open, write_json
 from biocnn.io.paths import inside, safe_component
 from biocnn.mammo import metrics as M
 from biocnn.mammo.data import decode_all, read_manifest
-from biocnn.mammo.gradcam import grad_cam, overlay_png, pointing_hit
+from biocnn.mammo.gradcam import overlay_png, pointing_hit
+from biocnn.mammo.heatmap import PatchClassifier, view_heatmaps
 from biocnn.mammo.platt import calibrated_probs
 from biocnn.mammo.train import read_operating_point
 
@@ -36,6 +38,19 @@ def input_spec(config: dict[str, Any]) -> tuple[tuple[int, int], int | None, int
     inp = config.get("input", {})
     spatial_dims = int(config["model"].get("spatial_dims", 2))
     return (int(inp.get("height", 256)), int(inp.get("width", 192))), inp.get("depth"), spatial_dims
+
+
+def pointing_tolerance(model, config: dict[str, Any]) -> int:
+    """Pixels (model grid) the heatmap's peak may lie beside a lesion and still count as a hit.
+
+    The patch model's heatmap peaks on a window centre, and centres are one backbone stride
+    apart: half a stride. Grad-CAM's peak may sit one feature cell beside a small lesion: one
+    stride.
+    """
+    if isinstance(model, PatchClassifier):
+        return model.stride // 2
+    m = config["model"]
+    return int(np.prod(m.get("strides") or [1] + [2] * (len(m["channels"]) - 1)))
 
 
 def heatmap_path(out: Path, index: int, record) -> Path:
@@ -54,8 +69,12 @@ def evaluate(
     workers: int = 0,
     n_boot: int = 1000,
     batch_size: int = 16,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model_dir`` on ``manifest``; returns (and writes) the metrics."""
+    """Evaluate ``model_dir`` on ``manifest``; returns (and writes) the metrics.
+
+    The target is the manifest's ``label_column``, by default the one the model was trained on.
+    """
     if heatmaps < 0 or workers < 0:
         raise ValueError(f"heatmaps and workers must be 0 or more, got {heatmaps} and {workers}")
     out = Path(out)
@@ -64,7 +83,7 @@ def evaluate(
     op = read_operating_point(model_dir)
     threshold = float(op["threshold"])
     size, depth, spatial_dims = input_spec(config)
-    records = read_manifest(manifest)
+    records = read_manifest(manifest, label_column or config.get("data", {}).get("label_column", "label"))
     decoded = decode_all([r.path for r in records], size, depth, spatial_dims, workers, desc="decoding")
     failed = [(records[d.index].path, d.reason) for d in decoded if d.image is None]
     if failed:
@@ -73,13 +92,12 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     hits: list[bool] = []
     shown = 0
-    # Grad-CAM's peak may sit one feature cell beside a small lesion; allow that much.
-    stride = int(np.prod(config["model"].get("strides") or [1] + [2] * (len(config["model"]["channels"]) - 1)))
+    tolerance = pointing_tolerance(model, config)
     for start in range(0, len(records), batch_size):
         chunk = decoded[start : start + batch_size]
         x = torch.from_numpy(np.stack([d.image for d in chunk])[:, None]).to(dev)
         with autocast(dev):
-            logits, cams = grad_cam(model, x)
+            logits, cams = view_heatmaps(model, x)
         probs = calibrated_probs(logits, op.get("calibration"))
         cams = cams.cpu().numpy()
         for d, p, cam in zip(chunk, probs, cams):
@@ -94,15 +112,16 @@ def evaluate(
                 "probability": float(p),
                 "flagged": int(p >= threshold),
             }
+            mask = None
             if r.label and r.mask is not None and spatial_dims == 2:
                 from biocnn.synthetic.mammo import read_mask
 
                 mask = d.geometry.apply(read_mask(r.mask).astype(np.float32)) > 0.25
                 if mask.any():
-                    row["pointing_hit"] = int(pointing_hit(cam, mask, tolerance=stride))
+                    row["pointing_hit"] = int(pointing_hit(cam, mask, tolerance=tolerance))
                     hits.append(bool(row["pointing_hit"]))
             if r.label and shown < heatmaps:
-                overlay_png(d.image, cam, heatmap_path(out, d.index, r), f"p={p:.2f}")
+                overlay_png(d.image, cam, heatmap_path(out, d.index, r), f"p={p:.2f}", outline=mask)
                 shown += 1
             rows.append(row)
     labels = [r["label"] for r in rows]
@@ -125,6 +144,7 @@ def evaluate(
     result["exam"] = M.summary([e["label"] for e in exams], [e["probability"] for e in exams], threshold, None, n_boot)
     result["pointing_game"] = float(np.mean(hits)) if hits else None
     result["pointing_game_images"] = len(hits)
+    result["pointing_game_tolerance_px"] = tolerance
     # The benchmark's flat keys: the image level, as the issue defines them.
     for key in ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece"):
         result[key] = result["image"][key]

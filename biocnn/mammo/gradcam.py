@@ -64,8 +64,11 @@ def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
     return bool(mask[y0 : y + tolerance + 1, x0 : x + tolerance + 1].any())
 
 
-def overlay_png(image: np.ndarray, cam: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Write the grey image with the heatmap blended on top (jet, weighted by the heat)."""
+def overlay_png(
+    image: np.ndarray, cam: np.ndarray, path: str | Path, title: str = "", outline: np.ndarray | None = None
+) -> None:
+    """Write the grey image with the heatmap blended on top (jet, weighted by the heat); with
+    ``outline`` (a lesion mask in the image's grid) its border drawn in green."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
@@ -76,6 +79,11 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, path: str | Path, title: str
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
     alpha = 0.5 * np.clip(cam, 0, 1)[..., None]
     rgb = ((1 - alpha) * grey + alpha * heat) * 255
+    if outline is not None and outline.shape == rgb.shape[:2]:
+        from scipy import ndimage
+
+        border = outline & ~ndimage.binary_erosion(outline, iterations=2)
+        rgb[border] = (0, 255, 0)
     im = Image.fromarray(rgb.astype(np.uint8))
     if title:
         ImageDraw.Draw(im).text((3, 3), title, fill=(255, 255, 0))

@@ -114,12 +114,14 @@ class PatchDataset(Dataset):
         y, x = np.unravel_index(int(flat[np.random.randint(len(flat))]), self.images[i].shape)
         return i, (int(y), int(x))
 
-    def sample(self, positive: bool) -> torch.Tensor:
-        """One augmented patch ``(1, patch_size, patch_size)`` of the given class."""
-        i, (y, x) = self._centre(self.positives if positive else self.negatives)
+    def draw(self, positive: bool) -> tuple[int, tuple[int, int], torch.Tensor]:
+        """One augmented patch ``(1, patch_size, patch_size)`` of the given class, with the view
+        it came from and its centre before the random shift."""
+        i, centre = self._centre(self.positives if positive else self.negatives)
         p = self.patch_size
         side = max(2, int(round(p * np.exp(np.random.uniform(-self.scale, self.scale)))))
         jitter = int(self.shift * p)
+        y, x = centre
         if jitter:
             y += np.random.randint(-jitter, jitter + 1)
             x += np.random.randint(-jitter, jitter + 1)
@@ -131,8 +133,8 @@ class PatchDataset(Dataset):
             t = t.flip(3)
         if self.gamma:
             t = t.clamp_min(0) ** float(np.exp(np.random.uniform(-self.gamma, self.gamma)))
-        return t[0].contiguous()
+        return i, centre, t[0].contiguous()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         positive = index < self.n_positive
-        return self.sample(positive), torch.tensor(float(positive))
+        return self.draw(positive)[2], torch.tensor(float(positive))

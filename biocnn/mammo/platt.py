@@ -42,7 +42,7 @@ def fit_platt(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
 def calibrated_probs(logits: torch.Tensor | np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
     """Probabilities from raw logits; ``calibration=None`` (no stored Platt scaling) is the plain
     sigmoid."""
-    z = torch.as_tensor(logits).detach().float().cpu().reshape(-1)
+    z = torch.as_tensor(logits).detach().double().cpu().reshape(-1)  # float64: a small slope keeps the ranking
     if calibration:
         z = calibration["slope"] * z + calibration["intercept"]
     return torch.sigmoid(z).numpy()

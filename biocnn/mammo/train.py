@@ -28,7 +28,8 @@ from biocnn.errors import CheckpointError, InputError
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo import metrics as M
 from biocnn.mammo.config import MammoConfig
-from biocnn.mammo.data import CachedDataset, Record, augmentation, decode_all, patient_split, read_manifest
+from biocnn.mammo.data import CachedDataset, Decoded, Record, augmentation, decode_all, patient_split, read_manifest
+from biocnn.mammo.patches import PatchDataset
 from biocnn.mammo.platt import calibrated_probs, fit_platt
 from biocnn.metrics import expected_calibration_error, roc_auc
 from biocnn.models import build_model
@@ -42,6 +43,22 @@ OPERATING_POINT = "operating_point.json"
 def model_spec(cfg: MammoConfig) -> dict[str, Any]:
     """The registry spec of the view classifier (``config.json["model"]``)."""
     m = cfg.model
+    if cfg.method == "patch":
+        return {
+            "name": "patch_classifier",
+            "spatial_dims": m.spatial_dims,
+            "in_channels": 1,
+            "channels": list(m.channels),
+            "strides": list(m.strides) if m.strides else None,
+            "kernel_size": m.kernel_size,
+            "convs_per_stage": m.convs_per_stage,
+            "norm": m.norm,
+            "dropout": m.dropout,
+            "hidden": list(m.hidden),
+            "head_dropout": m.head_dropout,
+            "patch_size": cfg.patch.size,
+            "top_k": cfg.patch.top_k,
+        }
     return {
         "name": "classifier",
         "spatial_dims": m.spatial_dims,
@@ -81,7 +98,7 @@ def make_validate(amp: bool):
     return validate
 
 
-def _decode_records(records: list[Record], cfg: MammoConfig) -> list[np.ndarray]:
+def _decode_records(records: list[Record], cfg: MammoConfig) -> list[Decoded]:
     """Decode every manifest image; a training set with unreadable files is an error."""
     decoded = decode_all(
         [r.path for r in records],
@@ -97,7 +114,53 @@ def _decode_records(records: list[Record], cfg: MammoConfig) -> list[np.ndarray]
         raise InputError(
             cfg.data.manifest, f"{len(failed)} image(s) cannot be used: {listing}{' ...' if len(failed) > 5 else ''}"
         )
-    return [d.image for d in decoded]
+    return decoded
+
+
+def lesion_in_model_grid(record: Record, decoded: Decoded) -> np.ndarray | None:
+    """The record's lesion mask carried into the model input's grid (``None`` without one)."""
+    if record.mask is None:
+        return None
+    from biocnn.synthetic.mammo import read_mask
+
+    try:
+        mask = read_mask(record.mask)
+    except (OSError, ValueError) as exc:
+        raise InputError(record.mask, f"cannot read the lesion mask ({exc})") from None
+    if mask.shape != tuple(decoded.geometry.source_shape):
+        raise InputError(
+            record.mask,
+            f"lesion mask is {mask.shape[1]}x{mask.shape[0]}, its image {record.path} is "
+            f"{decoded.geometry.source_shape[1]}x{decoded.geometry.source_shape[0]}",
+        )
+    return decoded.geometry.apply(mask.astype(np.float32)) > 0.5
+
+
+def patch_dataset(cfg: MammoConfig, records: list[Record], decoded: list[Decoded]) -> PatchDataset:
+    """The training patches of ``method: patch`` from the training views and their circles."""
+    p = cfg.patch
+    lesions = [lesion_in_model_grid(r, d) for r, d in zip(records, decoded)]
+    positive = [
+        les is not None and les.any() and (p.positives == "finding" or r.label == 1) for r, les in zip(records, lesions)
+    ]
+    if not any(positive):
+        raise InputError(
+            cfg.data.manifest,
+            f"patch.positives is {p.positives!r} but no training view with "
+            f"{'a finding' if p.positives == 'finding' else 'label 1'} has a lesion mask in the 'mask' column",
+        )
+    return PatchDataset(
+        [d.image for d in decoded],
+        lesions,
+        positive,
+        patch_size=p.size,
+        per_epoch=p.per_epoch,
+        positive_fraction=p.positive_fraction,
+        negative_margin=p.negative_margin,
+        shift=p.shift,
+        scale=p.scale,
+        gamma=p.gamma,
+    )
 
 
 def _write_split(path: Path, records: list[Record], assignment: dict[str, str]) -> None:
@@ -116,7 +179,7 @@ def train(
     """Train the view classifier described by the YAML config; returns the final metrics."""
     cfg = load_config(config_path, MammoConfig, overrides)
     out_dir = Path(out_dir)
-    records = read_manifest(cfg.data.manifest)
+    records = read_manifest(cfg.data.manifest, cfg.data.label_column)
     assignment = patient_split(records, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     parts = {
         name: [i for i, r in enumerate(records) if assignment[r.patient_id] == name]
@@ -130,7 +193,8 @@ def train(
                 f"the {name} split needs malignant and normal images, "
                 f"got labels {sorted(labels)}; add data or change val_fraction",
             )
-    images = _decode_records(records, cfg)
+    decoded = _decode_records(records, cfg)
+    images = [d.image for d in decoded]
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():  # one writer under torchrun
         _write_split(out_dir / "split.csv", records, assignment)
@@ -141,11 +205,16 @@ def train(
     a = cfg.augment
     transform = augmentation(a.rotate, a.scale, a.translate, a.flip, a.gamma, a.noise) if a.enabled else None
     train_ds, val_ds = subset("train", transform), subset("val")
-    y_train = np.array(train_ds.labels)
+    if cfg.method == "patch":  # patches from the training views; validation on whole views
+        train_ds = patch_dataset(cfg, [records[i] for i in parts["train"]], [decoded[i] for i in parts["train"]])
+    y_train = np.array([records[i].label for i in parts["train"]])
     n_pos, n_neg = float(y_train.sum()), float(len(y_train) - y_train.sum())
-    pos_weight = torch.tensor(n_neg / max(n_pos, 1.0)) if cfg.balance == "pos_weight" else None
+    # Patches are balanced by construction (patch.positive_fraction).
+    pos_weight = (
+        torch.tensor(n_neg / max(n_pos, 1.0)) if cfg.balance == "pos_weight" and cfg.method == "image" else None
+    )
     sample_weights = None
-    if cfg.balance == "sampler":
+    if cfg.balance == "sampler" and cfg.method == "image":
         sample_weights = np.where(y_train > 0, 0.5 / max(n_pos, 1), 0.5 / max(n_neg, 1)).tolist()
 
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -159,6 +228,8 @@ def train(
         "target_sensitivity": cfg.target_sensitivity,
         "balance": cfg.balance,
         "augment": cfg.augment.model_dump(),
+        "method": cfg.method,
+        **({"patch": cfg.patch.model_dump()} if cfg.method == "patch" else {}),
         "data": cfg.data.model_dump(),
         "provenance": provenance(cfg.train.seed, [cfg.data.manifest], config_path),
     }
