@@ -2,8 +2,10 @@
 
 * Right breasts are flipped left-right so every image has the chest wall on the left and the
   nipple pointing right (the orientation of a left breast as stored by most vendors).
-* The breast is the largest connected bright component: background, labels and markers
-  outside it are zeroed and the image is cropped to its bounding box.
+* The breast is the bright region that reaches furthest towards the chest wall (see
+  :func:`breast_mask`): background, labels, tape marks and scanner strips outside it are
+  zeroed and the image is cropped to its bounding box. The pectoral muscle lies inside the
+  breast region and is kept; :func:`pectoral_mask` estimates it for whoever needs it.
 * The crop is resized to the model input keeping the aspect ratio, placed against the chest
   wall (left) and centred vertically, the rest padded with zeros.
 
@@ -48,11 +50,22 @@ class Geometry:
         return place(np.ascontiguousarray(x[y0:y1, x0:x1], dtype=np.float32), self, mode)
 
 
-def breast_mask(image: np.ndarray) -> np.ndarray:
-    """Boolean mask of the largest bright connected component (the breast), holes filled.
+def breast_mask(image: np.ndarray, strip: float = 0.08, regrow: float = 0.006) -> np.ndarray:
+    """Boolean mask of the breast in an image with the chest wall on the left, holes filled.
 
-    ``image`` is 2D in ``[0, 1]``. The threshold is halfway between the background level and
-    Otsu's threshold, so fatty (dark) breast tissue stays inside the mask.
+    ``image`` is 2D in ``[0, 1]``. Steps, each against one thing film scans carry besides the
+    breast:
+
+    1. Foreground: above the point halfway between the background level and Otsu's
+       threshold, so fatty (dark) breast tissue stays inside.
+    2. Thin horizontal bands (scanner borders, film-holder edges along the top or bottom,
+       thinner than ``strip`` of the long side) are removed by an opening with a vertical line;
+       they would otherwise join labels to the breast and stretch the crop.
+    3. Of the remaining components at least a fifth the size of the largest, the one reaching
+       furthest towards the chest wall (left) is the breast: labels and tape marks lie on the
+       nipple side, and a large strip there is not mistaken for the breast.
+    4. The skin line and thin parts lost in step 2 are given back within ``regrow`` of the long
+       side of that component (not further, so a band touching the breast stays out).
     """
     from skimage.filters import threshold_otsu
 
@@ -61,17 +74,96 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
         otsu = float(threshold_otsu(image))
     except ValueError:
         otsu = low
-    threshold = 0.5 * (low + otsu)
     if otsu - low < 0.02:  # flat image: nothing stands out from the background
         return np.zeros(image.shape, dtype=bool)
-    fg = image > threshold
-    fg = ndimage.binary_opening(fg, iterations=1)
-    labels, n = ndimage.label(fg)
+    fg = ndimage.binary_opening(image > 0.5 * (low + otsu), iterations=1)
+    side = max(image.shape)
+    length = max(3, round(strip * side))
+    core = ndimage.binary_opening(fg, structure=np.ones((length, 1), dtype=bool))
+    labels, n = ndimage.label(core)
     if n == 0:
         return np.zeros(image.shape, dtype=bool)
-    sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
-    mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(core, labels, index)
+    columns = np.broadcast_to(np.arange(image.shape[1]), image.shape)
+    leftmost = np.asarray(ndimage.minimum(columns, labels, index), dtype=float)
+    leftmost[sizes < 0.2 * sizes.max()] = np.inf
+    breast = labels == index[int(np.argmin(leftmost))]
+    breast = fg & ndimage.binary_dilation(breast, iterations=max(1, round(regrow * side)))
+    return ndimage.binary_fill_holes(breast)
+
+
+def pectoral_mask(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
+    """Estimated pectoral muscle of an MLO view (chest wall on the left), as a boolean mask.
+
+    The muscle is the bright triangle in the breast's upper chest-wall corner. Within the
+    upper-left part of ``breast``, the smoothed image is split at Otsu's threshold; the bright
+    region holding that corner gives, row by row, its edge towards the nipple, and a straight
+    line fitted to that edge (RANSAC, so dense tissue touching the muscle does not bend it)
+    bounds the muscle. Returns an empty mask when no such line is found (a CC view, a muscle
+    no brighter than the tissue next to it), when the area is implausible (under 1 % or over
+    half the breast) or when the edge meets the chest wall below three quarters of the breast's
+    height. Not used for the crop; a model may use it, e.g. to ignore the muscle.
+
+    Args:
+        image: ``(rows, cols)`` in ``[0, 1]``, oriented as :func:`preprocess` orients it.
+        breast: boolean mask of the same shape (:func:`breast_mask`).
+    """
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.measure import LineModelND, ransac
+
+    empty = np.zeros(image.shape, dtype=bool)
+    if image.shape != breast.shape or not breast.any():
+        return empty
+    step = max(1, int(np.ceil(max(image.shape) / MASK_MAX_SIDE)))
+    small, inside = _downscale(image, step), breast[::step, ::step][: image.shape[0] // step, : image.shape[1] // step]
+    ys, xs = np.nonzero(inside)
+    top, left = ys.min(), xs.min()
+    height, width = ys.max() - top + 1, xs.max() - left + 1
+    region = np.zeros_like(inside)
+    region[top : top + int(0.6 * height), left : left + int(0.6 * width)] = True
+    region &= inside
+    smooth = gaussian(small, sigma=2)
+    if region.sum() < 100:
+        return empty
+    bright = region & (smooth > threshold_otsu(smooth[region]))
+    labels, _ = ndimage.label(bright)
+    corner = labels[top : top + max(1, height // 20), left : left + max(1, width // 20)]
+    corner = corner[corner > 0]
+    if corner.size == 0:
+        return empty
+    muscle = labels == np.bincount(corner).argmax()
+    rows = np.nonzero(muscle.any(axis=1))[0]
+    edge = np.array([np.nonzero(muscle[y])[0].max() for y in rows], dtype=float)
+    if rows.size < 5:
+        return empty
+    model, _ = ransac(np.c_[rows, edge], LineModelND, min_samples=2, residual_threshold=3, max_trials=200, rng=0)
+    if model is None:
+        return empty
+    (y0, x0), (dy, dx) = model.origin, model.direction
+    if abs(dy) < 1e-6 or dx / dy >= 0:  # the muscle's edge runs from the top towards the chest wall
+        return empty
+    slope = dx / dy
+    # Where the edge meets the chest wall and the top of the breast: a muscle ends in the upper
+    # part of the view and starts within the breast's width (else it is dense tissue or a border).
+    meets_wall = y0 + (left - x0) / slope
+    at_top = x0 + (top - y0) * slope
+    if meets_wall > top + 0.75 * height or at_top > left + 0.8 * width:
+        return empty
+    grid_y, grid_x = np.mgrid[: image.shape[0], : image.shape[1]]
+    muscle = breast & (grid_x < (x0 + (grid_y / step - y0) * slope) * step)
+    fraction = muscle.sum() / breast.sum()
+    return muscle if 0.01 < fraction < 0.5 else empty
+
+
+def _downscale(image: np.ndarray, step: int) -> np.ndarray:
+    """``image`` reduced ``step`` times by block means (a cut-off partial block at the edge)."""
+    if step == 1:
+        return image
+    from skimage.transform import downscale_local_mean
+
+    rows, cols = image.shape[0] // step, image.shape[1] // step
+    return downscale_local_mean(image[: rows * step, : cols * step], (step, step))
 
 
 def place(crop: np.ndarray, geom: Geometry, mode: str = "area") -> np.ndarray:
@@ -114,8 +206,8 @@ def find_breast(
     """Full-resolution breast mask and its bounding box (with a small margin)."""
     rows, cols = image.shape
     step = max(1, int(np.ceil(max(rows, cols) / MASK_MAX_SIDE)))
-    small = image[::step, ::step]
-    mask_small = breast_mask(small)
+    # Block means, not every step-th pixel: film grain and scanner noise average out.
+    mask_small = breast_mask(_downscale(image, step))
     if mask_small.sum() < 0.005 * mask_small.size:
         raise InputError(path, "no breast tissue found (blank or uniform image)")
     ys, xs = np.nonzero(mask_small)
@@ -126,7 +218,9 @@ def find_breast(
     x1 = min(cols, (xs.max() + 1) * step + pad_x)
     # The mask at full size (nearest neighbour), dilated a little so the skin line survives.
     mask_small = ndimage.binary_dilation(mask_small, iterations=2)
-    mask = np.repeat(np.repeat(mask_small, step, axis=0), step, axis=1)[:rows, :cols]
+    mask = np.zeros((rows, cols), dtype=bool)
+    full = np.repeat(np.repeat(mask_small, step, axis=0), step, axis=1)[:rows, :cols]
+    mask[: full.shape[0], : full.shape[1]] = full  # a partial block at the edge stays out
     return mask, (int(y0), int(y1), int(x0), int(x1))
 
 
