@@ -13,6 +13,7 @@ class DataSection(StrictModel):
     """Where the images are and how patients are split."""
 
     manifest: str
+    label_column: str = Field("label", min_length=1)  # the manifest column holding the 0/1 target
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0

@@ -1,8 +1,11 @@
 """Manifests, the patient-level split, and datasets that decode DICOM files into model inputs.
 
-A manifest is a CSV with the columns ``path, patient_id, study_id, laterality, view, label``
-(``mask`` optional: a lesion mask PNG in the stored pixel grid, for the pointing game). Relative
-paths are relative to the manifest's folder.
+A manifest is a CSV with the columns ``path, patient_id, study_id, laterality, view`` and a
+label column holding the 0/1 target: ``label`` unless the config's ``data.label_column`` (or
+``--label-column``) names another, so one manifest serves several targets (e.g. MIAS's
+``label`` = malignant and ``abnormal`` = any finding). ``mask`` is optional: a lesion mask PNG in
+the stored pixel grid, for the pointing game. Relative paths are relative to the manifest's
+folder.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from biocnn.errors import BiocnnError, InputError
 from biocnn.io.dicom import read_mammogram
 from biocnn.mammo.preprocess import Geometry, preprocess
 
-REQUIRED_COLUMNS = ("path", "patient_id", "study_id", "laterality", "view", "label")
+REQUIRED_COLUMNS = ("path", "patient_id", "study_id", "laterality", "view")
+LABEL_COLUMN = "label"  # the default label column
 
 
 @dataclass
@@ -36,31 +40,36 @@ class Record:
     study_id: str
     laterality: str
     view: str
-    label: int
+    label: int  # the value of the manifest's label column
     mask: Path | None = None
 
 
-def read_manifest(path: str | Path) -> list[Record]:
-    """Read and check a manifest; errors name the file, the line and the problem."""
+def read_manifest(path: str | Path, label_column: str = LABEL_COLUMN) -> list[Record]:
+    """Read and check a manifest, taking the target from ``label_column``; errors name the
+    file, the line and the problem."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "manifest not found")
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        columns = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
-            raise InputError(path, f"missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
+            need = ", ".join((*REQUIRED_COLUMNS, label_column))
+            raise InputError(path, f"missing column(s) {', '.join(missing)} (need {need})")
+        if label_column not in columns:
+            raise InputError(
+                path, f"no label column {label_column!r} (label_column; the manifest has: {', '.join(columns)})"
+            )
         records = []
         for line, row in enumerate(reader, start=2):
-            lat = row["laterality"].strip().upper()
+            lat = (row["laterality"] or "").strip().upper()
             if lat not in ("L", "R"):
                 raise InputError(path, f"line {line}: laterality must be L or R, got {row['laterality']!r}")
-            try:
-                label = int(row["label"])
-            except ValueError:
-                raise InputError(path, f"line {line}: label must be 0 or 1, got {row['label']!r}") from None
-            if label not in (0, 1):
-                raise InputError(path, f"line {line}: label must be 0 or 1, got {label}")
+            value = (row[label_column] or "").strip()
+            if value not in ("0", "1"):
+                raise InputError(path, f"line {line}: {label_column} must be 0 or 1, got {row[label_column]!r}")
+            label = int(value)
             file = Path(row["path"])
             file = file if file.is_absolute() else path.parent / file
             mask = row.get("mask") or None
