@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
         args.config,
         args.out,
         resume=args.resume,
-        overrides={"data.manifest": args.manifest, "train.device": args.device},
+        overrides={"data.manifest": args.manifest, "data.label_column": args.label_column, "train.device": args.device},
     )
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -43,7 +43,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from biocnn.mammo.evaluate import evaluate
 
     result = evaluate(
-        args.model, args.manifest, args.out, device=args.device, heatmaps=args.heatmaps, workers=args.workers
+        args.model,
+        args.manifest,
+        args.out,
+        device=args.device,
+        heatmaps=args.heatmaps,
+        workers=args.workers,
+        label_column=args.label_column,
     )
     keys = ("auc", "auc_ci_low", "auc_ci_high", "sens_at_spec90", "spec_at_sens90", "ece", "pointing_game")
     print(json.dumps({k: result[k] for k in keys}, indent=2))
@@ -94,12 +100,16 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, type=existing_file, help="YAML config (configs/mammo_demo.yaml)")
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--manifest", help="manifest CSV (overrides data.manifest)")
+    p.add_argument("--label-column", help="manifest column with the 0/1 target (overrides data.label_column)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
 
     p = add_verb(verbs, "evaluate", _evaluate, "AUC (95%% CI), sens/spec at 90%%, calibration, ROC on a manifest")
     p.add_argument("--model", required=True, type=existing_path, help="model directory")
     p.add_argument("--manifest", required=True, type=existing_file, help="labelled manifest CSV")
+    p.add_argument(
+        "--label-column", help="manifest column with the 0/1 target (default: the model's data.label_column)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--heatmaps", type=non_negative_int, default=8, help="Grad-CAM overlays to write (malignant images)")
     p.add_argument("--workers", type=non_negative_int, default=0, help="decoding worker processes")
