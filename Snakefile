@@ -5,8 +5,12 @@
 import shutil
 import sys
 
-# Relative to the Snakefile, so `--directory elsewhere` still finds it; --configfile overrides.
-configfile: f"{workflow.basedir}/configs/demo.yaml"
+# The demo is the default config (relative to the Snakefile, so `--directory elsewhere` still
+# finds it). A --configfile replaces it rather than being merged into it: a user's config runs
+# what it names and nothing of the demo's (`--config key=value` alone still edits the demo).
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/configs/demo.yaml"
 
 
 include: "workflows/common.smk"

@@ -6,6 +6,12 @@ module gathers them, with the provenance of every trained model (config, seed, p
 versions, training-data hash from each model directory's ``config.json``), into one HTML file
 whose images are embedded as data URIs, so the report can be mailed or archived alone.
 
+The batch runs over a user's unlabelled data have no metrics and no report folder of their
+own: mammography's scored folders (``mammo/scores/<name>/``, written by ``mammo score``) and
+segmentation's predicted image sets (``segment/<dataset>/predictions/<name>/``, written by
+``segment predict``). Their counts and one figure each (the highest-probability Grad-CAM
+overlay; the most uncertain case's overlay) are read from those folders directly.
+
 :func:`check_in_browser` opens the report in headless Chromium, takes a screenshot and reports
 how many images failed to load (the page records that itself once loaded).
 """
@@ -13,6 +19,7 @@ how many images failed to load (the page records that itself once loaded).
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as _dt
 import html
 import json
@@ -26,6 +33,7 @@ from typing import Any
 from biocnn import __version__
 from biocnn.errors import BiocnnError
 from biocnn.io.atomic import write_text
+from biocnn.io.paths import inside, safe_component
 
 TASK_TITLES = {
     "mammo": "Mammography: malignancy classification",
@@ -155,11 +163,89 @@ def _provenance(task_dir: Path) -> str:
     return "".join(parts)
 
 
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+def _figure_inside(folder: Path, name: str, caption: str) -> str:
+    """The figure ``name`` read from a table of ``folder``, if it is a file inside it."""
+    try:
+        path = inside(folder, name)
+    except BiocnnError:
+        return ""
+    return _image(path, caption) if path.is_file() else ""
+
+
+def _mammo_score_sets(task_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Counts of every scored folder (``scores/<name>/summary.json``) and its top Grad-CAM."""
+    table, figures = {}, []
+    for summary in sorted((task_dir / "scores").glob("*/summary.json")):
+        folder, name = summary.parent, summary.parent.name
+        data = _read_json(summary)
+        table[name] = {k: data.get(k) for k in ("files_seen", "scored", "failed", "exams", "flagged_images")}
+        rows = [r for r in _read_rows(folder / "scores.csv") if r.get("heatmap")]
+        if rows:
+            top = max(rows, key=lambda r: float(r["probability"]))
+            caption = (
+                f"{name}: Grad-CAM of the highest-probability view, {top.get('laterality', '')} {top.get('view', '')}, "
+                f"probability {float(top['probability']):.2f}"
+            )
+            figures.append(_figure_inside(folder, top["heatmap"], caption))
+    return table, figures
+
+
+def _segment_predict_sets(task_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Counts of every predicted image set (``<dataset>/predictions/<name>/``) and the overlay
+    of its most uncertain case."""
+    table, figures = {}, []
+    for info in sorted(task_dir.glob("*/predictions/*/predict.json")):
+        folder = info.parent
+        name = f"{folder.parent.parent.name} / {folder.name}"
+        data = _read_json(info)
+        rows = _read_rows(folder / "uncertainty.csv")
+        table[name] = {
+            "inputs_seen": data.get("inputs_seen"),
+            "outputs_written": data.get("outputs_written"),
+            "failures": len(data.get("failures", [])),
+            "flagged_for_review": len(data.get("flagged", [])),
+            "mc_samples": data.get("mc_samples"),
+        }
+        if rows:
+            top = max(rows, key=lambda r: float(r["score"]))
+            caption = f"{name}: most uncertain case {top['case']} (review score {float(top['score']):.3g})"
+            figures.append(_figure_inside(folder, f"{safe_component(top['case'])}_overlay.png", caption))
+    return table, figures
+
+
+# Batch runs over unlabelled data, per task: (heading, reader).
+_BATCH_SETS = {
+    "mammo": ("Scored folders", _mammo_score_sets),
+    "segment": ("Predicted image sets", _segment_predict_sets),
+}
+
+
+def _batch_sets(task: str, task_dir: Path) -> str:
+    if task not in _BATCH_SETS:
+        return ""
+    heading, reader = _BATCH_SETS[task]
+    table, figures = reader(task_dir)
+    if not table:
+        return ""
+    figures = [f for f in figures if f]
+    out = f"<h3>{html.escape(heading)}</h3>{metrics_table(table)}"
+    return out + (f"<div class=figures>{''.join(figures)}</div>" if figures else "")
+
+
 def task_section(task: str, task_dir: Path) -> str:
     """The HTML section of one task: metrics, figures, model provenance."""
     title = TASK_TITLES.get(task, task)
     report_dir = task_dir / "report"
-    if not report_dir.is_dir():
+    batch = _batch_sets(task, task_dir)
+    if not report_dir.is_dir() and not batch:
         return (
             f'<section class=task id="{task}"><h2>{html.escape(title)}</h2>'
             f"<p class=missing>No report outputs in {html.escape(str(report_dir))}.</p></section>"
@@ -184,6 +270,7 @@ def task_section(task: str, task_dir: Path) -> str:
             caption = captions.get(rel) or rel.rsplit(".", 1)[0].replace("_", " ").replace("/", ": ")
             out.append(_image(png, str(caption)))
         out.append("</div>")
+    out.append(batch)
     prov = _provenance(task_dir)
     if prov:
         out.append(f"<h3>Models and provenance</h3>{prov}")

@@ -1,19 +1,39 @@
-# mammo workflow: synth (demo) -> train -> evaluate -> score -> report. See docs/mammography.md.
-# Config (configs/demo.yaml, key `mammo`): train_exams, heldout_exams, seed, config (the
-# training YAML), heldout_tomo (tomosynthesis volumes among the held-out files; a 2D model
-# lists them as failures with the reason).
+# mammo workflow: data -> train -> evaluate -> score -> report. See docs/mammography.md.
+# Config (key `mammo`, schema in workflows/schemas/config.schema.yaml): config (the training
+# YAML), label_column, and either
+#   the demo: train_exams, heldout_exams, heldout_tomo, seed (generated exams; the held-out
+#     folder, tomosynthesis volumes included, is evaluated and scored), or
+#   your data: train (manifest CSV), test (manifest CSV, optional: evaluated and scored).
+# Either way, `score: {name: folder or manifest}` scores each into scores/<name>/.
 MAMMO = config.get("mammo", {})
 MAMMO_DIR = f"{RESULTS}/mammo"
 MAMMO_SEED = MAMMO.get("seed", 11)
+MAMMO_DEMO = not MAMMO.get("train") and not MAMMO.get("test")
+MAMMO_LABEL = MAMMO.get("label_column", "label")
+MAMMO_SCORE = MAMMO.get("score", {})
 
-MAMMO_TARGETS = (
-    [
-        f"{MAMMO_DIR}/report/summary.json",
-        f"{MAMMO_DIR}/score/summary.json",
-    ]
-    if task_enabled("mammo")
-    else []
-)
+
+def mammo_manifest(split):
+    """The training or test manifest: the config's, or the generated one in the demo (None: no
+    test set, so no evaluation)."""
+    given = MAMMO.get(split)
+    if given:
+        return repo_path(given)
+    if split == "train":
+        return f"{MAMMO_DIR}/synth/train/manifest.csv"
+    return f"{MAMMO_DIR}/synth/heldout/manifest.csv" if MAMMO_DEMO else None
+
+
+MAMMO_TEST = mammo_manifest("test")
+MAMMO_TARGETS = []
+if task_enabled("mammo"):
+    MAMMO_TARGETS += [f"{MAMMO_DIR}/report/summary.json", f"{MAMMO_DIR}/score/summary.json"] if MAMMO_TEST else []
+    MAMMO_TARGETS += expand(f"{MAMMO_DIR}/scores/{{name}}/summary.json", name=MAMMO_SCORE)
+    if not MAMMO_TARGETS:
+        raise WorkflowError("mammo: nothing to do: give a test manifest (mammo.test) or folders to score (mammo.score)")
+
+wildcard_constraints:
+    name="[A-Za-z0-9][A-Za-z0-9_.-]*",  # as the config schema requires of set names
 
 
 rule mammo_synth_train:
@@ -58,7 +78,7 @@ rule mammo_synth_heldout:
 rule mammo_train:
     """The view classifier (shared 2D backbone + classification head), val AUC monitored."""
     input:
-        manifest=f"{MAMMO_DIR}/synth/train/manifest.csv",
+        manifest=mammo_manifest("train"),
         config=task_config("mammo", repo_path(MAMMO.get("config", "configs/mammo_demo.yaml"))),
     output:
         weights=f"{MAMMO_DIR}/model/weights.safetensors",
@@ -76,7 +96,7 @@ rule mammo_train:
         runtime=60,
         gpu=TRAIN_GPUS,
     shell:
-        "{BIOCNN_TRAIN} mammo train --config {input.config} --manifest {input.manifest} --out {params.out} "
+        "{BIOCNN_TRAIN} mammo train --config {input.config:q} --manifest {input.manifest:q} --out {params.out} "
         "--resume > {log} 2>&1"
 
 
@@ -84,7 +104,7 @@ rule mammo_evaluate:
     """AUC (95% CI), sens/spec at 90%, ECE, ROC and reliability PNGs, Grad-CAM pointing game."""
     input:
         model=f"{MAMMO_DIR}/model/weights.safetensors",
-        manifest=f"{MAMMO_DIR}/synth/heldout/manifest.csv",
+        manifest=MAMMO_TEST or [],
     output:
         metrics=f"{MAMMO_DIR}/evaluate/metrics.json",
         roc=f"{MAMMO_DIR}/evaluate/roc.png",
@@ -100,15 +120,16 @@ rule mammo_evaluate:
         mem_mb=4000,
         runtime=15,
     shell:
-        "{BIOCNN} mammo evaluate --model {params.model} --manifest {input.manifest} --out {params.out} "
+        "{BIOCNN} mammo evaluate --model {params.model} --manifest {input.manifest:q} --out {params.out} "
         "> {log} 2>&1"
 
 
 rule mammo_score:
-    """Clinicians' batch scoring of the held-out folder: scores, exams, failures, heatmaps."""
+    """Clinicians' batch scoring of the test set (the demo: its held-out folder, tomosynthesis
+    volumes included): scores, exams, failures, heatmaps; the report shows this run."""
     input:
         model=f"{MAMMO_DIR}/model/weights.safetensors",
-        folder=f"{MAMMO_DIR}/synth/heldout/manifest.csv",
+        manifest=MAMMO_TEST or [],
     output:
         summary=f"{MAMMO_DIR}/score/summary.json",
         scores=f"{MAMMO_DIR}/score/scores.csv",
@@ -120,14 +141,40 @@ rule mammo_score:
         f"{RESULTS}/benchmarks/mammo/score.tsv"
     params:
         model=f"{MAMMO_DIR}/model",
-        folder=f"{MAMMO_DIR}/synth/heldout/dicom",
+        folder=lambda wc, input: f"{MAMMO_DIR}/synth/heldout/dicom" if MAMMO_DEMO else input.manifest,
         out=f"{MAMMO_DIR}/score",
     threads: 2
     resources:
         mem_mb=4000,
         runtime=15,
     shell:
-        "{BIOCNN} mammo score --model {params.model} --input {params.folder} --out {params.out} "
+        "{BIOCNN} mammo score --model {params.model} --input {params.folder:q} --out {params.out} "
+        "--heatmaps --workers {threads} > {log} 2>&1"
+
+
+rule mammo_score_set:
+    """One of the config's named folders (or manifests) of studies, scored for clinicians."""
+    input:
+        model=f"{MAMMO_DIR}/model/weights.safetensors",
+        folder=lambda wc: repo_path(MAMMO_SCORE[wc.name]),
+    output:
+        summary=f"{MAMMO_DIR}/scores/{{name}}/summary.json",
+        scores=f"{MAMMO_DIR}/scores/{{name}}/scores.csv",
+        exams=f"{MAMMO_DIR}/scores/{{name}}/exams.csv",
+        failures=f"{MAMMO_DIR}/scores/{{name}}/failures.csv",
+    log:
+        f"{RESULTS}/logs/mammo/score_{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mammo/score_{{name}}.tsv"
+    params:
+        model=f"{MAMMO_DIR}/model",
+        out=f"{MAMMO_DIR}/scores/{{name}}",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{BIOCNN} mammo score --model {params.model} --input {input.folder:q} --out {params.out} "
         "--heatmaps --workers {threads} > {log} 2>&1"
 
 
