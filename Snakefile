@@ -52,8 +52,10 @@ rule report:
         runtime=5,
     params:
         tasks=" ".join(config["tasks"]),
+        title=config.get("title", "biocnn report"),
     shell:
-        "{BIOCNN} report build --results {RESULTS} --out {output} --tasks {params.tasks} > {log} 2>&1"
+        "{BIOCNN} report build --results {RESULTS} --out {output} --tasks {params.tasks} --title {params.title:q} "
+        "> {log} 2>&1"
 
 
 rule report_browser_check:

@@ -1,15 +1,19 @@
 # mammo workflow: data -> train -> evaluate -> score -> report. See docs/mammography.md.
 # Config (key `mammo`, schema in workflows/schemas/config.schema.yaml): config (the training
-# YAML), label_column, and either
+# YAML), label_column (the manifests' target column), and either
 #   the demo: train_exams, heldout_exams, heldout_tomo, seed (generated exams; the held-out
 #     folder, tomosynthesis volumes included, is evaluated and scored), or
 #   your data: train (manifest CSV), test (manifest CSV, optional: evaluated and scored).
 # Either way, `score: {name: folder or manifest}` scores each into scores/<name>/.
+import shlex
+
 MAMMO = config.get("mammo", {})
 MAMMO_DIR = f"{RESULTS}/mammo"
 MAMMO_SEED = MAMMO.get("seed", 11)
 MAMMO_DEMO = not MAMMO.get("train") and not MAMMO.get("test")
-MAMMO_LABEL = MAMMO.get("label_column", "label")
+# Passed only when set here: otherwise training reads the training YAML's data.label_column and
+# evaluation the column the model was trained on.
+MAMMO_LABEL = f"--label-column {shlex.quote(MAMMO['label_column'])}" if MAMMO.get("label_column") else ""
 MAMMO_SCORE = MAMMO.get("score", {})
 
 
@@ -96,8 +100,8 @@ rule mammo_train:
         runtime=60,
         gpu=TRAIN_GPUS,
     shell:
-        "{BIOCNN_TRAIN} mammo train --config {input.config:q} --manifest {input.manifest:q} --out {params.out} "
-        "--resume > {log} 2>&1"
+        "{BIOCNN_TRAIN} mammo train --config {input.config:q} --manifest {input.manifest:q} {MAMMO_LABEL} "
+        "--out {params.out} --resume > {log} 2>&1"
 
 
 rule mammo_evaluate:
@@ -120,7 +124,7 @@ rule mammo_evaluate:
         mem_mb=4000,
         runtime=15,
     shell:
-        "{BIOCNN} mammo evaluate --model {params.model} --manifest {input.manifest:q} --out {params.out} "
+        "{BIOCNN} mammo evaluate --model {params.model} --manifest {input.manifest:q} {MAMMO_LABEL} --out {params.out} "
         "> {log} 2>&1"
 
 
