@@ -13,7 +13,9 @@ SEG_DIR = f"{RESULTS}/segment"
 SEG_DATASETS_GIVEN = SEGMENT.get("datasets", {})
 SEG_KINDS = SEGMENT.get("kinds", [] if SEG_DATASETS_GIVEN else ["malaria", "tumor"])
 SEG_SEED = SEGMENT.get("seed", 7)
-SEG_MC = SEGMENT.get("mc_samples", 20)
+# Monte Carlo samples: passed to predict only when set here, else the model config's
+# inference.mc_samples (the sampling its stored review threshold was measured with).
+SEG_MC = SEGMENT.get("mc_samples")
 _SEG_DEFAULTS = {
     "malaria": {"config": "configs/segment_malaria.yaml", "train_n": 24, "test_n": 8, "size": 128, "tta": False, "epochs": None},
     "tumor": {"config": "configs/segment_tumor.yaml", "train_n": 12, "test_n": 4, "size": 48, "tta": False, "epochs": None},
@@ -140,7 +142,7 @@ rule segment_train:
 def _seg_predict_args(w):
     """--mc-samples and --tta of a dataset."""
     d = SEG_DATASETS[w.dataset]
-    return f"--mc-samples {d['mc_samples']}" + (" --tta" if d["tta"] else "")
+    return (f"--mc-samples {d['mc_samples']}" if d["mc_samples"] else "") + (" --tta" if d["tta"] else "")
 
 
 rule segment_predict:
