@@ -4,7 +4,8 @@ Output folder::
 
     scores.csv     one row per scored image: file, patient, study, laterality, view,
                    probability, flagged (at the model's stored operating point), heatmap
-    exams.csv      one row per exam and breast: breast and exam probabilities, flags
+    exams.csv      one row per exam and breast: breast and exam probabilities, flags, the
+                   standard views the breast lacks and the breasts the exam has
     failures.csv   one row per file not scored, with the reason
     summary.json   files seen = scored + failed, rates, model, threshold
     heatmaps/      Grad-CAM overlays (with --heatmaps)
@@ -75,11 +76,14 @@ EXAM_COLUMNS = (
     "study",
     "laterality",
     "views",
+    "missing_views",
     "breast_probability",
     "breast_flagged",
+    "exam_breasts",
     "exam_probability",
     "exam_flagged",
 )
+STANDARD_VIEWS = ("CC", "MLO")  # a screening exam's views of each breast
 FAILURE_COLUMNS = ("file", "reason")
 KEY_FILE = ".pseudonym.key"
 PROGRESS_FILE = ".progress.jsonl"
@@ -254,6 +258,12 @@ def exam_table(scores: list[dict[str, Any]], how: str, threshold: float) -> list
     the max of its breasts', each computed exactly and rounded to 6 decimals (a mean rounds to a
     value between its views', so all views flagged means the breast is flagged and none flagged
     means it is not).
+
+    Missing views and breasts: only what was scored counts. A breast with one view (MIAS has
+    only MLO) scores that view; a breast with no scored view has no row, and an exam with one
+    breast scores that breast. Nothing is imputed, and each row says what it rests on:
+    ``missing_views`` lists the standard views (CC, MLO) the breast lacks, ``exam_breasts``
+    the breasts the exam has (``L,R``, ``L`` or ``R``).
     """
     if how not in ("mean", "max"):
         raise ValueError(f"aggregate must be 'mean' or 'max', got {how!r}")
@@ -265,19 +275,24 @@ def exam_table(scores: list[dict[str, Any]], how: str, threshold: float) -> list
         values = [Fraction(str(m["probability"])) for m in members]
         breast_prob[key] = round(sum(values) / len(values) if how == "mean" else max(values), DECIMALS)
     exam_prob: dict[str, Fraction] = {}
-    for (study, _), p in breast_prob.items():
+    exam_breasts: dict[str, set[str]] = {}
+    for (study, laterality), p in breast_prob.items():
         exam_prob[study] = max(exam_prob.get(study, p), p)
+        exam_breasts.setdefault(study, set()).add(laterality)
     rows = []
     for (study, laterality), members in sorted(breasts.items()):
         b, e = written(breast_prob[study, laterality]), written(exam_prob[study])
+        views = sorted(m.get("view", "") for m in members)
         rows.append(
             {
                 "patient": members[0].get("patient", ""),
                 "study": study,
                 "laterality": laterality,
-                "views": ",".join(sorted(m.get("view", "") for m in members)),
+                "views": ",".join(views),
+                "missing_views": ",".join(v for v in STANDARD_VIEWS if v not in views),
                 "breast_probability": b,
                 "breast_flagged": flagged(b, threshold),
+                "exam_breasts": ",".join(sorted(exam_breasts[study])),
                 "exam_probability": e,
                 "exam_flagged": flagged(e, threshold),
             }
