@@ -8,7 +8,7 @@ Output folder::
                    standard views the breast lacks and the breasts the exam has
     failures.csv   one row per file not scored, with the reason
     summary.json   files seen = scored + failed, rates, model, threshold
-    heatmaps/      Grad-CAM overlays (with --heatmaps)
+    heatmaps/      heatmap overlays (with --heatmaps): the patch model's window map, or Grad-CAM
 
 Privacy: patient names are never read into the outputs; patient and study IDs are replaced by
 a keyed hash (HMAC-SHA256) unless ``--keep-ids``. The key is read from ``--key-file``, else
@@ -64,7 +64,8 @@ from biocnn.io.paths import ensure_writable_dir, inside, safe_component
 from biocnn.io.walk import Walk, walk_files
 from biocnn.mammo.data import DecodeDataset, collate_decoded, surviving_workers, worker_init
 from biocnn.mammo.evaluate import input_spec
-from biocnn.mammo.gradcam import grad_cam, overlay_png
+from biocnn.mammo.gradcam import overlay_png
+from biocnn.mammo.heatmap import view_heatmaps
 from biocnn.mammo.platt import calibrated_probs
 from biocnn.mammo.train import read_operating_point
 
@@ -503,7 +504,7 @@ def _score_batch(model, batch, names, dev, calibration, threshold, heatmaps, kee
     x = batch["images"].to(dev, non_blocking=True)
     with autocast(dev):
         if heatmaps:
-            logits, cams = grad_cam(model, x)
+            logits, cams = view_heatmaps(model, x)
             cams = cams.cpu().numpy()
         else:
             with torch.no_grad():
