@@ -76,7 +76,9 @@ def seg_data(split):
 
 
 SEGMENT_TARGETS = []
-if task_enabled("segment") and SEG_DATASETS:
+if task_enabled("segment") and not SEG_DATASETS:
+    raise WorkflowError("segment: nothing to do: name your datasets (segment.datasets) or demo kinds (segment.kinds)")
+if task_enabled("segment"):
     SEGMENT_TARGETS.append(f"{SEG_DIR}/report/summary.json")
     SEGMENT_TARGETS += [
         f"{SEG_DIR}/{name}/predictions/{s}/uncertainty.csv" for name, d in SEG_DATASETS.items() for s in d["predict"]
