@@ -259,3 +259,45 @@ def test_regions_dice_on_a_known_case(brats):
     assert dice["WT"] == 1.0
     assert dice["ET"] == pytest.approx(2 * (n_et - k) / (n_et + n_et - k))
     assert dice["TC"] == pytest.approx(2 * (n_tc - k) / (n_tc + n_tc - k))
+
+
+def test_training_patches_are_plain_tensors_and_leave_the_cache_untouched(nuclei):
+    """The augmentation runs on the cached items themselves (no copy, for speed): it must never
+    write into them, and the patches it gives the model carry no MONAI metadata."""
+    import copy
+
+    import torch
+    from monai.data import MetaTensor, get_track_meta
+
+    from biocnn.config import validate_config
+    from biocnn.segment.config import SegmentConfig
+    from biocnn.segment.train import split_cases, training_dataset
+
+    cfg = validate_config(
+        {
+            "data": {
+                "train": str(nuclei / "lists" / "nuclei.json"),
+                "in_channels": 1,
+                "normalize": "image",
+                "patch_size": [24, 24],
+                "samples_per_image": 3,
+            },
+            "inference": {"roi_size": [32, 32]},
+        },
+        SegmentConfig,
+    )
+    train_cases, _ = split_cases(cfg)
+    ds = training_dataset(cfg, train_cases)
+    before = copy.deepcopy(ds._cache)
+    for _ in range(5):
+        for i in range(len(ds)):
+            patches = ds[i]
+            assert len(patches) == 3
+            for p in patches:
+                assert type(p["image"]) is torch.Tensor and not isinstance(p["image"], MetaTensor)
+                assert p["image"].shape == (1, 24, 24) and set(p) >= {"image", "label"}
+                assert not any(k.endswith("_indices") for k in p)
+    assert get_track_meta()  # switched off only while the augmentation ran
+    for cached, saved in zip(ds._cache, before):
+        for k in ("image", "label"):
+            assert torch.equal(torch.as_tensor(cached[k]), torch.as_tensor(saved[k]))

@@ -106,6 +106,10 @@ class InferenceConfig(StrictModel):
     # model's config.json; 1 turns calibration off.
     temperature: float | None = Field(None, gt=0)
     review_threshold: float | None = Field(None, ge=0)
+    # The review statistics (feature density, training structure uncertainty) are measured at
+    # the end of training on at most this many training images, a seeded draw (None: all; 0:
+    # none, and predict flags nothing). Each image costs about 8 network passes over it.
+    review_images: int | None = Field(None, ge=0)
     review_quantile: float = Field(0.9, gt=0, le=1)
     ood_quantile: float = Field(0.99, gt=0, le=1)
 

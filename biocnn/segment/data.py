@@ -464,11 +464,10 @@ def preprocessing(cfg, train: bool = True, with_label: bool = True):
 
 
 def augmentation(cfg, seed: int):
-    """Training transforms: padding to the patch size and the sampler's voxel indices (both
-    deterministic, so :class:`~monai.data.CacheDataset` caches them with the preprocessing),
-    then plain tensors (no MONAI metadata: it costs more than the small U-Net's own work), then
-    the random part: balanced patch sampling (foreground/background or per class), flips,
-    rotations, intensity."""
+    """Training transforms: padding to the patch size and the sampler's voxel indices, as plain
+    tensors (all deterministic, so :class:`~monai.data.CacheDataset` caches them with the
+    preprocessing), then the random part: balanced patch sampling (foreground/background or per
+    class), flips, rotations, intensity, run without MONAI's metadata tracking (:func:`without_metadata`)."""
     from monai.transforms import (
         ClassesToIndicesd,
         Compose,
@@ -512,24 +511,53 @@ def augmentation(cfg, seed: int):
             fg_indices_key="label_fg_indices",
             bg_indices_key="label_bg_indices",
         )
-    ts = [
-        SpatialPadd(keys=keys, spatial_size=cfg.patch_size),
-        indices,
-        EnsureTyped(keys=keys, track_meta=False),
-        crop,
-        DeleteItemsd(keys=index_keys),  # the patches need them no more (and they do not collate)
-    ]
-    ts += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
+    rand = [crop, DeleteItemsd(keys=index_keys)]  # the patches need no indices (and they do not collate)
+    rand += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(cfg.spatial_dims)]
     if cfg.spatial_dims == 2:
-        ts.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))
-    ts += [
+        rand.append(RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)))
+    rand += [
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
         RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
         RandGaussianNoised(keys="image", prob=0.2, std=0.02),
     ]
-    aug = Compose(ts)
+    fixed = [SpatialPadd(keys=keys, spatial_size=cfg.patch_size), indices, EnsureTyped(keys=keys, track_meta=False)]
+    aug = Compose([*fixed, without_metadata(Compose(rand))])
     aug.set_random_state(seed=seed)  # MONAI's own RNG: same seed, same patches
     return aug
+
+
+def without_metadata(transform):
+    """``transform`` run with MONAI's metadata tracking off (:func:`monai.data.set_track_meta`),
+    so it takes and gives plain tensors.
+
+    A ``MetaTensor`` sends every operation through its ``__torch_function__`` and copies its
+    metadata; on small training patches that bookkeeping took about two thirds of the
+    augmentation's time. The wrapper is randomizable (``set_random_state`` reaches the wrapped
+    transforms), so :class:`~monai.data.CacheDataset` stops caching before it.
+    """
+    from monai.data import get_track_meta, set_track_meta
+    from monai.transforms import Randomizable
+
+    class WithoutMetadata(Randomizable):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def set_random_state(self, seed=None, state=None):
+            self.inner.set_random_state(seed=seed, state=state)
+            return self
+
+        def randomize(self, data) -> None:  # the wrapped transforms draw their own
+            pass
+
+        def __call__(self, data):
+            tracking = get_track_meta()
+            set_track_meta(False)
+            try:
+                return self.inner(data)
+            finally:
+                set_track_meta(tracking)
+
+    return WithoutMetadata(transform)
 
 
 @contextlib.contextmanager
@@ -557,11 +585,21 @@ def load_case(transform, case: Case) -> dict[str, Any]:
         return transform(case.as_dict())
 
 
-def cached_dataset(cases: Sequence[Case], transform, cache_rate: float = 1.0):
-    """A :class:`monai.data.CacheDataset`: the deterministic transforms run once per case."""
+def cached_dataset(cases: Sequence[Case], transform, cache_rate: float = 1.0, copy_cache: bool = True):
+    """A :class:`monai.data.CacheDataset`: the deterministic transforms run once per case.
+
+    ``copy_cache=False`` hands the cached item itself to the random transforms instead of a deep
+    copy (the copy of a large image and its sampler indices cost more than the augmentation):
+    only for transforms that never change their input in place, as :func:`augmentation`'s.
+    """
     from monai.data import CacheDataset
 
     with user_errors():
         return CacheDataset(
-            [c.as_dict() for c in cases], transform=transform, cache_rate=cache_rate, num_workers=0, progress=False
+            [c.as_dict() for c in cases],
+            transform=transform,
+            cache_rate=cache_rate,
+            num_workers=0,
+            progress=False,
+            copy_cache=copy_cache,
         )

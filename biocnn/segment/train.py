@@ -98,27 +98,34 @@ def make_validate(cfg: SegmentConfig):
     return validate
 
 
+def training_dataset(cfg: SegmentConfig, cases):
+    """The training cases preprocessed once (cached) and augmented into patches on every access."""
+    from monai.transforms import Compose
+
+    pre = preprocessing(cfg.data, train=True)
+    aug = augmentation(cfg.data, cfg.train.seed)
+    return cached_dataset(
+        cases,
+        Compose([*pre.transforms, *aug.transforms]).set_random_state(seed=cfg.train.seed),
+        cfg.data.cache_rate,
+        copy_cache=False,  # the augmentation crops and copies, never writes into the cached images
+    )
+
+
 def train(
     config_path: str | Path, out_dir: str | Path, resume: bool = False, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Train a segmentation model described by ``config_path`` into ``out_dir``."""
     from monai.data import list_data_collate
     from monai.losses import DiceCELoss
-    from monai.transforms import Compose
 
     from biocnn.train import fit
 
     cfg = load_config(config_path, SegmentConfig, overrides)
     train_cases, val_cases = split_cases(cfg)
     log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
-    pre = preprocessing(cfg.data, train=True)
-    aug = augmentation(cfg.data, cfg.train.seed)
-    train_ds = cached_dataset(
-        train_cases,
-        Compose([*pre.transforms, *aug.transforms]).set_random_state(seed=cfg.train.seed),
-        cfg.data.cache_rate,
-    )
-    val_ds = cached_dataset(val_cases, pre, cfg.data.cache_rate)
+    train_ds = training_dataset(cfg, train_cases)
+    val_ds = cached_dataset(val_cases, preprocessing(cfg.data, train=True), cfg.data.cache_rate)
     data_files = [p for c in train_cases + val_cases for p in [*c.images, c.label] if p]
     model_config = {
         "model": model_spec(cfg),
@@ -205,7 +212,8 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
 def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) -> dict[str, Any] | None:
     """What ``predict`` needs to flag inputs for review, stored beside the weights.
 
-    Over all training images (train and validation split):
+    Over all training images (train and validation split), or a seeded draw of
+    ``inference.review_images`` of them:
 
     * the density of their encoder features (every flip) with cross-fitted reference
       distances (:class:`biocnn.segment.ood.FeatureDensity`), and of their noise levels
@@ -220,6 +228,13 @@ def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) ->
     from biocnn.segment.ood import FeatureDensity, image_features, noise_levels
     from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty, threshold_from_training
 
+    limit = cfg.inference.review_images
+    if limit is not None and limit < len(cases):
+        if limit == 0:
+            log.info("inference.review_images is 0: no review statistics, predict will not flag inputs")
+            return None
+        pick = np.random.default_rng(cfg.train.seed).choice(len(cases), limit, replace=False)
+        cases = [cases[i] for i in sorted(pick)]
     if len(cases) < 3:
         log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
         return None
