@@ -172,3 +172,17 @@ def test_train_then_score_real_views_through_the_cli(manifest, tmp_path, capsys)
             )
     heatmaps = list((tmp_path / "h" / "heatmaps").rglob("*.png"))
     assert len(heatmaps) == len(VIEWS)
+
+
+def test_patch_size_off_the_stride_is_one_line_naming_key_and_file(tmp_path):
+    from biocnn.errors import ConfigError
+    from biocnn.mammo.train import train
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "data: {manifest: missing.csv}\nmodel: {channels: [4, 8, 8], strides: [2, 2, 2]}\n"
+        "method: patch\npatch: {size: 36}\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad\.yaml: patch\.size: 36 is not a multiple of the backbone's stride 8"):
+        train(config, tmp_path / "model")
+    assert not (tmp_path / "model").exists()

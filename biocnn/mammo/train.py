@@ -1,5 +1,10 @@
 """``biocnn mammo train``: manifest -> patient-level split -> view classifier -> operating point.
 
+``method: image`` trains the whole-image classifier on augmented views; ``method: patch`` trains
+the patch model (:mod:`biocnn.mammo.heatmap`) on patches drawn from the training views' lesion
+circles and normal tissue (:mod:`biocnn.mammo.patches`). Both are validated, calibrated and
+thresholded on whole validation views.
+
 The model directory gets, besides the shared loop's files (``weights.safetensors``,
 ``config.json``, ``metrics.json``, ``metrics.jsonl``, ``state/``):
 
@@ -24,7 +29,7 @@ from torch import nn
 from biocnn.checkpoint import provenance, read_json, update_metrics
 from biocnn.config import load_config
 from biocnn.device import deterministic, is_main_process, seed_everything
-from biocnn.errors import CheckpointError, InputError
+from biocnn.errors import CheckpointError, ConfigError, InputError
 from biocnn.io.atomic import atomic_open, write_json
 from biocnn.mammo import metrics as M
 from biocnn.mammo.config import MammoConfig
@@ -173,11 +178,30 @@ def _write_split(path: Path, records: list[Record], assignment: dict[str, str]) 
             )
 
 
+def _check_patch_geometry(cfg: MammoConfig, config_path: str | Path) -> None:
+    """``method: patch`` needs 2D views, a patch side that is a multiple of the backbone's total
+    stride, and a patch that fits the input."""
+    if cfg.method != "patch":
+        return
+    strides = cfg.model.strides or [1] + [2] * (len(cfg.model.channels) - 1)
+    stride = int(np.prod(strides))
+    problems = []
+    if cfg.model.spatial_dims != 2:
+        problems.append("model.spatial_dims: the patch model scores 2D views")
+    if cfg.patch.size % stride:
+        problems.append(f"patch.size: {cfg.patch.size} is not a multiple of the backbone's stride {stride}")
+    if cfg.patch.size > min(cfg.input.height, cfg.input.width):
+        problems.append(f"patch.size: {cfg.patch.size} is larger than the input {cfg.input.height}x{cfg.input.width}")
+    if problems:
+        raise ConfigError("; ".join(f"{config_path}: {p}" for p in problems))
+
+
 def train(
     config_path: str | Path, out_dir: str | Path, resume: bool = False, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Train the view classifier described by the YAML config; returns the final metrics."""
     cfg = load_config(config_path, MammoConfig, overrides)
+    _check_patch_geometry(cfg, config_path)
     out_dir = Path(out_dir)
     records = read_manifest(cfg.data.manifest, cfg.data.label_column)
     assignment = patient_split(records, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
