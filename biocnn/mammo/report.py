@@ -1,7 +1,8 @@
 """``biocnn mammo report``: the figures and headline numbers the HTML report shows.
 
-Copies the ROC curve, the reliability diagram and a few Grad-CAM overlays of flagged images
-into ``OUT`` and writes ``summary.json`` (metrics) and ``figures.json`` (captions).
+Copies the ROC curve, the reliability diagram and a few heatmap overlays of flagged images
+(Grad-CAM, or the patch model's window map) into ``OUT`` and writes ``summary.json`` (metrics)
+and ``figures.json`` (captions).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def heatmap_kind(model_dir: str | Path | None) -> str:
+    """What the score folder's heatmaps show, from the scoring model's ``config.json``."""
+    try:
+        name = json.loads((Path(model_dir) / "config.json").read_text())["model"]["name"]
+    except (TypeError, OSError, ValueError, KeyError):
+        return "Heatmap"
+    return "Patch-model window map" if name == "patch_classifier" else "Grad-CAM (last backbone stage)"
+
+
 def build_report(evaluation: str | Path, scores: str | Path, out: str | Path, heatmaps: int = 4) -> dict[str, Any]:
     """Gather the evaluation and scoring results under ``out``; returns the summary."""
     evaluation, scores, out = Path(evaluation), Path(scores), Path(out)
@@ -46,11 +56,12 @@ def build_report(evaluation: str | Path, scores: str | Path, out: str | Path, he
         with open(scores / "scores.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("heatmap")]
     rows.sort(key=lambda r: -float(r["probability"]))
+    kind = heatmap_kind(scored.get("model"))
     for i, r in enumerate(rows[:heatmaps]):
         name = f"gradcam_{i + 1}.png"
         _copy(inside(scores, r["heatmap"]), out / name)  # a path read from a table must stay in its folder
         captions[name] = (
-            f"Grad-CAM (last backbone stage), {r['laterality']} {r['view']}, "
+            f"{kind}, {r['laterality']} {r['view']}, "
             f"probability {float(r['probability']):.2f}{' (flagged)' if r['flagged'] == '1' else ''}"
         )
     summary = {
