@@ -90,6 +90,9 @@ def test_patches_sit_in_circles_and_in_normal_breast(views):
     # Negatives come from every view, normal breasts included; positives only from circles.
     assert {i for i, _ in ds.negatives} == set(range(len(images)))
     assert {i for i, _ in ds.positives} == {i for i, m in enumerate(lesions) if m is not None and m.any()}
+    # A view barred from negatives (a finding without a circle) gives none.
+    barred = PatchDataset(images, lesions, [m is not None for m in lesions], size, 64, negative=[False] + [True] * 5)
+    assert 0 not in {i for i, _ in barred.negatives} and len(barred.negatives) == len(images) - 1
     # Labels follow the index: the first positive_fraction of an epoch are findings.
     assert float(ds[0][1]) == 1.0 and float(ds[len(ds) - 1][1]) == 0.0
 

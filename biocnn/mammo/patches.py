@@ -72,6 +72,8 @@ class PatchDataset(Dataset):
         shift: largest random shift of a patch's centre, as a fraction of its side.
         scale: largest random zoom, as a log factor (0.2: from 0.82x to 1.22x).
         gamma: largest contrast change, as a log factor of the gamma exponent.
+        negative: which views may give negatives (default all); a view labelled positive
+            without a lesion mask should not, since its finding could be anywhere.
     """
 
     def __init__(
@@ -86,19 +88,21 @@ class PatchDataset(Dataset):
         shift: float = 0.125,
         scale: float = 0.2,
         gamma: float = 0.25,
+        negative: Sequence[bool] | None = None,
     ):
-        if not (len(images) == len(lesions) == len(positive)):
-            raise ValueError("images, lesions and positive must have one entry per view")
+        negative = [True] * len(images) if negative is None else list(negative)
+        if not (len(images) == len(lesions) == len(positive) == len(negative)):
+            raise ValueError("images, lesions, positive and negative must have one entry per view")
         self.images = [np.asarray(im, dtype=np.float32) for im in images]
         self.patch_size, self.per_epoch = int(patch_size), int(per_epoch)
         self.shift, self.scale, self.gamma = shift, scale, gamma
         self.positives: list[tuple[int, np.ndarray]] = []
         self.negatives: list[tuple[int, np.ndarray]] = []
-        for i, (image, lesion, pos) in enumerate(zip(self.images, lesions, positive)):
+        for i, (image, lesion, pos, neg) in enumerate(zip(self.images, lesions, positive, negative)):
             p, n = candidate_centres(image, lesion, self.patch_size, negative_margin)
             if pos and len(p):
                 self.positives.append((i, p))
-            if len(n):
+            if neg and len(n):
                 self.negatives.append((i, n))
         if not self.positives:
             raise ValueError("no positive patches: no view marked positive has a lesion mask")

@@ -154,11 +154,14 @@ def patch_dataset(cfg: MammoConfig, records: list[Record], decoded: list[Decoded
             f"patch.positives is {p.positives!r} but no training view with "
             f"{'a finding' if p.positives == 'finding' else 'label 1'} has a lesion mask in the 'mask' column",
         )
+    # A label-1 view without a circle has its finding somewhere unknown: no negatives from it.
+    negative = [r.label == 0 or (les is not None and les.any()) for r, les in zip(records, lesions)]
     return PatchDataset(
         [d.image for d in decoded],
         lesions,
         positive,
         patch_size=p.size,
+        negative=negative,
         per_epoch=p.per_epoch,
         positive_fraction=p.positive_fraction,
         negative_margin=p.negative_margin,
