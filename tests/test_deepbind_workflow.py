@@ -1,15 +1,11 @@
 """A real (tiny) Snakemake run of the DeepBind workflow on generated data."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import yaml
 from sklearn.metrics import roc_auc_score
-
-REPO = Path(__file__).resolve().parents[1]
+from workflow_helpers import REPO, run_workflow
 
 
 def test_deepbind_workflow_runs_end_to_end(tmp_path):
@@ -33,24 +29,7 @@ def test_deepbind_workflow_runs_end_to_end(tmp_path):
         },
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(tmp_path / "tiny.yaml"),
-            "--cores",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_workflow(tmp_path, tmp_path / "tiny.yaml")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "results" / "deepbind"
     check_selection_and_metrics(out / "CTCF", n_trials=2)
