@@ -80,7 +80,7 @@ def run(
         epochs, probe = fit_epochs(config, train, work, budget)
         info.update(probe)
     model = work / "model"
-    if epochs == 1 and (work / "probe").is_dir():
+    if epochs == 1 and "probe_seconds" in info:  # the probe trained exactly this model
         shutil.rmtree(model, ignore_errors=True)
         (work / "probe").rename(model)
         info["train_seconds"] = info["probe_seconds"]

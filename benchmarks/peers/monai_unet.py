@@ -5,7 +5,8 @@ dictionary pipeline with the deterministic part cached (``CacheDataset``), inten
 normalisation, ``RandCropByPosNegLabeld`` patches, random flips, ``DiceCELoss`` on softmax
 outputs, Adam at 1e-3, and ``sliding_window_inference`` for prediction. The patch size, patches
 per image, positive fraction, images per step and the inference window are the biocnn config's,
-so both networks see the same patches. Training runs epoch after epoch until the budget is
+so both networks see the same patches (the config's per-class patch ratios, where it sets them,
+through MONAI's ``RandCropByLabelClassesd``). Training runs epoch after epoch until the budget is
 spent, counted from before the data are cached; every training image is used (no early stopping
 needs a validation split).
 """
@@ -22,20 +23,33 @@ from peers.cases import Dataset, label_suffix, read_case, write_label
 
 
 def _transforms(dataset: Dataset, cfg):
-    from monai.transforms import Compose, NormalizeIntensityd, RandCropByPosNegLabeld, RandFlipd
+    from monai.transforms import (
+        Compose,
+        NormalizeIntensityd,
+        RandCropByLabelClassesd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+    )
 
     d = cfg.data
     cached = [NormalizeIntensityd(keys="image", nonzero=dataset.spatial_dims == 3, channel_wise=True)]
-    random = [
-        RandCropByPosNegLabeld(
-            keys=["image", "label"],
-            label_key="label",
-            spatial_size=list(d.patch_size),
-            pos=d.pos_fraction,
-            neg=1 - d.pos_fraction,
-            num_samples=d.samples_per_image,
+    keys, size, n = ["image", "label"], list(d.patch_size), d.samples_per_image
+    if d.class_ratios:  # the config draws patch centres per class: the same MONAI sampler
+        crop = RandCropByLabelClassesd(
+            keys,
+            "label",
+            size,
+            ratios=list(d.class_ratios),
+            num_classes=len(d.label_values),
+            num_samples=n,
             allow_smaller=True,
-        ),
+        )
+    else:
+        crop = RandCropByPosNegLabeld(
+            keys, "label", size, pos=d.pos_fraction, neg=1 - d.pos_fraction, num_samples=n, allow_smaller=True
+        )
+    random = [
+        crop,
         *[RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in range(dataset.spatial_dims)],
     ]
     return Compose(cached), Compose(cached + random)
