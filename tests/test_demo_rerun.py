@@ -21,8 +21,8 @@ import pytest
 import yaml
 from test_mammo_workflow import TRAIN_CONFIG as TINY_MAMMO_TRAIN
 from test_workflow import job_counts
+from workflow_helpers import run_workflow, workflow_command
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = "results/mammo/model"
 
 # The mammography workflow test's tiny model, with many short epochs and no early stop: that
@@ -32,21 +32,7 @@ TRAIN_CONFIG["train"].update(epochs=10, early_stopping={"monitor": "val_auc", "m
 
 
 def _snakemake(workdir: Path, *args: str, **kwargs):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+    return run_workflow(workdir, workdir / "tiny.yaml", *args, **kwargs)
 
 
 @pytest.fixture()
@@ -73,19 +59,7 @@ def workdir(tmp_path):
 def test_killed_training_resumes_then_reruns_do_only_what_is_needed(workdir):
     # 1. Start the workflow, kill it (SIGKILL, whole process group) once epoch 2 is on disk.
     latest = workdir / MODEL / "state" / "latest.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        "--cores",
-        "2",
-    ]
+    cmd = workflow_command(workdir, workdir / "tiny.yaml")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     before_kill = None

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from test_mammo_workflow import TRAIN_CONFIG as MAMMO_TRAIN
 from test_segment_workflow import TINY as SEGMENT_TINY
+from workflow_helpers import workflow_command
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "profiles" / "slurm"
@@ -240,18 +241,7 @@ VOLATILE = {"seconds", "images_per_second", "data_sha256"}
 
 def _snakemake(workdir: Path, *args: str, env=None, log: Path | None = None):
     """Snakemake on the tiny config in `workdir`; started in the background when `log` is given."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        *args,
-    ]
+    cmd = workflow_command(workdir, workdir / "tiny.yaml", *args, cores=None)
     if log:
         with open(log, "w") as out:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
