@@ -17,7 +17,6 @@ JSON: ``{TF: {"deepbind_auc", "kmer_lr_auc", "pwm_auc", "train_seconds", ...}}``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,84 +31,60 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from biocnn.checkpoint import load_weights
-from biocnn.config import EarlyStopping, TrainConfig
-from biocnn.deepbind.config import CalibrationSection, DataSection, DeepBindConfig, ModelSection, SearchSpace
+from biocnn.deepbind.config import DeepBindConfig, load_deepbind_config
 from biocnn.deepbind.data import labelled, read_set, split
-from biocnn.deepbind.model import DeepBind
 from biocnn.deepbind.search import apply_params, run_trial, select_best
-from biocnn.deepbind.train import CpuBudgetReached, auc_metrics, cpu_budget_callback, evaluate_model, train_deepbind
+from biocnn.deepbind.train import auc_metrics, evaluate_model, train_deepbind
 from biocnn.io.atomic import write_json
 from biocnn.io.sequences import one_hot_batch
 
-
-def deepbind_config(args) -> DeepBindConfig:
-    """The settings every experiment starts from; calibration varies lr, decay, dropout, etc."""
-    return DeepBindConfig(
-        data=DataSection(negatives_per_positive=args.negatives, val_fraction=0.1),
-        model=ModelSection(num_motifs=16, motif_len=24, pool="max", hidden=32, dropout=0.25),
-        train=TrainConfig(
-            epochs=args.max_epochs,
-            batch_size=args.batch_size,
-            lr=3e-3,
-            progress=False,
-            seed=args.seed,
-            device="cpu",
-            early_stopping=EarlyStopping(monitor="val_auc", mode="max", patience=4),
-        ),
-        calibration=CalibrationSection(
-            trials=args.trials,
-            folds=args.folds,
-            epochs=args.calibration_epochs,
-            max_train=args.calibration_positives,
-            seed=args.seed,
-            space=SearchSpace(
-                lr=(1e-3, 5e-3),
-                weight_decay=(1e-8, 1e-5),
-                dropout=[0.1, 0.25, 0.5],
-                init_scale=(0.02, 0.2),
-                hidden=[0, 32],
-                num_motifs=[16, 32],
-                pool=["max"],
-            ),
-        ),
-    )
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "deepbind_encode.yaml"
+DEFAULT_DB = REPO.parent / "shared" / "data" / "deepbind" / "db"
 
 
-def train_within_budget(ac: Path, cfg: DeepBindConfig, budget_cpu_s: float, seed: int):
-    """Calibrate on a subsample, then train the best configuration on all the data until early
-    stopping, ``train.epochs`` or the CPU budget: training stops before an epoch that would
-    take the experiment past ``budget_cpu_s`` CPU seconds (process time over all threads), and
-    the best epoch so far is kept. CPU time, not wall time, because other jobs on a shared
-    machine stretch the wall clock."""
+def train_within_budget(ac: Path, cfg: DeepBindConfig, budget_cpu_s: float):
+    """Calibrate on a subsample, then train the best configuration (``model.ensemble`` members,
+    merged into one model) on all the data until early stopping, ``train.epochs`` or the CPU
+    budget, which covers calibration and training: a member stops before an epoch that would
+    take it past its share and keeps its best epoch. CPU time (process time over all threads),
+    not wall time, because other jobs on a shared machine stretch the wall clock."""
     start, cpu0 = time.perf_counter(), time.process_time()
+    seed = cfg.train.seed
     seqs = read_set(ac, cfg.model.motif_len)
-    cal_data = labelled(seqs, cfg.data.negatives_per_positive, seed, cfg.calibration.max_train)
+    cal_data = labelled(seqs, cfg.data.negatives_per_positive, cfg.calibration.seed, cfg.calibration.max_train)
     results = [run_trial(cfg, i, cal_data) for i in range(cfg.calibration.trials)]
     best = select_best(results)
     tuned = apply_params(cfg, best["params"])
     data = labelled(seqs, cfg.data.negatives_per_positive, seed)
     train, val = split(data, cfg.data.val_fraction, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        budget = cpu_budget_callback(budget_cpu_s, cpu0)
-        try:
-            model, result = train_deepbind(
-                train, val, tuned.model, tuned.train, out_dir=tmp, extra_config={}, callbacks=[budget]
-            )
-            epochs = len(result.history)
-        except CpuBudgetReached:
-            # The training loop keeps the best epoch so far in state/; take it from there.
-            state = json.loads((Path(tmp) / "state" / "latest.json").read_text())
-            model = DeepBind(**tuned.model.model_dump())
-            model.load_state_dict(load_weights(Path(tmp) / "state" / state["best_weights"]))
-            epochs = len(state["history"])
+    left = budget_cpu_s - (time.process_time() - cpu0)
+    model, result = train_deepbind(train, val, tuned.model, tuned.train, cpu_budget_s=left)
     return model, {
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu0,
-        "epochs": epochs,
+        "epochs": len(result.history),
+        "val_auc": result.best_metrics.get("val_auc"),
         "calibration": best,
         "n_train": len(train),
     }
+
+
+def published_auc(db: Path, set_name: str, test) -> tuple[float, str]:
+    """AUC of the published DeepBind model for this set (matched in ``db.tsv`` by TF, cell line,
+    antibody and lab), imported by ``biocnn deepbind import``'s code and scored with the original
+    tool's windowed rule (its ``config.json`` says so)."""
+    from biocnn.checkpoint import load_model
+    from biocnn.deepbind.original import Scoring, evaluate_rule
+    from biocnn.deepbind.zoo import chipseq_model, import_models, read_index
+
+    model_id = chipseq_model(read_index(db), set_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = import_models(db, tmp, ids=[model_id])
+        if result.failures:
+            raise RuntimeError(f"import of {model_id} failed: {result.failures[0][1]}")
+        model, config = load_model(Path(tmp) / model_id, expect="deepbind")
+    return evaluate_rule(model, test, Scoring.from_config(config))["roc_auc"], model_id
 
 
 def kmer_lr_auc(train_seqs, train_y, test_seqs, test_y) -> float:
@@ -149,20 +124,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="DeepBind training config (YAML)")
+    parser.add_argument("--db", default=str(DEFAULT_DB), help="the DeepBind release's db/ (db.tsv + params/)")
     parser.add_argument(
         "--budget",
         type=float,
         default=280.0,
         help="CPU seconds per experiment (calibration + training), all threads counted",
     )
-    parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--folds", type=int, default=2)
-    parser.add_argument("--calibration-epochs", type=int, default=3)
-    parser.add_argument("--calibration-positives", type=int, default=2000)
-    parser.add_argument("--max-epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--negatives", type=int, default=1, help="shuffled negatives per positive")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="TF names to run (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -172,11 +141,12 @@ def main(argv=None) -> int:
     if not sets:
         print(f"no *_AC.seq.gz files in {args.data_dir}", file=sys.stderr)
         return 1
-    cfg = deepbind_config(args)
+    cfg = load_deepbind_config(args.config)
+    cal, m = cfg.calibration, cfg.model
     print(
-        f"DeepBind: {cfg.model.num_motifs} motifs x {cfg.model.motif_len} bp, {args.negatives} shuffled "
-        f"negatives per positive; calibration {args.trials} trials x {args.folds} folds x "
-        f"{args.calibration_epochs} epochs on {args.calibration_positives} positives; "
+        f"biocnn: {args.config}: {m.num_motifs} motifs x {m.motif_len} bp, ensemble of {m.ensemble}, "
+        f"{cfg.data.negatives_per_positive} shuffled negatives per positive; calibration {cal.trials} trials x "
+        f"{cal.folds} folds x {cal.epochs} epochs on {cal.max_train} positives; at most {cfg.train.epochs} epochs; "
         f"budget {args.budget:.0f} CPU-s per experiment (torch threads: {torch.get_num_threads()})"
     )
     results = {}
@@ -188,18 +158,22 @@ def main(argv=None) -> int:
         if not b.is_file():
             print(f"{tf}: no test set {b.name}, skipped", file=sys.stderr)
             continue
-        model, info = train_within_budget(ac, cfg, args.budget, args.seed)
-        test = labelled(read_set(b, cfg.model.motif_len), 1, args.seed)
+        model, info = train_within_budget(ac, cfg, args.budget)
+        test = labelled(read_set(b, cfg.model.motif_len), 1, cfg.train.seed)
         deepbind = evaluate_model(model, test)["roc_auc"]
-        train_data = labelled(read_set(ac, cfg.model.motif_len), args.negatives, args.seed)
+        published, published_id = published_auc(Path(args.db), b.name, test)
+        train_data = labelled(read_set(ac, cfg.model.motif_len), cfg.data.negatives_per_positive, cfg.train.seed)
         t0 = time.perf_counter()
         kmer = kmer_lr_auc(train_data.seqs, train_data.labels, test.seqs, test.labels)
         kmer_s = time.perf_counter() - t0
         pwm, pwm_id = pwm_auc(tf, test.seqs, test.labels)
         results[tf] = {
             "deepbind_auc": deepbind,
+            "published_auc": published,
+            "published_id": published_id,
             "kmer_lr_auc": kmer,
             "pwm_auc": pwm,
+            "val_auc": info["val_auc"],
             "train_seconds": info["seconds"],
             "train_cpu_seconds": info["cpu_seconds"],
             "epochs": info["epochs"],
@@ -209,26 +183,39 @@ def main(argv=None) -> int:
             "n_train": info["n_train"],
         }
         print(
-            f"{tf}: DeepBind {deepbind:.3f}  k-mer LR {kmer:.3f}  PWM {pwm:.3f} ({pwm_id})  "
-            f"{info['seconds']:.0f} s wall / {info['cpu_seconds']:.0f} s CPU, {info['epochs']} epochs",
+            f"{tf}: biocnn {deepbind:.4f}  published {published:.4f} ({published_id})  k-mer LR {kmer:.4f}  "
+            f"PWM {pwm:.4f} ({pwm_id})  {info['seconds']:.0f} s wall / {info['cpu_seconds']:.0f} s CPU, "
+            f"{info['epochs']} epochs",
             flush=True,
         )
 
     header = (
-        f"{'TF':<8} {'DeepBind':>9} {'k-mer LR':>9} {'PWM':>7} {'vs LR':>7} {'vs PWM':>7} {'wall s':>7} {'CPU s':>7}"
+        f"{'TF':<8} {'biocnn':>7} {'published':>10} {'k-mer LR':>9} {'PWM':>7} {'vs pub':>7} {'vs LR':>7} "
+        f"{'vs PWM':>7} {'wall s':>7} {'CPU s':>7}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for tf, r in results.items():
         print(
-            f"{tf:<8} {r['deepbind_auc']:>9.3f} {r['kmer_lr_auc']:>9.3f} {r['pwm_auc']:>7.3f} "
-            f"{r['deepbind_auc'] / r['kmer_lr_auc']:>7.3f} {r['deepbind_auc'] / r['pwm_auc']:>7.3f} "
+            f"{tf:<8} {r['deepbind_auc']:>7.4f} {r['published_auc']:>10.4f} {r['kmer_lr_auc']:>9.4f} "
+            f"{r['pwm_auc']:>7.4f} {r['deepbind_auc'] / r['published_auc']:>7.4f} "
+            f"{r['deepbind_auc'] / r['kmer_lr_auc']:>7.4f} {r['deepbind_auc'] / r['pwm_auc']:>7.4f} "
             f"{r['train_seconds']:>7.0f} {r['train_cpu_seconds']:>7.0f}"
         )
     if results:
-        mean = {k: float(np.mean([r[k] for r in results.values()])) for k in ("deepbind_auc", "kmer_lr_auc", "pwm_auc")}
-        print(f"{'mean':<8} {mean['deepbind_auc']:>9.3f} {mean['kmer_lr_auc']:>9.3f} {mean['pwm_auc']:>7.3f}")
-        wins = all(r["deepbind_auc"] > max(r["kmer_lr_auc"], r["pwm_auc"]) for r in results.values())
-        print(f"DeepBind above both baselines on every set: {wins}; mean AUC >= 0.95: {mean['deepbind_auc'] >= 0.95}")
+        keys = ("deepbind_auc", "published_auc", "kmer_lr_auc", "pwm_auc")
+        mean = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
+        print(
+            f"{'mean':<8} {mean['deepbind_auc']:>7.4f} {mean['published_auc']:>10.4f} {mean['kmer_lr_auc']:>9.4f} "
+            f"{mean['pwm_auc']:>7.4f} {mean['deepbind_auc'] / mean['published_auc']:>7.4f}"
+        )
+        wins = all(
+            r["deepbind_auc"] > max(r["published_auc"], r["kmer_lr_auc"], r["pwm_auc"]) for r in results.values()
+        )
+        print(
+            f"biocnn above the published model, k-mer LR and PWM on every set: {wins}; "
+            f"mean AUC >= 0.95: {mean['deepbind_auc'] >= 0.95}"
+        )
+        results["mean"] = mean
     write_json(args.out, results)  # atomic, like every biocnn output
     return 0
 

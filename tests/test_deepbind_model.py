@@ -173,3 +173,40 @@ def test_demo_data_is_byte_identical_for_the_same_seed(tmp_path):
     runs = [write_demo_binding(tmp_path / f"run{i}", seed=3, n_train=40, n_test=20, genome_bp=20_000) for i in (0, 1)]
     for name in runs[0]:
         assert runs[0][name].read_bytes() == runs[1][name].read_bytes(), name
+
+
+@pytest.mark.parametrize("pool", ["max", "maxavg"])
+def test_merged_ensemble_scores_the_mean_of_its_members_on_each_strand(pool):
+    from biocnn.deepbind.model import merge
+
+    torch.manual_seed(0)
+    members = [DeepBind(4, 6, pool, hidden, 0.0, 0.2).eval() for hidden in (0, 8, 0)]
+    merged = merge(members)
+    x = torch.from_numpy(np.stack([one_hot("ACGTAGGCTTAACGGANNAC"), one_hot("TTTTGGGGCCAAATTAGCGC")]))
+    for strand in (x, reverse_complement_onehot(x)):
+        mean = torch.stack([m.strand_scores(strand) for m in members]).mean(0)
+        torch.testing.assert_close(merged.strand_scores(strand), mean, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="share motif_len"):
+        merge([members[0], DeepBind(4, 8, pool, 0)])
+
+
+def test_an_ensemble_trains_its_members_and_saves_one_loadable_model(tmp_path):
+    from biocnn.checkpoint import load_model
+    from biocnn.config import TrainConfig
+    from biocnn.deepbind.config import ModelSection
+    from biocnn.deepbind.data import LabelledSequences
+    from biocnn.deepbind.train import train_deepbind
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACGT"), 30)) for _ in range(64)]
+    seqs = [s[:10] + "GGGCGGGG" + s[18:] if i % 2 else s for i, s in enumerate(seqs)]
+    data = LabelledSequences([str(i) for i in range(64)], seqs, np.arange(64, dtype=np.float32) % 2, "mem")
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.01, progress=False, device="cpu")
+    model, result = train_deepbind(
+        data, data, ModelSection(num_motifs=3, motif_len=6, hidden=4, ensemble=2), cfg, tmp_path
+    )
+    assert {row["member"] for row in result.history} == {0, 1} and "val_auc" in result.best_metrics
+    loaded, config = load_model(tmp_path)
+    assert config["model"]["num_motifs"] == 6 and config["model"]["hidden"] == 8
+    x = torch.from_numpy(np.stack([one_hot(s) for s in seqs[:8]]))
+    torch.testing.assert_close(loaded(x), model(x))

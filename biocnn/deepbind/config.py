@@ -43,6 +43,8 @@ class ModelSection(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     init_scale: float | None = Field(None, gt=0)
     both_strands: bool = True
+    # Members trained (seeds seed, seed + 1, ...) and merged into one model that averages them.
+    ensemble: int = Field(1, ge=1)
 
 
 class SearchSpace(StrictModel):

@@ -104,3 +104,51 @@ class DeepBind(nn.Module):
         # One pass over both strands (twice the batch) is faster than two passes.
         scores = self.strand_scores(torch.cat([x, reverse_complement_onehot(x)], dim=0))
         return torch.maximum(scores[:n], scores[n:])
+
+
+def merge(models: list[DeepBind]) -> DeepBind:
+    """One DeepBind model whose score is the mean of ``models``' scores on each strand.
+
+    An ensemble as an ordinary model (so every verb can use it): the detectors are stacked and
+    the heads become one block-diagonal hidden layer; a member without a hidden layer gets two
+    units, ``relu(s)`` and ``relu(-s)``, whose difference is its linear score ``s``. Members must
+    share ``motif_len``, pooling and strandedness. As for one model, the merged model keeps the
+    larger of the two strands' (mean) scores.
+    """
+    if not models:
+        raise ValueError("no models to merge")
+    first = models[0]
+    for m in models:
+        if (m.motif_len, m.head.pool, m.both_strands) != (first.motif_len, first.head.pool, first.both_strands):
+            raise ValueError("models to merge must share motif_len, pool and both_strands")
+    linears = [[layer for layer in m.head.mlp if isinstance(layer, nn.Linear)] for m in models]
+    units = [lin[0].out_features if len(lin) == 2 else 2 for lin in linears]
+    total_d, total_h, k = sum(m.num_motifs for m in models), sum(units), len(models)
+    maxavg = first.head.pool == "maxavg"
+    merged = DeepBind(total_d, first.motif_len, first.head.pool, total_h, 0.0, None, first.both_strands)
+    w1 = torch.zeros(total_h, total_d * (2 if maxavg else 1))
+    b1, w2, b2 = torch.zeros(total_h), torch.zeros(1, total_h), torch.zeros(1)
+    d0 = h0 = 0
+    with torch.no_grad():
+        for m, lin, h in zip(models, linears, units):
+            d = m.num_motifs
+            merged.motif_conv.weight[d0 : d0 + d] = m.motif_conv.weight
+            merged.motif_conv.bias[d0 : d0 + d] = m.motif_conv.bias
+            # The member's feature columns in the merged layout ([avg of all, max of all] for maxavg).
+            cols = list(range(d0, d0 + d)) + ([total_d + c for c in range(d0, d0 + d)] if maxavg else [])
+            if len(lin) == 2:
+                w1[h0 : h0 + h, cols] = lin[0].weight
+                b1[h0 : h0 + h] = lin[0].bias
+                w2[0, h0 : h0 + h] = lin[1].weight[0] / k
+                b2 += lin[1].bias / k
+            else:
+                w1[h0, cols], w1[h0 + 1, cols] = lin[0].weight[0], -lin[0].weight[0]
+                b1[h0], b1[h0 + 1] = lin[0].bias[0], -lin[0].bias[0]
+                w2[0, h0], w2[0, h0 + 1] = 1.0 / k, -1.0 / k
+            d0, h0 = d0 + d, h0 + h
+        out = [layer for layer in merged.head.mlp if isinstance(layer, nn.Linear)]
+        out[0].weight.copy_(w1)
+        out[0].bias.copy_(b1)
+        out[1].weight.copy_(w2)
+        out[1].bias.copy_(b2)
+    return merged.eval()

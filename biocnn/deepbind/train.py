@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from biocnn.checkpoint import load_weights, save_model
 from biocnn.config import TrainConfig
 from biocnn.deepbind.config import ModelSection
 from biocnn.deepbind.data import LabelledSequences
-from biocnn.deepbind.model import DeepBind
+from biocnn.deepbind.model import DeepBind, merge
 from biocnn.device import seed_everything
 from biocnn.metrics import roc_auc
 from biocnn.models import build_model
@@ -22,8 +27,23 @@ from biocnn.train import FitResult, fit, gather_outputs
 
 
 def model_spec(model: ModelSection) -> dict[str, Any]:
-    """The ``config.json`` model entry that :func:`biocnn.models.build_model` rebuilds."""
-    return {"name": "deepbind", **model.model_dump()}
+    """The ``config.json`` model entry that :func:`biocnn.models.build_model` rebuilds (one member)."""
+    return {"name": "deepbind", **model.model_dump(exclude={"ensemble"})}
+
+
+def merged_spec(model: DeepBind) -> dict[str, Any]:
+    """The ``config.json`` model entry of a merged ensemble (its stacked sizes, no dropout)."""
+    linears = [layer for layer in model.head.mlp if isinstance(layer, torch.nn.Linear)]
+    return {
+        "name": "deepbind",
+        "num_motifs": model.num_motifs,
+        "motif_len": model.motif_len,
+        "pool": model.head.pool,
+        "hidden": linears[0].out_features if len(linears) == 2 else 0,
+        "dropout": 0.0,
+        "init_scale": None,
+        "both_strands": model.both_strands,
+    }
 
 
 def auc_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -69,6 +89,56 @@ def cpu_budget_callback(budget_s: float, start: float | None = None):
     return check
 
 
+def _fit_one(train, val, model_cfg, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s):
+    """One model through :func:`fit`; with ``cpu_budget_s`` it stops before an epoch that would
+    pass the budget and keeps its best epoch so far (read back from the loop's ``state/``)."""
+    length = max(max(len(s) for s in train.seqs), max((len(s) for s in val.seqs), default=0) if val else 0)
+    x, y = train.tensors(length)
+    val_ds = TensorDataset(*val.tensors(length)) if val is not None else None
+    seed_everything(train_cfg.seed)
+    model = build_model(config["model"])
+    validate = make_validate(train_cfg.amp) if val is not None else None
+    if cpu_budget_s is None:
+        result = fit(
+            model,
+            TensorDataset(x, y),
+            val_ds,
+            loss_fn=F.binary_cross_entropy_with_logits,
+            config=train_cfg,
+            out_dir=out_dir,
+            model_config=config,
+            validate=validate,
+            resume=resume,
+            callbacks=callbacks,
+        )
+        return model, result
+    with contextlib.ExitStack() as stack:
+        work = Path(out_dir) if out_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            result = fit(
+                model,
+                TensorDataset(x, y),
+                val_ds,
+                loss_fn=F.binary_cross_entropy_with_logits,
+                config=train_cfg,
+                out_dir=work,
+                model_config=config,
+                validate=validate,
+                resume=resume,
+                callbacks=[*callbacks, cpu_budget_callback(cpu_budget_s)],
+            )
+        except CpuBudgetReached:
+            state = json.loads((work / "state" / "latest.json").read_text())
+            if state["best_weights"] is not None:
+                model.load_state_dict(load_weights(work / "state" / state["best_weights"]))
+            history = state["history"]
+            best = max(history, key=lambda r: r.get("val_auc", -r["train_loss"])) if history else {"epoch": 0}
+            result = FitResult(int(best["epoch"]), {k: v for k, v in best.items() if k != "epoch"}, history, True)
+            if out_dir is not None:
+                save_model(out_dir, model, config, {"best_epoch": result.best_epoch, **result.best_metrics})
+    return model.eval(), result
+
+
 def train_deepbind(
     train: LabelledSequences,
     val: LabelledSequences | None,
@@ -78,32 +148,41 @@ def train_deepbind(
     extra_config: dict[str, Any] | None = None,
     resume: bool = False,
     callbacks=(),
+    cpu_budget_s: float | None = None,
 ) -> tuple[DeepBind, FitResult]:
     """Build a DeepBind model from ``model_cfg`` (seeded) and train it with the shared loop.
 
     ``out_dir=None`` trains in memory (calibration folds). Sequences of both sets are encoded
     at one common length (the longest), shorter ones filled with the neutral 0.25.
+    ``model_cfg.ensemble`` > 1 trains that many members (seeds ``seed``, ``seed + 1``, ...) and
+    returns them merged into one model (:func:`~biocnn.deepbind.model.merge`; members train in
+    memory, so ``resume`` restarts them). ``cpu_budget_s``: CPU seconds (process time, all
+    threads) for all members together, shared out evenly; each keeps its best epoch so far.
     """
-    length = max(max(len(s) for s in train.seqs), max((len(s) for s in val.seqs), default=0) if val else 0)
-    x, y = train.tensors(length)
-    val_ds = TensorDataset(*val.tensors(length)) if val is not None else None
-    seed_everything(train_cfg.seed)
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
-    model = build_model(config["model"])
-    validate = make_validate(train_cfg.amp) if val is not None else None
-    result = fit(
-        model,
-        TensorDataset(x, y),
-        val_ds,
-        loss_fn=F.binary_cross_entropy_with_logits,
-        config=train_cfg,
-        out_dir=out_dir,
-        model_config=config,
-        validate=validate,
-        resume=resume,
-        callbacks=callbacks,
-    )
-    return model, result
+    if model_cfg.ensemble == 1:
+        return _fit_one(train, val, model_cfg, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s)
+    start = time.process_time()
+    members, history, results = [], [], []
+    member_config = {"model": model_spec(model_cfg.model_copy(update={"ensemble": 1}))}
+    for i in range(model_cfg.ensemble):
+        share = None
+        if cpu_budget_s is not None:
+            share = (cpu_budget_s - (time.process_time() - start)) / (model_cfg.ensemble - i)
+        cfg_i = train_cfg.model_copy(update={"seed": train_cfg.seed + i})
+        model, result = _fit_one(train, val, model_cfg, cfg_i, None, member_config, False, callbacks, share)
+        members.append(model)
+        results.append(result)
+        history += [{"member": i, **row} for row in result.history]
+    merged = merge(members)
+    metrics: dict[str, Any] = {f"member_{i}_val_auc": r.best_metrics.get("val_auc") for i, r in enumerate(results)}
+    if val is not None:
+        m = evaluate_model(merged, val)
+        metrics.update({"val_auc": m["roc_auc"], "val_pr_auc": m["pr_auc"]})
+    best_epoch = max(r.best_epoch for r in results)
+    if out_dir is not None:
+        save_model(out_dir, merged, {**config, "model": merged_spec(merged)}, {"best_epoch": best_epoch, **metrics})
+    return merged, FitResult(best_epoch, metrics, history, any(r.stopped_early for r in results))
 
 
 def evaluate_model(model: torch.nn.Module, data: LabelledSequences, batch_size: int = 512) -> dict[str, Any]:

@@ -410,3 +410,36 @@ def import_models(
         if progress is not None:
             progress(n, len(chosen))
     return result
+
+
+def details(entry: ZooEntry) -> dict[str, str]:
+    """``Experiment Details`` as a dict (``['CellLine=K562', 'Lab=X']`` -> ``{'CellLine': 'K562', ...}``)."""
+    return dict(item.split("=", 1) for item in entry.experiment_details if "=" in item)
+
+
+def chipseq_model(index: dict[str, ZooEntry], set_name: str) -> str:
+    """The published ENCODE ChIP-seq model of a set named ``<TF>_<cell line>_<antibody>_<lab>``.
+
+    The name is the ENCODE file's stem (``_AC.seq.gz`` / ``_B.seq.gz`` dropped; the antibody may
+    itself hold underscores). The model's protein, cell line, antibody and lab must all match,
+    and it must have a parameter file; none or several matches is an :class:`InputError`.
+    """
+    stem = Path(set_name).name
+    for suffix in ("_AC.seq.gz", "_B.seq.gz", ".seq.gz"):
+        stem = stem.removesuffix(suffix)
+    parts = stem.split("_")
+    if len(parts) < 4:
+        raise InputError(set_name, "not an ENCODE set name <TF>_<cell line>_<antibody>_<lab>")
+    want = {"CellLine": parts[1], "Antibody": "_".join(parts[2:-1]), "Lab": parts[-1]}
+    found = [
+        e.id
+        for e in index.values()
+        if not e.deprecated
+        and e.experiment == "ChIP-seq"
+        and e.protein.lower() == parts[0].lower()
+        and all(details(e).get(k) == v for k, v in want.items())
+    ]
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(found)})"
+        raise InputError(set_name, f"{what} published ChIP-seq model of {parts[0]} with {want}")
+    return found[0]
