@@ -64,3 +64,37 @@ def non_negative_int(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
     return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a number above 0 (seconds)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return number
+
+
+def add_budget_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-seconds`` and ``--max-steps`` on a ``train`` verb (``train.max_seconds`` / ``max_steps``)."""
+    parser.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        help="override train.max_seconds: stop before the step that would take the training loop past "
+        "this wall clock (the best weights so far are the model)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        help="override train.max_steps: stop after this many optimizer steps (the reproducible budget)",
+    )
+
+
+def budget_overrides(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The config overrides of :func:`add_budget_options` (``None``: keep the config's value)."""
+    return {
+        "train.max_seconds": getattr(args, "max_seconds", None),
+        "train.max_steps": getattr(args, "max_steps", None),
+    }

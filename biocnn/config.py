@@ -49,6 +49,10 @@ class TrainConfig(StrictModel):
     # Epochs of linear LR warm-up (from lr / 10) before the schedule; not with "plateau".
     warmup_epochs: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
+    # Training budgets (none by default): stop before the optimizer step that would take the
+    # wall clock of this run past max_seconds, or after max_steps steps in all (reproducible).
+    max_seconds: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
     early_stopping: EarlyStopping = EarlyStopping()
     amp: bool = True
     num_workers: int = Field(0, ge=0)

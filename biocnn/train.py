@@ -19,6 +19,12 @@ Files in ``out_dir``:
 Reproducibility: every epoch reseeds all RNGs from ``(seed, epoch)`` and the data order is
 drawn from a generator seeded the same way, so a run resumed after epoch k draws exactly the
 batches and dropout masks an uninterrupted run would have.
+
+Budgets: ``train.max_steps`` stops after that many optimizer steps in all (the same weights on
+every run), ``train.max_seconds`` before the step that would take this run's wall clock past
+the budget (where it stops depends on the machine's speed). A partial last epoch is validated
+like a full one, so a stopped run still has a best model; it is not written to ``state/``, so
+``resume`` repeats that epoch from its start.
 """
 
 from __future__ import annotations
@@ -63,6 +69,10 @@ class FitResult:
     best_metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    # Why training ended: "epochs", "early_stopping", "max_seconds" or "max_steps".
+    stopped: str = "epochs"
+    steps_done: int = 0
+    loop_seconds: float = 0.0
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -253,6 +263,41 @@ class _EarlyStopping:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
 
 
+class _Budget:
+    """When to stop before the next optimizer step: ``max_steps`` steps done in all, or a wall
+    clock (since this run started) that the next step and the validation after it would take
+    past ``max_seconds``.
+
+    The next step's cost is the mean step time of this run (data loading included) and the
+    validation's the last one measured; a time budget always allows this run one step.
+    """
+
+    def __init__(self, cfg: TrainConfig, steps_done: int):
+        self.max_seconds, self.max_steps = cfg.max_seconds, cfg.max_steps
+        self.start = time.perf_counter()
+        self.steps = 0  # steps of this run (a resumed run counts from the resume)
+        self.step_seconds = 0.0
+        self.validation_seconds = 0.0
+        self.steps_before = steps_done
+
+    def step_done(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_seconds += seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def reason(self) -> str | None:
+        """``"max_steps"`` or ``"max_seconds"`` when the next step must not start, else ``None``."""
+        if self.max_steps is not None and self.steps_before + self.steps >= self.max_steps:
+            return "max_steps"
+        if self.max_seconds is not None and self.steps:
+            next_step = self.step_seconds / self.steps
+            if self.elapsed() + next_step + self.validation_seconds > self.max_seconds:
+                return "max_seconds"
+        return None
+
+
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state -> (tensors for safetensors, the rest for JSON). No pickle."""
     tensors, meta = {}, {}
@@ -314,6 +359,8 @@ class Trainer:
         self.stopper = _EarlyStopping(es.mode, es.patience, es.min_delta)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 1
+        self.steps_done = 0  # optimizer steps over the whole run, resumes included
+        self.budget = _Budget(config, 0)
         # The best epoch's weights (CPU copies) and metrics row; with an out_dir the weights
         # are also written to state/ (see _best_file) so that resume finds them.
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -346,9 +393,21 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------- epochs
-    def _train_epoch(self, loader: DataLoader, epoch: int) -> float:
+    def _stop_reason(self) -> str | None:
+        """The budget's verdict before the next step; under torchrun rank 0's, so that all
+        ranks stop at the same step."""
+        reason = self.budget.reason()
+        if self.budget.max_seconds is not None and self.dist.enabled:
+            reason = self.dist.broadcast(reason)
+        return reason
+
+    def _train_epoch(self, loader: DataLoader, epoch: int) -> tuple[float, int, str | None]:
+        """Train one epoch, or its first steps when a budget ends inside it; returns the mean
+        loss, the steps taken and the budget that stopped it (``None`` for a full epoch)."""
         self.net.train()
-        total, count = 0.0, 0
+        total, count, steps, reason = 0.0, 0, 0, None
+        n_batches = len(loader)
+        tick = time.perf_counter()
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
@@ -373,7 +432,16 @@ class Trainer:
             total += loss.item() * n
             count += n
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        return total / max(count, 1)
+            steps += 1
+            self.steps_done += 1
+            now = time.perf_counter()
+            self.budget.step_done(now - tick)
+            tick = now
+            if steps < n_batches:
+                reason = self._stop_reason()
+                if reason is not None:
+                    break
+        return total / max(count, 1), steps, reason
 
     @torch.no_grad()
     def _default_validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
@@ -425,6 +493,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.stopper.state_dict(),
             "history": self.history,
+            "steps": self.steps_done,
             "seed": self.cfg.seed,
             "best_weights": self._best_file(),
             "best_row": self.best_row,
@@ -455,6 +524,7 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.stopper.load_state_dict(meta["early_stopping"])
         self.history = meta["history"]
+        self.steps_done = meta.get("steps", 0)
         self.best_row = meta["best_row"]
         if meta["best_weights"] is not None:
             self.best_weights = load_weights(self._state_dir() / meta["best_weights"])
@@ -508,26 +578,37 @@ class Trainer:
                 self.net = self.model
 
     def _run(self, train_data, val_data, sample_weights, monitor) -> FitResult:
-        stopped_early = self.stopper.should_stop and self.start_epoch > 1
+        self.budget = _Budget(self.cfg, self.steps_done)  # the clock starts here, also on resume
+        stopped = "early_stopping" if self.stopper.should_stop and self.start_epoch > 1 else "epochs"
         val_loader = self._loader(val_data, 0, False, None) if val_data is not None else None
         for epoch in range(self.start_epoch, self.cfg.epochs + 1):
-            if stopped_early:
+            if stopped != "epochs":
+                break
+            reason = self._stop_reason()
+            if reason is not None:  # the budget ended with the last epoch: nothing new to validate
+                stopped = reason
                 break
             seed_everything(epoch_seed(self.cfg.seed, epoch))
             reseed_transforms(train_data, epoch_seed(self.cfg.seed, epoch))
             start = time.perf_counter()
-            train_loss = self._train_epoch(self._loader(train_data, epoch, True, sample_weights), epoch)
+            loader = self._loader(train_data, epoch, True, sample_weights)
+            train_loss, steps, reason = self._train_epoch(loader, epoch)
+            validation_start = time.perf_counter()
             metrics = self.dist.broadcast(self._validate(val_loader) if self.dist.is_main else None)
+            self.budget.validation_seconds = time.perf_counter() - validation_start
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 **metrics,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
+                "step": self.steps_done,
             }
+            if reason is not None:
+                row["partial"] = f"{steps} of {len(loader)} steps ({reason})"
             if monitor not in row:
                 raise ValueError(f"early_stopping.monitor is {monitor!r} but the epoch produced {sorted(row)}")
-            if self.scheduler is not None:
+            if self.scheduler is not None and reason is None:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(row[monitor])
                 else:
@@ -538,7 +619,8 @@ class Trainer:
                 self._save_best(row)
             if self.dist.is_main:
                 if self.out_dir is not None:
-                    self._save_state(epoch)
+                    if reason is None:  # a partial epoch is not resumable state (see the module doc)
+                        self._save_state(epoch)
                     self._write_metrics()
                 log.info(
                     "epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
@@ -546,21 +628,50 @@ class Trainer:
             self.dist.barrier()
             for callback in self.callbacks:
                 callback(epoch, row)
-            stopped_early = self.stopper.should_stop
-        return self._finish(stopped_early)
+            if reason is not None:
+                stopped = reason
+            elif self.stopper.should_stop:
+                stopped = "early_stopping"
+        if stopped in ("max_seconds", "max_steps"):
+            log.info(
+                "training stopped by train.%s after %d steps (%.0f s)", stopped, self.steps_done, self.budget.elapsed()
+            )
+        return self._finish(stopped)
 
-    def _finish(self, stopped_early: bool) -> FitResult:
+    def _finish(self, stopped: str) -> FitResult:
         """Load the best weights into the model (as Keras' ``restore_best_weights``) and, when
-        there is an output directory, write the model directory from them."""
+        there is an output directory, write the model directory from them.
+
+        ``metrics.json`` holds the best epoch's row and how training ended: ``stopped``,
+        ``epochs_done`` (the last one possibly partial), ``steps_done``, ``loop_seconds`` (this
+        run's loop) and ``loop_finished_at`` (Unix time), which lets a caller tell the loop from
+        what its process did before and after it.
+        """
         self.dist.barrier()
+        ended = {
+            "stopped": stopped,
+            "epochs_done": self.history[-1]["epoch"] if self.history else 0,
+            "steps_done": self.steps_done,
+            "loop_seconds": self.budget.elapsed(),
+            "loop_finished_at": time.time(),
+        }
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
             if self.out_dir is not None and self.dist.is_main:
                 assert self.model_config is not None
                 config = dict(self.model_config)
                 config["train"] = self.cfg.model_dump()
-                save_model(self.out_dir, self.model, config, {"best_epoch": self.best_row["epoch"], **self.best_row})
-        return FitResult(self.stopper.best_epoch, dict(self.best_row), self.history, stopped_early)
+                metrics = {"best_epoch": self.best_row["epoch"], **self.best_row, **ended}
+                save_model(self.out_dir, self.model, config, metrics)
+        return FitResult(
+            self.stopper.best_epoch,
+            dict(self.best_row),
+            self.history,
+            stopped == "early_stopping",
+            stopped,
+            self.steps_done,
+            ended["loop_seconds"],
+        )
 
 
 def fit(

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,27 @@ def test_missing_input_file_is_one_line_error(tmp_path):
     )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "biocnn: error:" in run.stderr
+
+
+def test_every_train_verb_takes_the_budget_and_refuses_a_zero_one(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    for task in ("mammo", "segment", "deepbind"):
+        args = build_parser().parse_args([task, "train", "--config", str(config), "--out", "m", "--max-seconds", "300"])
+        assert (args.max_seconds, args.max_steps) == (300.0, None)
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([task, "train", "--config", str(config), "--out", "m", "--max-seconds", "0"])
+        assert exit_.value.code == 2 and "--max-seconds: must be above 0" in capsys.readouterr().err
+
+
+def test_deepbind_train_max_steps_reaches_the_trainer(tmp_path):
+    rng = __import__("random").Random(0)
+    rows = [f"A\tpeak{i}\t{''.join(rng.choice('ACGT') for _ in range(40))}\t1" for i in range(40)]
+    table = tmp_path / "train.seq"
+    table.write_text("FoldID\tEventID\tseq\tBound\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "model"
+    config = Path(__file__).parents[1] / "configs" / "deepbind_demo.yaml"
+    argv = ["deepbind", "train", "--config", str(config), "--train", str(table), "--out", str(out)]
+    assert main([*argv, "--max-steps", "3"]) == 0  # 72 training sequences, batches of 64: 2 steps per epoch
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped"] == "max_steps" and metrics["steps_done"] == 3 and metrics["epochs_done"] == 2

@@ -1,4 +1,4 @@
-"""The shared training loop: resume after a hard kill, early stopping, seeding, DDP on gloo."""
+"""The shared training loop: resume after a hard kill, early stopping, seeding, budgets, DDP on gloo."""
 
 import json
 import multiprocessing as mp
@@ -251,3 +251,52 @@ def test_warmup_ramps_the_rate_then_hands_over_and_survives_resume(tmp_path):
     assert rows(tmp_path / "resumed") == pytest.approx(rows(tmp_path / "full"))
     with pytest.raises(ValueError, match="plateau"):
         _config(warmup_epochs=2, scheduler="plateau")
+
+
+def _rows(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_max_steps_stops_mid_epoch_keeps_best_and_resume_repeats_the_partial_epoch(tmp_path):
+    """6 steps per epoch; max_steps 9 stops in epoch 2, which is validated but not resumable
+    state, so resuming without the budget ends with the uninterrupted run's weights."""
+    full, _ = _train(tmp_path / "full", _config(epochs=3))
+    assert full.stopped == "epochs" and full.steps_done == 18  # default: no budget, every epoch
+    assert all("partial" not in row for row in full.history)
+
+    stopped, model = _train(tmp_path / "budget", _config(epochs=3, max_steps=9))
+    assert stopped.stopped == "max_steps" and stopped.steps_done == 9
+    assert [r["epoch"] for r in stopped.history] == [1, 2] and "val_loss" in stopped.history[1]
+    assert stopped.history[1]["partial"] == "3 of 6 steps (max_steps)"
+    metrics = json.loads((tmp_path / "budget" / "metrics.json").read_text())
+    assert metrics["stopped"] == "max_steps" and metrics["steps_done"] == 9 and metrics["epochs_done"] == 2
+    loaded, _ = load_model(tmp_path / "budget")
+    best = min(stopped.history, key=lambda r: r["val_loss"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in loaded.state_dict().items())
+    assert json.loads((tmp_path / "budget" / "state" / "latest.json").read_text())["epoch"] == 1
+
+    again, _ = _train(None, _config(epochs=3, max_steps=9))  # same config + seed: same weights
+    assert again.history[1]["train_loss"] == stopped.history[1]["train_loss"]
+
+    resumed, _ = _train(tmp_path / "budget", _config(epochs=3), resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3] and resumed.steps_done == 18
+    a, b = (load_weights(tmp_path / d / "weights.safetensors") for d in ("full", "budget"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_steps_at_an_epoch_boundary_stops_without_an_empty_epoch(tmp_path):
+    result, _ = _train(tmp_path, _config(epochs=3, max_steps=6))
+    assert result.stopped == "max_steps" and [r["epoch"] for r in result.history] == [1]
+    assert "partial" not in result.history[0] and (tmp_path / "weights.safetensors").is_file()
+
+
+def test_tiny_max_seconds_stops_early_but_validates_once(tmp_path):
+    result, _ = _train(tmp_path, _config(epochs=4, max_seconds=0.001))
+    assert result.stopped == "max_seconds" and len(result.history) < 4
+    assert result.steps_done < 24 and "val_loss" in result.history[-1]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["stopped"] == "max_seconds" and metrics["steps_done"] == result.steps_done
+    assert (tmp_path / "weights.safetensors").is_file()
+    with pytest.raises(ValueError, match="max_seconds"):
+        _config(max_seconds=0)

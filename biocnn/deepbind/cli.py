@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from biocnn.cli_common import add_group, add_verb
+from biocnn.cli_common import add_budget_options, add_group, add_verb, budget_overrides
 
 log = logging.getLogger("biocnn.deepbind")
 
@@ -15,7 +15,11 @@ log = logging.getLogger("biocnn.deepbind")
 def _config(args: argparse.Namespace):
     from biocnn.deepbind.config import load_deepbind_config
 
-    overrides = {"data.train": getattr(args, "train", None), "data.test": getattr(args, "test", None)}
+    overrides = {
+        "data.train": getattr(args, "train", None),
+        "data.test": getattr(args, "test", None),
+        **budget_overrides(args),
+    }
     return load_deepbind_config(args.config, overrides)
 
 
@@ -264,6 +268,7 @@ def register(subparsers) -> None:
     p.add_argument("--train", help="training sequences (overrides data.train)")
     p.add_argument("--calibration", help="best.json from 'calibrate': retrain its configuration on all data")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_budget_options(p)
 
     p = add_verb(verbs, "evaluate", _evaluate, "ROC AUC and PR AUC on held-out sequences")
     p.add_argument("--model", required=True, help="model directory")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from biocnn.cli_common import add_group, add_verb, existing_file, existing_path, non_negative_int, positive_int
+from biocnn.cli_common import (
+    add_budget_options,
+    add_group,
+    add_verb,
+    budget_overrides,
+    existing_file,
+    existing_path,
+    non_negative_int,
+    positive_int,
+)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -33,7 +42,12 @@ def _train(args: argparse.Namespace) -> int:
         args.config,
         args.out,
         resume=args.resume,
-        overrides={"data.manifest": args.manifest, "data.label_column": args.label_column, "train.device": args.device},
+        overrides={
+            "data.manifest": args.manifest,
+            "data.label_column": args.label_column,
+            "train.device": args.device,
+            **budget_overrides(args),
+        },
     )
     print(json.dumps(metrics, indent=2, default=str))
     return 0
@@ -103,6 +117,7 @@ def register(subparsers) -> None:
     p.add_argument("--label-column", help="manifest column with the 0/1 target (overrides data.label_column)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    add_budget_options(p)
 
     p = add_verb(verbs, "evaluate", _evaluate, "AUC (95%% CI), sens/spec at 90%%, calibration, ROC on a manifest")
     p.add_argument("--model", required=True, type=existing_path, help="model directory")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from biocnn.cli_common import add_group, add_verb, existing_file, existing_path
+from biocnn.cli_common import add_budget_options, add_group, add_verb, budget_overrides, existing_file, existing_path
 
 DATALIST_KEY_HELP = "the list of a datalist JSON to read (default: test)"
 
@@ -39,6 +39,7 @@ def _train(args) -> int:
         "train.epochs": args.epochs,
         "train.seed": args.seed,
         "train.device": args.device,
+        **budget_overrides(args),
     }
     print(json.dumps(train(args.config, args.out, resume=args.resume, overrides=overrides), indent=2))
     return 0
@@ -106,6 +107,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="override train.seed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_budget_options(p)
 
     p = add_verb(verbs, "predict", _predict, "label maps, probabilities, entropy and mutual information")
     p.add_argument("--model", action="append", required=True, help="model directory (repeat for an ensemble)")
