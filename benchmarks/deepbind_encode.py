@@ -64,6 +64,7 @@ def train_within_budget(ac: Path, cfg: DeepBindConfig, budget_cpu_s: float):
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu0,
         "epochs": len(result.history),
+        "members": len({row.get("member", 0) for row in result.history}),
         "val_auc": result.best_metrics.get("val_auc"),
         "calibration": best,
         "n_train": len(train),
@@ -177,6 +178,7 @@ def main(argv=None) -> int:
             "train_seconds": info["seconds"],
             "train_cpu_seconds": info["cpu_seconds"],
             "epochs": info["epochs"],
+            "members": info["members"],
             "calibrated_params": info["calibration"]["params"],
             "kmer_lr_seconds": kmer_s,
             "pwm_motif": pwm_id,
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         print(
             f"{tf}: biocnn {deepbind:.4f}  published {published:.4f} ({published_id})  k-mer LR {kmer:.4f}  "
             f"PWM {pwm:.4f} ({pwm_id})  {info['seconds']:.0f} s wall / {info['cpu_seconds']:.0f} s CPU, "
-            f"{info['epochs']} epochs",
+            f"{info['members']} member(s), {info['epochs']} epochs, validation AUC {info['val_auc']:.4f}",
             flush=True,
         )
 

@@ -154,10 +154,11 @@ def train_deepbind(
 
     ``out_dir=None`` trains in memory (calibration folds). Sequences of both sets are encoded
     at one common length (the longest), shorter ones filled with the neutral 0.25.
-    ``model_cfg.ensemble`` > 1 trains that many members (seeds ``seed``, ``seed + 1``, ...) and
-    returns them merged into one model (:func:`~biocnn.deepbind.model.merge`; members train in
-    memory, so ``resume`` restarts them). ``cpu_budget_s``: CPU seconds (process time, all
-    threads) for all members together, shared out evenly; each keeps its best epoch so far.
+    ``model_cfg.ensemble`` > 1 trains up to that many members (seeds ``seed``, ``seed + 1``, ...)
+    and returns them merged into one model (:func:`~biocnn.deepbind.model.merge`; members train
+    in memory, so ``resume`` restarts them). ``cpu_budget_s``: CPU seconds (process time, all
+    threads) for everything; a model stops before an epoch that would pass it and keeps its best
+    epoch so far, and a further member starts only if the members' mean cost still fits.
     """
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
     if model_cfg.ensemble == 1:
@@ -168,7 +169,9 @@ def train_deepbind(
     for i in range(model_cfg.ensemble):
         share = None
         if cpu_budget_s is not None:
-            share = (cpu_budget_s - (time.process_time() - start)) / (model_cfg.ensemble - i)
+            share = cpu_budget_s - (time.process_time() - start)
+            if members and share < (time.process_time() - start) / len(members):
+                break  # another member would not fit: the ensemble is what the budget allows
         cfg_i = train_cfg.model_copy(update={"seed": train_cfg.seed + i})
         model, result = _fit_one(train, val, model_cfg, cfg_i, None, member_config, False, callbacks, share)
         members.append(model)
