@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from biocnn.deepbind.model import DeepBind
-from biocnn.deepbind.scan_batches import scan_jobs
+from biocnn.deepbind.scan_batches import scan_jobs, uninformative_windows
 from biocnn.deepbind.scan_pipeline import ScanPipeline
 from biocnn.deepbind.scan_scorer import WindowScorer
 from biocnn.deepbind.tracks import TrackWriter
 from biocnn.errors import InputError
 from biocnn.io.atomic import temporary_dir, write_json
+from biocnn.io.fasta_stream import chunk_codes
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +73,34 @@ class ZooScorer:
     ) -> np.ndarray:
         """``(models, windows)`` scores of the windows of a chunk of ASCII bases, each row what the
         model's own :meth:`~biocnn.deepbind.scan_scorer.WindowScorer.score_bases` gives (masked
-        windows included)."""
+        windows included). The chunk is encoded and checked for windows without A/C/G/T once,
+        and every model reads the same codes."""
         n = len(raw)
         if not self.native:
             return _stack([scorer.score_bases(raw, record, source, offset) for scorer in self.scorers])
-        rows: list = [None] * len(self.scorers)
+        n_windows = (n - self.window) // self.stride + 1
+        if n_windows < 1:
+            return np.zeros((len(self.scorers), 0), np.float32)
+        buf = getattr(self._local, "buffer", None)
+        if buf is None or len(buf) < self.lead + n + self.tail:
+            buf = self._local.buffer = np.zeros(self.lead + n + self.tail, np.uint8)
+        codes = chunk_codes(raw, record, source, offset, self.kernels, out=buf[self.lead : self.lead + n])
+        scores = np.empty((len(self.scorers), n_windows), np.float32)
 
-        def run(i: int) -> None:
-            # The thread's one code buffer, lent to every model's scorer (each would keep its own).
-            buf = getattr(self._local, "buffer", None)
-            if buf is None or len(buf) < self.lead + n + self.tail:
-                buf = self._local.buffer = np.zeros(self.lead + n + self.tail, np.uint8)
-            self.scorers[i]._local.buffer = buf
-            rows[i] = self.scorers[i].score_bases(raw, record, source, offset, split=False)
+        def run(i: int) -> None:  # the kernels read the codes from ``lead`` on, with their margins
+            scores[i] = self.scorers[i].score_codes(buf, self.lead, n_windows, split=False)
 
         if self.pool is None:
             for i in range(len(self.scorers)):
                 run(i)
         else:  # the kernels run without the GIL; one task per model balances different motif lengths
             list(self.pool.map(run, range(len(self.scorers))))
-        return _stack(rows)
+        masked = uninformative_windows(codes, n_windows, self.window, self.stride)
+        if not masked.size:
+            return scores
+        mask = np.zeros(scores.shape, bool)
+        mask[:, masked] = True
+        return np.ma.masked_array(scores, mask)
 
     def score_whole(self, raw: bytes, record: str, source: str | Path, offset: int = 0) -> np.ndarray:
         """``(models, 1)`` scores of a piece shorter than a window, scored whole; NaN for the models

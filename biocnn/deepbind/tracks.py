@@ -25,6 +25,9 @@ def _start_writeback(fd: int) -> None:
 
 
 _SYNC_FILE_RANGE = None
+# Write-out of a bedGraph is started once this many bytes were written since the last start (not
+# after every batch: a many-model scan writes small batches to many files).
+WRITEBACK_BYTES = 1 << 20
 
 
 class TrackWriter:
@@ -41,6 +44,7 @@ class TrackWriter:
         self.n_peaks = 0
         self.uninformative = 0  # masked windows (no A/C/G/T base): in neither file
         self._text = np.empty(0, np.uint8)
+        self._unsynced = 0  # bedGraph bytes written since the last start of write-out
 
     def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
         """Write windows starting at ``starts`` (ending at ``ends``, default ``starts + window``).
@@ -72,17 +76,31 @@ class TrackWriter:
         first = np.r_[0, breaks]
         run_end = np.maximum.reduceat(e, first)
         run_best = np.maximum.reduceat(v, first)
-        runs = zip(a[first].tolist(), run_end.tolist(), run_best.tolist())
-        if self.peak is not None and self.peak[0] == chrom:  # a peak open from the last batch
-            r0 = next(runs)
-            if r0[0] <= self.peak[2]:
-                self.peak[2], self.peak[3] = max(self.peak[2], r0[1]), max(self.peak[3], r0[2])
-            else:
-                self.flush()
-                self.peak = [chrom, *r0]
-        for run in runs:
-            self.flush()
-            self.peak = [chrom, *run]
+        run_start = a[first].tolist()
+        run_end, run_best = run_end.tolist(), run_best.tolist()
+        i = 0
+        if self.peak is not None and self.peak[0] == chrom and run_start[0] <= self.peak[2]:
+            # the first run continues the peak left open by the last batch
+            self.peak[2], self.peak[3] = max(self.peak[2], run_end[0]), max(self.peak[3], run_best[0])
+            i = 1
+        if i == len(run_start):
+            return
+        self.flush()  # the open peak ends before this batch's next run
+        last = len(run_start) - 1  # the last run stays open: the next batch may continue it
+        if last > i:  # the runs in between are whole peaks: one write for all of them
+            self.bed.write(
+                "".join(
+                    f"{chrom}\t{start}\t{end}\tpeak{n}\t{best:.4f}\n"
+                    for n, start, end, best in zip(
+                        range(self.n_peaks + 1, self.n_peaks + 1 + last - i),
+                        run_start[i:last],
+                        run_end[i:last],
+                        run_best[i:last],
+                    )
+                )
+            )
+            self.n_peaks += last - i
+        self.peak = [chrom, run_start[last], run_end[last], run_best[last]]
 
     def _bedgraph(self, chrom: str, lo: np.ndarray, hi: np.ndarray, scores: np.ndarray) -> None:
         if self.kernels is None:
@@ -100,8 +118,11 @@ class TrackWriter:
             self._text = np.empty(size, np.uint8)
         n = self.kernels.bedgraph(name, lo, hi, scores, self._text)
         self.bg.write(memoryview(self._text)[:n])
-        self.bg.flush()
-        _start_writeback(self.bg.fileno())
+        self._unsynced += n
+        if self._unsynced >= WRITEBACK_BYTES:
+            self.bg.flush()
+            _start_writeback(self.bg.fileno())
+            self._unsynced = 0
 
     def flush(self) -> None:
         if self.peak is not None:
