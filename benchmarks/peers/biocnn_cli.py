@@ -1,11 +1,11 @@
 """biocnn through its command line, as a user runs it: ``segment train`` with the shipped config,
 ``segment predict`` (Monte Carlo uncertainty and the review score) and ``segment evaluate``.
 
-``segment train`` has no wall-clock limit, only ``--epochs``. To give it the budget the peers
-get, a one-epoch probe run measures the epoch time and the fixed cost of a training run
-(reading and caching the data, calibration, the review statistics), and the real run gets the
-epochs that fit: ``max(1, (budget - fixed) // epoch)``. The probe is timed apart
-(``probe_seconds``); when one epoch is all that fits, the probe's model is the model.
+``segment train`` gets the peers' budget as ``--max-seconds``: the training loop stops before
+the step that would pass it and keeps the best weights (a partial last epoch is validated).
+What the command does around the loop is timed apart (:func:`timed_train`): ``setup_seconds``
+(start-up, reading and caching the data) and ``post_train_seconds`` (calibration and review
+statistics); the budget covers the loop only.
 """
 
 from __future__ import annotations
@@ -38,22 +38,25 @@ def _biocnn(args: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def _train(config: Path, train: str, out: Path, epochs: int, log: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    return _biocnn(
-        ["segment", "train", "--config", str(config), "--train", train, "--out", str(out), "--epochs", str(epochs)],
-        log,
-    )
-
-
-def fit_epochs(config: Path, train: str, work: Path, budget: float) -> tuple[int, dict]:
-    """The epochs that fit ``budget``, from a one-epoch probe run in ``work/probe``."""
-    seconds = _train(config, train, work / "probe", 1, work / "probe.log")
-    rows = [json.loads(line) for line in (work / "probe" / "metrics.jsonl").read_text().splitlines()]
-    epoch = sum(r["seconds"] for r in rows)
-    fixed = seconds - epoch
-    epochs = max(1, int((budget - fixed) // epoch))
-    return epochs, {"probe_seconds": seconds, "epoch_seconds": epoch, "fixed_seconds": fixed}
+def timed_train(args: list[str], model: Path, log: Path) -> dict:
+    """Run ``biocnn ARGS`` (a ``train`` verb writing ``model``) and split its wall clock with the
+    loop's ``loop_seconds`` and ``loop_finished_at`` from ``metrics.json``: ``train_seconds``
+    (the training loop), ``setup_seconds`` (before it), ``post_train_seconds`` (after it)."""
+    shutil.rmtree(model, ignore_errors=True)
+    launched = time.time()
+    command = _biocnn(args, log)
+    finished = time.time()
+    metrics = json.loads((model / "metrics.json").read_text())
+    loop_end, loop = metrics["loop_finished_at"], metrics["loop_seconds"]
+    return {
+        "train_seconds": loop,
+        "setup_seconds": loop_end - loop - launched,
+        "post_train_seconds": finished - loop_end,
+        "command_seconds": command,
+        "stopped": metrics["stopped"],
+        "epochs": metrics["epochs_done"],
+        "steps": metrics["steps_done"],
+    }
 
 
 def _review(pred: Path) -> dict[str, tuple[float, bool]]:
@@ -70,23 +73,17 @@ def run(
     label_name: str,
     epochs: int | None = None,
 ) -> tuple[dict[str, Path], dict, Path]:
-    """Train with ``config`` for the budget (or ``epochs``), predict and evaluate ``test``.
+    """Train with ``config`` for ``budget`` seconds of training loop (at most ``epochs``, default
+    the config's), predict and evaluate ``test``.
 
     Returns the label maps (case id -> file), what was measured, and the model directory.
     """
     work.mkdir(parents=True, exist_ok=True)
     info: dict = {"config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config)}
-    if epochs is None:
-        epochs, probe = fit_epochs(config, train, work, budget)
-        info.update(probe)
     model = work / "model"
-    if epochs == 1 and "probe_seconds" in info:  # the probe trained exactly this model
-        shutil.rmtree(model, ignore_errors=True)
-        (work / "probe").rename(model)
-        info["train_seconds"] = info["probe_seconds"]
-    else:
-        info["train_seconds"] = _train(config, train, model, epochs, work / "train.log")
-    info["epochs"] = epochs
+    args = ["segment", "train", "--config", str(config), "--train", train, "--out", str(model)]
+    args += ["--max-seconds", str(budget)] + (["--epochs", str(epochs)] if epochs else [])
+    info.update(timed_train(args, model, work / "train.log"))
     pred = work / "pred"
     info["predict_seconds"] = _biocnn(
         ["segment", "predict", "--model", str(model), "--input", test, "--out", str(pred)], work / "predict.log"
