@@ -227,6 +227,33 @@ def test_c_encoder_matches_the_code_table_and_finds_the_first_invalid_byte(isa):
 
 
 @needs_kernels
+def test_near_ties_in_the_pooled_maximum_keep_the_models_scores():
+    """Windows where many positions tie for a detector's maximum (tandem repeats, homopolymer runs,
+    a motif whose columns are all equal, a motif of zeros whose output is its bias, positive on one
+    strand of channels and negative on another) score as the model does: whichever position the
+    kernel's max keeps, the value must be the exact one."""
+    torch.manual_seed(11)
+    model = DeepBind(num_motifs=16, motif_len=24, hidden=32).eval()
+    with torch.no_grad():
+        w = model.motif_conv.weight  # (16, 4, 24)
+        w[0] = w[0, :, :1].expand(4, 24)  # equal columns: the output counts bases, position-free
+        w[1] = 0.0  # output = bias everywhere
+        model.motif_conv.bias[1] = 0.3
+        w[2] = 0.0
+        model.motif_conv.bias[2] = -0.2
+        w[3] = torch.round(w[3] * 8) / 8  # coarse weights: many windows of equal sums
+    rng = np.random.default_rng(2)
+    pieces = ["ACG" * 200, "A" * 400, "CA" * 150, "".join(rng.choice(list("ACGT"), 600)), "GATTACA" * 60]
+    seq = "".join(pieces * 2)
+    scorer = WindowScorer(model, 101, 50, backend="native")
+    got = scorer.score(codes(seq))
+    x = torch.from_numpy(one_hot(seq))
+    with torch.no_grad():
+        expected = model(torch.stack([x[:, a : a + 101] for a in range(0, len(seq) - 100, 50)]))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
 @pytest.mark.parametrize("isa", native.available() or ["baseline"])
 def test_every_build_this_cpu_runs_gives_the_models_scores(isa):
     """Each instruction set's build (16-lane vectors with AVX-512, 8 with AVX2, generic vector code
