@@ -236,7 +236,7 @@ TARGETS = [
     "results/deepbind/CTCF/model/weights.safetensors",
 ]
 # Timings, and the checksum of a gzip file whose header holds the time it was written.
-VOLATILE = {"seconds", "images_per_second", "data_sha256"}
+VOLATILE = {"seconds", "images_per_second", "data_sha256", "loop_seconds", "loop_finished_at"}
 
 
 def _snakemake(workdir: Path, *args: str, env=None, log: Path | None = None):
