@@ -14,8 +14,8 @@ from PIL import Image
 
 from biocnn.cli import main
 from biocnn.segment.data import find_cases
-from biocnn.segment.ood import FeatureDensity
 from biocnn.segment.predict import Segmenter
+from biocnn.segment.review import ReviewStats
 
 MALARIA_CFG = """
 data: {{train: {train}, spatial_dims: 2, in_channels: 3, label_values: [0, 1], patch_size: [32, 32],
@@ -160,7 +160,6 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     for r in rows:
         assert r["flag"] in ("yes", "no")
         assert float(r["feature_distance"]) > 0 and 0 <= float(r["ood_percentile"]) <= 1
-        assert 0 <= float(r["noise_percentile"]) <= 1
         assert float(r["score"]) >= float(r["structure_uncertainty"]) >= 0
         assert 0 <= float(r["expected_dice_error"]) <= 1
         assert (r["flag"] == "yes") == (float(r["score"]) >= info["review_threshold"])
@@ -169,7 +168,7 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
     seg = Segmenter([models[0]], mc_samples=4)
     case = next(c for c in find_cases(test, 2, seg.data.modalities) if c.id == "field_000")
     first = seg.predict_case(case, tmp_path)
-    seg.threshold = first["structure_uncertainty"]
+    seg.reviewer.threshold = first["structure_uncertainty"]
     again = seg.predict_case(case, tmp_path)
     assert again["structure_uncertainty"] == first["structure_uncertainty"] and again["flag"] == "yes"
 
@@ -181,7 +180,7 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
         assert key in metrics
     assert metrics["cases"] == 3 and 0 <= metrics["dice"] <= 1 and 0 <= metrics["ece"] <= 1
 
-    # A model trained before feature statistics existed still predicts: OOD columns empty,
+    # A model without review statistics (trained with inference.review_images: 0) still predicts: OOD columns empty,
     # the score is the structure uncertainty alone, no flag (no threshold known).
     old = tmp_path / "old_model"
     shutil.copytree(models[1], old)
@@ -204,7 +203,7 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
         == 0
     )
     for r in _rows(tmp_path / "p_old" / "uncertainty.csv"):
-        assert r["feature_distance"] == r["noise_percentile"] == r["ood_percentile"] == r["flag"] == ""
+        assert r["feature_distance"] == r["ood_percentile"] == r["flag"] == ""
         assert float(r["score"]) == float(r["structure_uncertainty"])
 
     # An intensity-shifted input lies farther from the training images' features than they do.
@@ -232,33 +231,8 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
         )
         == 0
     )
-    # A noisier one has noise levels beyond the training images' (the same fields, seed 8).
-    noisy = tmp_path / "noisy"
-    assert (
-        main(
-            [
-                "segment",
-                "synth",
-                "--kind",
-                "malaria",
-                "--out",
-                str(noisy),
-                "--n",
-                "2",
-                "--size",
-                "48",
-                "--seed",
-                "8",
-                "--shift",
-                "noise",
-                "--severity",
-                "2",
-            ]
-        )
-        == 0
-    )
-    dist, noise = {}, {}
-    for name, inputs in (("train", data), ("shifted", shifted), ("noisy", noisy)):
+    dist = {}
+    for name, inputs in (("train", data), ("shifted", shifted)):
         assert (
             main(
                 [
@@ -276,13 +250,11 @@ def test_malaria_end_to_end_with_ensemble_tta_and_a_bad_file(tmp_path, capsys, c
         )
         rows_ = _rows(tmp_path / f"p_{name}" / "uncertainty.csv")
         dist[name] = [float(r["feature_distance"]) for r in rows_]
-        noise[name] = [float(r["noise_percentile"]) for r in rows_]
     assert min(dist["shifted"]) > max(dist["train"])
-    assert min(noise["noisy"]) > 0.9 > max(noise["train"]), noise
     # The training images' reference values are what predict gives for them (the Monte Carlo
     # masks are seeded from the case id in both), whatever ran before them in training. (This
     # one-epoch model's probabilities sit near 1/2, so other masks change only the 6th digit.)
-    stored = FeatureDensity.load(models[0]).info["training_structure_uncertainty"]
+    stored = ReviewStats.load(models[0]).uncertainty["mc"]
     again_unc = [float(r["structure_uncertainty"]) for r in _rows(tmp_path / "p_train" / "uncertainty.csv")]
     assert sorted(again_unc) == pytest.approx(sorted(stored), rel=1e-9, abs=0)
     # Monte Carlo samples are seeded per case: predicting again gives the same numbers.
@@ -359,16 +331,16 @@ def test_tumor_end_to_end_keeps_affine_and_header(tmp_path, capsys):
     model = tmp_path / "model"
     assert main(["segment", "train", "--config", str(cfg), "--out", str(model)]) == 0
     # Review references for both ways of sampling, so a --tta prediction is judged against TTA's.
-    info = FeatureDensity.load(model).info
-    assert len(info["training_structure_uncertainty"]) == len(info["training_structure_uncertainty_tta"]) == 3
+    values = ReviewStats.load(model).uncertainty
+    assert len(values["mc"]) == len(values["tta"]) == 3
     pred_tta = tmp_path / "pred_tta"
     assert (
         main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred_tta), "--tta"]) == 0
     )
     threshold = json.loads((pred_tta / "predict.json").read_text())["review_threshold"]
     # The TTA values' 0.9 quantile, finite-sample: ceil(4 x 0.9) = 4 > 3 values, so the largest.
-    assert threshold == pytest.approx(max(info["training_structure_uncertainty_tta"]))
-    assert threshold != pytest.approx(max(info["training_structure_uncertainty"]))
+    assert threshold == pytest.approx(max(values["tta"]))
+    assert threshold != pytest.approx(max(values["mc"]))
     pred = tmp_path / "pred"
     assert main(["segment", "predict", "--model", str(model), "--input", str(test), "--out", str(pred)]) == 0
     src = nib.load(str(test / "case_000" / "case_000_t1.nii.gz"))

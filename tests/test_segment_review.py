@@ -1,6 +1,8 @@
-"""The image-level review score: structure uncertainty, Dice-error estimate, feature distance."""
+"""The single review module (policy, statistics, threshold, score and flag) and its measurements."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,15 +12,17 @@ from scipy.stats import norm
 from biocnn.errors import CheckpointError
 from biocnn.models import UNet
 from biocnn.segment.config import InferenceConfig
-from biocnn.segment.ood import (
-    FEATURE_STATS,
-    FeatureDensity,
-    combined_zscore,
-    encoder_features,
-    image_features,
-    noise_levels,
+from biocnn.segment.ood import FeatureDensity, encoder_features, image_features
+from biocnn.segment.review import (
+    FORMAT,
+    STATS_FILE,
+    Reviewer,
+    ReviewPolicy,
+    ReviewStats,
+    conformal_quantile,
+    review_threshold,
 )
-from biocnn.segment.uncertainty import expected_dice_error, image_score, structure_uncertainty, threshold_from_training
+from biocnn.segment.uncertainty import expected_dice_error, structure_uncertainty
 
 
 def test_expected_dice_error_known_cases():
@@ -102,30 +106,89 @@ def test_structure_uncertainty_is_per_class_and_weighs_small_classes_like_large_
     assert structure_uncertainty(two, fg.astype(int), margin=2) == pytest.approx(ent[region].sum() / (fg.sum() + 1))
 
 
-def test_review_score_and_threshold():
-    # The review score: an OOD input scores at least the review threshold, more if more doubtful.
-    assert image_score(0.3) == 0.3
-    assert image_score(0.3, ood=True, review_threshold=0.5) == pytest.approx(0.503)
-    assert image_score(0.7, ood=True, review_threshold=0.5) == 0.7
-    # OOD inputs lifted to the floor keep their order (no tie), and stay below an ordinary
-    # input that is more doubtful than the threshold by more than the tie-break.
-    lifted = [image_score(u, ood=True, review_threshold=0.5) for u in (0.1, 0.2, 0.4)]
-    assert 0.5 < lifted[0] < lifted[1] < lifted[2] < image_score(0.51, review_threshold=0.5)
-    assert image_score(0.3, ood=False, review_threshold=0.5) == 0.3
-    assert image_score(0.3, ood=True) == 0.3  # no threshold known
-    # The review threshold: a quantile of the training images' values, or the configured one.
-    info = {"training_structure_uncertainty": [0.5, 0.1, 0.3, 0.2, 0.4]}
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+def _stats(rng, mc=(0.5, 0.1, 0.3, 0.2, 0.4), tta=(0.01, 0.02, 0.03), mc_samples=20) -> ReviewStats:
+    return ReviewStats(
+        FeatureDensity.fit(_features(rng)),
+        {"mc": np.array(mc), "tta": np.array(tta)},
+        mc_samples,
+    )
+
+
+def test_policy_comes_from_the_inference_config():
+    inference = InferenceConfig(roi_size=[8, 8], structure_margin=1, review_quantile=0.8, ood_quantile=0.95)
+    assert ReviewPolicy.from_config(inference) == ReviewPolicy(
+        margin=1, review_quantile=0.8, review_threshold=None, ood_quantile=0.95
+    )
+    fixed = ReviewPolicy.from_config(InferenceConfig(roi_size=[8, 8], review_threshold=0.7))
+    assert fixed.review_threshold == 0.7 and fixed.margin == 2
+    with pytest.raises(AttributeError):
+        fixed.margin = 3  # frozen: one policy per model, decided once
+
+
+def test_review_threshold_sources():
+    rng = np.random.default_rng(0)
+    stats = _stats(rng)
     # The finite-sample quantile: the ceil((n + 1) q)-th smallest value, capped at the largest
     # (the interpolated quantile would give 0.46 and 0.34 here).
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.9), info) == pytest.approx(0.5)
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.6), info) == pytest.approx(0.4)
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_threshold=0.7), info) == 0.7
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8]), {}) is None
-    info["training_structure_uncertainty_tta"] = [0.01, 0.02, 0.03]
-    median = InferenceConfig(roi_size=[8, 8], review_quantile=0.5)
-    assert threshold_from_training(median, info, tta=True) == pytest.approx(0.02)
-    assert threshold_from_training(InferenceConfig(roi_size=[8, 8], review_quantile=0.5), info) == pytest.approx(0.3)
+    assert conformal_quantile([0.5, 0.1, 0.3, 0.2, 0.4], 0.9) == 0.5
+    assert conformal_quantile([0.5, 0.1, 0.3, 0.2, 0.4], 0.6) == 0.4
+    median = ReviewPolicy(review_quantile=0.5)
+    # Stored values, sampled as predict samples: exact.
+    assert review_threshold(median, [stats], 1, 20, False) == (0.3, {"source": "training statistics", "matched": True})
+    # --tta is judged against the TTA values (with one sample, dropout off).
+    assert review_threshold(median, [stats], 1, 1, True) == (0.02, {"source": "training statistics", "matched": True})
+    # Another sampling (an ensemble, other samples): the members' thresholds averaged, flagged approximate.
+    other = _stats(rng, mc=(0.2, 0.4, 0.6))
+    assert review_threshold(median, [stats, other], 2, 20, False) == (
+        pytest.approx(0.35),
+        {"source": "training statistics", "matched": False},
+    )
+    # The reference images measured with this sampling, and a fixed threshold, come first.
+    assert review_threshold(median, [stats], 2, 20, False, [0.9, 0.7, 0.8])[0] == 0.8
+    assert review_threshold(ReviewPolicy(review_threshold=0.05), [stats], 1, 20, False, [0.9]) == (
+        0.05,
+        {"source": "inference.review_threshold"},
+    )
+    # No statistics and nothing set: no threshold, no flag by doubt.
+    assert review_threshold(median, [None], 1, 20, False) == (None, {"source": None})
+
+
+def test_reviewer_score_and_flag():
+    rng = np.random.default_rng(1)
+    stats = _stats(rng)
+    label = np.zeros((12, 12), int)
+    label[4:8, 4:8] = 1
+
+    def prob(p):  # foreground probability p on the structure, 1e-6 elsewhere
+        p1 = np.where(label == 1, p, 1e-6)
+        return np.stack([1 - p1, p1])
+
+    familiar = stats.features.mean[None, None]  # the training features' mean: distance 0
+    unfamiliar = familiar + 50 * stats.features.scale
+    reviewer = Reviewer(ReviewPolicy(margin=1), [stats], threshold=0.5)
+    sure, doubtful = prob(0.999), prob(0.6)
+    r = reviewer.row(sure, label, familiar)
+    assert r["structure_uncertainty"] == pytest.approx(structure_uncertainty(sure, label, 1))
+    assert r["score"] == r["structure_uncertainty"] < 0.5 and r["flag"] == "no"
+    assert r["expected_dice_error"] == pytest.approx(expected_dice_error(sure, label))
+    assert r["feature_distance"] == pytest.approx(0.0, abs=1e-9) and r["ood_percentile"] < 0.5
+    # Doubt at or above the threshold: flagged, and score >= threshold exactly for the flagged.
+    r = reviewer.row(doubtful, label, familiar)
+    assert r["structure_uncertainty"] >= 0.5 and r["flag"] == "yes" and r["score"] == r["structure_uncertainty"]
+    edge = Reviewer(ReviewPolicy(margin=1), [stats], threshold=r["structure_uncertainty"])
+    assert edge.row(doubtful, label, familiar)["flag"] == "yes"
+    # Unfamiliar features: flagged, and lifted to the threshold (plus a hundredth of the doubt,
+    # so the lifted inputs keep their order) even when the model is sure.
+    r = reviewer.row(sure, label, unfamiliar)
+    assert r["ood_percentile"] > 0.99 and r["flag"] == "yes"
+    assert r["score"] == pytest.approx(0.5 + 0.01 * r["structure_uncertainty"])
+    assert reviewer.row(prob(0.99), label, unfamiliar)["score"] > r["score"]
+    # No statistics: the score is the structure uncertainty, the OOD columns and flag empty.
+    bare = Reviewer(ReviewPolicy(margin=1), [None], threshold=None)
+    r = bare.row(doubtful, label)
+    assert r["score"] == r["structure_uncertainty"] and r["flag"] == r["feature_distance"] == r["ood_percentile"] == ""
+    with pytest.raises(ValueError, match="encoder features"):
+        reviewer.row(sure, label)
 
 
 def _features(rng, n=12, views=2, d=5):
@@ -138,18 +201,15 @@ def test_mahalanobis_distance_matches_a_hand_computation():
 
     rng = np.random.default_rng(0)
     feats = _features(rng)
-    density = FeatureDensity.fit(feats, folds=len(feats))
+    density = FeatureDensity.fit(feats)
     flat = feats.reshape(-1, feats.shape[-1])
     mean, std = flat.mean(0), flat.std(0)
     cov = LedoitWolf().fit((flat - mean) / std).covariance_
     x = rng.normal(0, 1, 5)
     z = (x - mean) / std
     assert density.distance(x) == pytest.approx(float(np.sqrt(z @ np.linalg.inv(cov) @ z)), rel=1e-6)
-    # Reference distances are cross-fitted: image 3 measured against a fit without it.
-    alone = FeatureDensity.fit(np.delete(feats, 3, 0), folds=3)
-    assert np.isclose(density.reference, alone.distance(feats[3, 0]), rtol=1e-9).sum() == 1
-    # In-sample distances would be smaller than the cross-fitted ones.
-    assert np.median(density.distance(feats[:, 0])) < np.median(density.reference)
+    # The reference: the training images' own distances (unflipped view) to the density.
+    np.testing.assert_allclose(density.reference, np.sort(density.distance(feats[:, 0])), rtol=1e-12)
     # Percentile from a log-normal fitted robustly (median, MAD) to the reference distances.
     logs = np.log(density.reference)
     median = np.median(logs)
@@ -176,66 +236,29 @@ def test_mahalanobis_distance_matches_a_hand_computation():
     assert tail.percentile(np.exp(2.1), quantile=0.9) == pytest.approx(0.9)
 
 
-def test_feature_stats_round_trip_and_errors(tmp_path):
-    rng = np.random.default_rng(1)
-    density = FeatureDensity.fit(_features(rng))
-    density.info = {"review_threshold": 0.4}
-    assert FeatureDensity.load(tmp_path) is None  # a model trained without statistics
-    density.save(tmp_path)
-    back = FeatureDensity.load(tmp_path)
+def test_review_stats_round_trip_and_other_formats_are_errors(tmp_path):
+    from safetensors.numpy import save_file
+
+    stats = _stats(np.random.default_rng(1))
+    assert ReviewStats.load(tmp_path) is None  # a model trained without statistics
+    stats.save(tmp_path)
+    back = ReviewStats.load(tmp_path)
     for key in ("mean", "scale", "precision", "reference"):
-        np.testing.assert_array_equal(getattr(back, key), getattr(density, key))
-    assert back.info == {"review_threshold": 0.4}
-    (tmp_path / FEATURE_STATS).write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match="cannot read feature statistics"):
-        FeatureDensity.load(tmp_path)
+        np.testing.assert_array_equal(getattr(back.features, key), getattr(stats.features, key))
+    assert back.mc_samples == 20 and set(back.uncertainty) == {"mc", "tta"}
+    np.testing.assert_array_equal(back.uncertainty["mc"], stats.uncertainty["mc"])
+    # A file of another format (an earlier one, or another tool's): an error naming the file.
+    path = tmp_path / STATS_FILE
+    save_file({"mean": np.zeros(2)}, str(path), metadata={"format": "biocnn-segment-feature-density/3"})
+    with pytest.raises(CheckpointError, match="retrain") as err:
+        ReviewStats.load(tmp_path)
+    assert str(path) in str(err.value) and FORMAT in str(err.value)
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="cannot read review statistics") as err:
+        ReviewStats.load(tmp_path)
+    assert str(path) in str(err.value)
     with pytest.raises(ValueError, match="images >= 3"):
         FeatureDensity.fit(np.zeros((2, 1, 4)))
-
-
-def test_noise_density_round_trip(tmp_path):
-    # The noise levels' density travels in the same file; files without one load as before.
-    rng = np.random.default_rng(2)
-    density = FeatureDensity.fit(_features(rng))
-    density.save(tmp_path)
-    assert FeatureDensity.load(tmp_path).noise is None
-    density.noise = FeatureDensity.fit(_features(rng, d=5)[:, :1])
-    density.save(tmp_path)
-    back = FeatureDensity.load(tmp_path)
-    for key in ("mean", "scale", "precision", "reference"):
-        np.testing.assert_array_equal(getattr(back.noise, key), getattr(density.noise, key))
-        np.testing.assert_array_equal(getattr(back, key), getattr(density, key))
-
-
-def test_noise_levels_estimate_the_added_noise():
-    # A smooth two-channel image plus white noise of known sigma per channel: the estimate
-    # recovers log sigma (the smooth anatomy barely reaches the finest wavelet scale).
-    rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[:128, :128] / 128.0
-    smooth = np.stack([np.sin(3 * xx) + yy, np.cos(2 * yy) * xx])
-    sigma = np.array([0.05, 0.2])
-    levels = noise_levels(torch.as_tensor(smooth + rng.normal(0, 1, smooth.shape) * sigma[:, None, None]))
-    assert levels.shape == (2,)
-    np.testing.assert_allclose(levels, np.log(sigma), atol=0.1)
-    # 3D works the same way.
-    vol = rng.normal(0, 0.1, (1, 24, 24, 24))
-    assert noise_levels(vol)[0] == pytest.approx(np.log(0.1), abs=0.1)
-
-
-def test_combined_zscore_keeps_the_false_flag_rate():
-    # One check: unchanged. Several: the largest, corrected so that Phi(z) = Phi(max)^k.
-    assert combined_zscore([1.7]) == 1.7
-    z = combined_zscore([0.3, 2.0, -1.0])
-    assert norm.cdf(z) == pytest.approx(norm.cdf(2.0) ** 3)
-    assert 1.0 < z < 2.0
-    # Far-off inputs keep a large, finite z-score (Phi(40)^2 rounds to 1 in floating point).
-    assert 39 < combined_zscore([40.0, 0.0]) < 41
-    # In-distribution inputs with two independent checks: about 1 % pass the 0.99 cut, where
-    # taking the larger z-score uncorrected would flag about 2 %.
-    draws = np.random.default_rng(4).normal(size=(200_000, 2))
-    joined = np.array([combined_zscore(pair) for pair in draws[:20_000]])
-    assert np.mean(joined > norm.ppf(0.99)) == pytest.approx(0.01, abs=0.003)
-    assert np.mean(draws.max(1) > norm.ppf(0.99)) == pytest.approx(0.02, abs=0.002)
 
 
 def test_encoder_features_see_the_scale_that_instance_norm_removes():
@@ -248,20 +271,6 @@ def test_encoder_features_see_the_scale_that_instance_norm_removes():
     shift = (encoder_features(model, 2 * x) - encoder_features(model, x))[0]
     torch.testing.assert_close(shift[:4], torch.full((4,), float(np.log(2))), rtol=0, atol=1e-4)
     torch.testing.assert_close(shift[4:], torch.zeros(4 + 8 + 8), rtol=0, atol=1e-3)
-
-
-@pytest.mark.parametrize("version", [1, 2])
-def test_older_feature_statistics_are_ignored_with_a_warning(tmp_path, caplog, version):
-    from safetensors.numpy import save_file
-
-    save_file(
-        {"mean": np.zeros(2)},
-        str(tmp_path / FEATURE_STATS),
-        metadata={"format": f"biocnn-segment-feature-density/{version}", "info": "{}"},
-    )
-    with caplog.at_level("WARNING"):
-        assert FeatureDensity.load(tmp_path) is None
-    assert "older format" in caplog.text and str(tmp_path) in caplog.text
 
 
 def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows():
@@ -303,3 +312,48 @@ def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_labels()
     labels_hot = torch.multinomial(torch.softmax(logits / 2.0, 1), 1, generator=gen)[:, 0]
     assert fit_temperature(logits, labels_hot) == pytest.approx(2.0, rel=0.05)
     assert torch.equal((logits / t).argmax(1), logits.argmax(1))
+
+
+def test_training_measures_everything_first_and_writes_config_once(tmp_path, monkeypatch):
+    import copy
+    import json
+
+    import biocnn.segment.train as segment_train
+    from biocnn.synthetic.malaria import write_malaria
+
+    write_malaria(tmp_path / "data", 5, 0, size=32)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"data: {{train: {tmp_path / 'data'}, spatial_dims: 2, in_channels: 3, patch_size: [32, 32]}}\n"
+        "model: {channels: [4, 8], decoder_dropout: [0.3]}\n"
+        "train: {epochs: 1, batch_size: 2, progress: false, early_stopping: {monitor: val_dice, mode: max}}\n"
+        "inference: {roi_size: [32, 32], mc_samples: 3, mc_batch: 3}\n"
+    )
+    out = tmp_path / "model"
+    writes, saved_before = [], []
+    real_write, real_save = segment_train.write_json, ReviewStats.save
+
+    def write_json(path, obj):
+        writes.append((Path(path).name, copy.deepcopy(obj)))
+        real_write(path, obj)
+
+    def save(self, directory):
+        # What config.json holds when the statistics are stored: fit's checkpoint, no temperature yet.
+        saved_before.append(json.loads((Path(directory) / "config.json").read_text())["inference"]["temperature"])
+        return real_save(self, directory)
+
+    monkeypatch.setattr(segment_train, "write_json", write_json)
+    monkeypatch.setattr(ReviewStats, "save", save)
+    torch.set_num_threads(1)
+    segment_train.train(cfg, out)
+    # One write of config.json after fit, with the temperature, built in memory (what fit wrote
+    # for its checkpoints plus the temperature, not read back); the statistics stored once before it.
+    assert [name for name, _ in writes] == ["config.json"]
+    final = json.loads((out / "config.json").read_text())
+    assert final == writes[0][1]
+    temperature = final["inference"]["temperature"]
+    assert temperature > 0 and saved_before == [None]
+    assert json.loads((out / "metrics.json").read_text())["calibration"]["temperature"] == temperature
+    assert {"model", "data", "train", "provenance", "train_cases", "val_cases"} <= set(final)
+    stats = ReviewStats.load(out)
+    assert len(stats.uncertainty["mc"]) == len(stats.uncertainty["tta"]) == 5 and stats.mc_samples == 3

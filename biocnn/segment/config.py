@@ -95,11 +95,11 @@ class InferenceConfig(StrictModel):
     sw_batch_size: int = Field(4, ge=1)
     mc_samples: int = Field(20, ge=1)
     mc_batch: int = Field(5, ge=1)
-    # Review score (uncertainty.csv): entropy is summed over the predicted structure dilated
-    # by this many voxels; an input is flagged when its structure uncertainty reaches
-    # review_threshold (default: the review_quantile of the training images' values, the
-    # review budget: about 1 - review_quantile of in-distribution inputs get flagged) or its
-    # encoder features lie beyond ood_quantile of the training images' distances.
+    # Review score (uncertainty.csv, biocnn.segment.review): entropy is summed over the predicted
+    # structure dilated by structure_margin voxels; an input is flagged when its structure
+    # uncertainty reaches review_threshold (default: the review_quantile of the training images'
+    # values, the review budget: about 1 - review_quantile of in-distribution inputs get flagged)
+    # or its encoder features lie beyond ood_quantile of the training images' distances.
     structure_margin: int = Field(2, ge=0)
     # Calibration: logits are divided by this before the softmax. None: fitted on the
     # validation split at the end of training (temperature scaling) and written into the
@@ -108,7 +108,8 @@ class InferenceConfig(StrictModel):
     review_threshold: float | None = Field(None, ge=0)
     # The review statistics (feature density, training structure uncertainty) are measured at
     # the end of training on at most this many training images, a seeded draw (None: all; 0:
-    # none, and predict flags nothing). Each image costs about 8 network passes over it.
+    # none, and predict flags nothing). Each image costs 2^d encoder passes, a Monte Carlo pass
+    # and 2^d full TTA passes.
     review_images: int | None = Field(None, ge=0)
     review_quantile: float = Field(0.9, gt=0, le=1)
     ood_quantile: float = Field(0.99, gt=0, le=1)

@@ -11,20 +11,17 @@ Plus ``uncertainty.csv`` (one row per input, see :data:`CSV_FIELDS`) and ``predi
 (settings, the label values, failures). A bad input is reported and the others go on; inputs
 seen = rows written + failures.
 
-``uncertainty.csv`` columns: ``score`` is the review score (sort by it, largest first): the
-structure uncertainty, raised to at least the review threshold for out-of-distribution inputs
-(:func:`biocnn.segment.uncertainty.image_score`); ``flag`` is ``yes`` when the input's
-``ood_percentile`` exceeds ``inference.ood_quantile`` (0.99) or its structure uncertainty
-reaches the review threshold (``inference.review_threshold``, default: the
-``inference.review_quantile`` (0.9) of the training images' values, measured at the end of
-training, or with this prediction's own sampling on the ``--reference`` images); then the
-components ``structure_uncertainty``, ``expected_dice_error``, ``feature_distance``
-(Mahalanobis, averaged over ensemble members and TTA flips), ``noise_percentile`` (the same
-estimate for the input's noise levels, where the model stores them), ``ood_percentile``
-(estimated share of training-like images nearer, both checks joined, see
-:func:`biocnn.segment.ood.combined_zscore`), and ``mean_entropy``, ``mean_mutual_info``,
-``foreground_fraction``, ``label_file``.
-For models trained without feature statistics the OOD columns are empty and the score is the
+``uncertainty.csv`` columns (:mod:`biocnn.segment.review`): ``score`` is the review score (sort
+by it, largest first): the structure uncertainty, raised to at least the review threshold for
+out-of-distribution inputs; ``flag`` is ``yes`` when the input's ``ood_percentile`` exceeds
+``inference.ood_quantile`` (0.99) or its structure uncertainty reaches the review threshold
+(``inference.review_threshold``, default: the ``inference.review_quantile`` (0.9) of the
+training images' values, measured at the end of training, or with this prediction's own
+sampling on the ``--reference`` images); then the components ``structure_uncertainty``,
+``expected_dice_error``, ``feature_distance`` (Mahalanobis, averaged over ensemble members and
+TTA flips), ``ood_percentile`` (estimated share of training-like images nearer), and
+``mean_entropy``, ``mean_mutual_info``, ``foreground_fraction``, ``label_file``.
+For models trained without review statistics the OOD columns are empty and the score is the
 structure uncertainty alone.
 """
 
@@ -49,16 +46,9 @@ from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
 from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
-from biocnn.segment.ood import FeatureDensity, combined_zscore, image_features, noise_levels
-from biocnn.segment.uncertainty import (
-    conformal_quantile,
-    expected_dice_error,
-    image_score,
-    maps_from_stats,
-    stored_sampling_matches,
-    structure_uncertainty,
-    threshold_from_training,
-)
+from biocnn.segment.ood import image_features
+from biocnn.segment.review import Reviewer, ReviewPolicy, ReviewStats, review_threshold
+from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -117,53 +107,20 @@ class Segmenter:
             self.models, self.data.spatial_dims, self.mc_samples, self.inference.mc_batch, tta, fast, amp, temperatures
         )
         self.pre = preprocessing(self.data, train=False, with_label=False)
-        # Feature statistics per model (None where the model directory has none).
-        self.densities = [FeatureDensity.load(d) for d in model_dirs]
+        # Review statistics per model (None where the model directory has none).
+        self.review_stats = [ReviewStats.load(d) for d in model_dirs]
         self.views = flip_sets(self.data.spatial_dims, tta)
-        # The review threshold on the structure uncertainty (None: no flag by doubt) and where
-        # it came from ("review_threshold" and "review_reference" in predict.json).
-        self.threshold, self.threshold_source = self._resolve_threshold(reference)
-
-    def _resolve_threshold(self, reference: str | Path | None) -> tuple[float | None, dict[str, Any]]:
-        """The review threshold and where it came from.
-
-        ``inference.review_threshold`` if set; else the ``review_quantile`` of the structure
-        uncertainty of the ``reference`` images (the models' training images, labels not
-        needed) measured with this very sampling; else of the values the model stored at the
-        end of training, which apply only to the sampling they were measured with (see
-        :func:`~biocnn.segment.uncertainty.stored_sampling_matches`). Otherwise (an ensemble,
-        another number of samples) the members' thresholds are averaged, with a warning: an
-        ensemble's values can run on another scale than its members' Monte Carlo ones.
-        """
-        inference = self.inference
-        if inference.review_threshold is not None:
-            if reference is not None:
-                log.warning("inference.review_threshold is set in the model config: --reference is not used")
-            return float(inference.review_threshold), {"source": "inference.review_threshold"}
-        if reference is not None:
+        policy = ReviewPolicy.from_config(self.inference)
+        values, source = None, None
+        if reference is not None and policy.review_threshold is not None:
+            log.warning("inference.review_threshold is set in the model config: --reference is not used")
+        elif reference is not None:
             values, failures = self.reference_values(reference)
-            return conformal_quantile(values, inference.review_quantile), {
-                "source": str(reference),
-                "images": len(values),
-                "failures": failures,
-            }
-        infos = [d.info for d in self.densities if d is not None]
-        found = [t for t in (threshold_from_training(inference, info, self.tta) for info in infos) if t is not None]
-        if not found:
-            return None, {"source": None}
-        matched = all(stored_sampling_matches(info, len(self.models), self.mc_samples, self.tta) for info in infos)
-        if not matched:
-            log.warning(
-                "the review threshold comes from the values stored at training, measured with one model "
-                "and %s Monte Carlo samples (or flip TTA with dropout off), not with this prediction's "
-                "%d model(s) x %d sample(s)%s, so the flag by structure uncertainty is approximate: pass "
-                "--reference with the training images to measure it with this sampling",
-                infos[0].get("mc_samples"),
-                len(self.models),
-                self.mc_samples,
-                " x flips" if self.tta else "",
-            )
-        return float(np.mean(found)), {"source": "training statistics", "matched": matched}
+            source = {"source": str(reference), "images": len(values), "failures": failures}
+        threshold, found = review_threshold(policy, self.review_stats, len(self.models), self.mc_samples, tta, values)
+        # Where the threshold came from ("review_reference" in predict.json).
+        self.threshold_source = source or found
+        self.reviewer = Reviewer(policy, self.review_stats, threshold)
 
     def reference_values(self, reference: str | Path) -> tuple[list[float], list[dict[str, str]]]:
         """Structure uncertainty of every case under ``reference`` with this sampling (the value
@@ -249,22 +206,12 @@ class Segmenter:
 
     def review(self, image: torch.Tensor, prob: np.ndarray, label_idx: np.ndarray) -> dict[str, Any]:
         """The review score, flag and their components for one input (see the module doc)."""
-        unc = structure_uncertainty(prob, label_idx, self.inference.structure_margin)
-        row = {
-            "structure_uncertainty": unc,
-            "expected_dice_error": expected_dice_error(prob, label_idx),
-            "feature_distance": "",
-            "noise_percentile": "",
-            "ood_percentile": "",
-        }
-        pairs = [(m, d) for m, d in zip(self.models, self.densities) if d is not None]
-        ood = None
-        if pairs:
-            from scipy.stats import norm
-
+        features = None
+        if self.reviewer.needs_features:
             inference = self.inference
-            feats = image_features(
-                [m for m, _ in pairs],
+            with_stats = [m for m, s in zip(self.models, self.review_stats) if s is not None]
+            features = image_features(
+                with_stats,
                 image,
                 self.views,
                 inference.roi_size,
@@ -272,37 +219,7 @@ class Segmenter:
                 inference.overlap,
                 self.device,
             )
-            # Per model: the distance averaged over the flipped views it predicted with; the
-            # members' standardised log distances are averaged into one percentile.
-            dists = [float(d.distance(f).mean()) for (_, d), f in zip(pairs, feats)]
-            row["feature_distance"] = float(np.mean(dists))
-            levels = noise_levels(image)
-            noise_z = [
-                d.noise.zscore(float(d.noise.distance(levels)), inference.ood_quantile) if d.noise is not None else None
-                for _, d in pairs
-            ]
-            known = [n for n in noise_z if n is not None]
-            if known:
-                row["noise_percentile"] = float(norm.cdf(np.mean(known)))
-            # Per model, its checks joined (encoder features, and the noise levels where stored).
-            z = [
-                combined_zscore([d.zscore(x, inference.ood_quantile)] + ([n] if n is not None else []))
-                for (_, d), x, n in zip(pairs, dists, noise_z)
-            ]
-            row["ood_percentile"] = float(norm.cdf(np.mean(z)))
-            ood = row["ood_percentile"] > inference.ood_quantile
-        flags = []
-        if ood is not None:
-            flags.append(ood)
-        if self.threshold is not None:
-            # At or above: the threshold is one of the training values (finite-sample quantile),
-            # and score >= threshold then holds exactly for the flagged inputs.
-            flags.append(unc >= self.threshold)
-        return {
-            "score": image_score(unc, bool(ood), self.threshold),
-            "flag": ("yes" if any(flags) else "no") if flags else "",
-            **row,
-        }
+        return self.reviewer.row(prob, label_idx, features)
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:
         from biocnn.io.images import read_image, write_float_tiff, write_label
@@ -349,7 +266,6 @@ CSV_FIELDS = (
     "structure_uncertainty",
     "expected_dice_error",
     "feature_distance",
-    "noise_percentile",
     "ood_percentile",
     "mean_entropy",
     "mean_mutual_info",
@@ -375,7 +291,7 @@ def predict(
     ``--reference`` datalist's ``training`` list is read).
 
     ``reference``: the models' training images, to measure the review threshold with this
-    prediction's sampling (see :meth:`Segmenter._resolve_threshold`; needed for ensembles).
+    prediction's sampling (see :func:`~biocnn.segment.review.review_threshold`; needed for ensembles).
     """
     out_dir = ensure_writable_dir(out_dir)  # before any long work
     seg = Segmenter(model_dirs, mc_samples, tta, device, sw_batch_size=sw_batch_size, reference=reference)
@@ -412,10 +328,10 @@ def predict(
         "inputs_seen": len(cases) + not_cases,
         "outputs_written": len(rows),
         "failures": failures,
-        "review_threshold": seg.threshold,
+        "review_threshold": seg.reviewer.threshold,
         "review_reference": seg.threshold_source,
         "ood_quantile": seg.inference.ood_quantile,
-        "feature_statistics": [d is not None for d in seg.densities],
+        "review_statistics": [s is not None for s in seg.review_stats],
         "flagged": [r["case"] for r in rows if r["flag"] == "yes"],
     }
     write_json(out_dir / "predict.json", summary)

@@ -13,9 +13,10 @@ from biocnn.checkpoint import provenance
 from biocnn.config import load_config
 from biocnn.device import deterministic, is_main_process, seed_everything
 from biocnn.errors import InputError
+from biocnn.io.atomic import write_json
 from biocnn.models import build_model
 from biocnn.segment.config import SegmentConfig
-from biocnn.segment.data import augmentation, cached_dataset, find_cases, load_case, preprocessing
+from biocnn.segment.data import augmentation, cached_dataset, find_cases, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -155,25 +156,44 @@ def train(
             collate_fn=list_data_collate,
         )
         if is_main_process():  # one writer under torchrun
-            # Calibrate first: the review statistics are measured with the calibrated softmax,
-            # as predict will measure inputs.
-            cfg = calibrate_model(model, cfg, val_ds, out_dir)
-            write_review_stats(model, cfg, train_cases + val_cases, out_dir)
+            finish_model_dir(model, cfg, model_config, val_ds, train_cases + val_cases, out_dir)
     return {"best_epoch": result.best_epoch, **result.best_metrics}
 
 
-def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> SegmentConfig:
-    """Fit the temperature on the validation cases (unless ``inference.temperature`` is set),
-    write it into the model's ``config.json`` and what it did into ``metrics.json``
-    (``calibration``: temperature, validation NLL and ECE before and after); returns ``cfg``
-    with the temperature filled in."""
-    from biocnn.checkpoint import CONFIG, read_model_config, update_metrics
-    from biocnn.io.atomic import write_json
+def finish_model_dir(model, cfg: SegmentConfig, model_config: dict[str, Any], val_ds, cases, out_dir) -> None:
+    """After ``fit``: calibrate, measure the review statistics, then write the model directory's
+    ``feature_stats.safetensors`` and its final ``config.json`` once each.
+
+    Everything is computed in memory first (the review statistics are measured with the
+    calibrated softmax, as ``predict`` measures inputs); ``config.json`` (with the temperature)
+    is built from ``model_config``, not read back from what ``fit`` wrote for its checkpoints,
+    and written last, so a directory with a temperature in it is complete.
+    """
+    from biocnn.checkpoint import CONFIG, update_metrics
+    from biocnn.segment.review import fit_review_stats
+
+    temperature, calibration = calibrate_model(model, cfg, val_ds, out_dir)
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"temperature": temperature})})
+    stats = fit_review_stats(model, cfg, cases)
+    if stats is not None:
+        stats.save(out_dir)
+    write_json(
+        Path(out_dir) / CONFIG,
+        {**model_config, "train": cfg.train.model_dump(), "inference": cfg.inference.model_dump()},
+    )
+    if calibration is not None:
+        update_metrics(out_dir, {"calibration": calibration})
+
+
+def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> tuple[float | None, dict | None]:
+    """The temperature fitted on the validation cases and what it did (validation NLL and ECE
+    before and after, for ``metrics.json``); ``inference.temperature`` as it is, and no report,
+    when the config sets it."""
     from biocnn.segment.temperature import T_RANGE, calibrate, validation_logits
 
     inference = cfg.inference
     if inference.temperature is not None:
-        return cfg
+        return inference.temperature, None
     device = next(model.parameters()).device
     items = [val_ds[i] for i in range(len(val_ds))]
     logits, labels = validation_logits(
@@ -202,84 +222,4 @@ def calibrate_model(model, cfg: SegmentConfig, val_ds, out_dir: str | Path) -> S
         report["val_ece_before"],
         report["val_ece_after"],
     )
-    config = read_model_config(out_dir)
-    config["inference"]["temperature"] = report["temperature"]
-    write_json(Path(out_dir) / CONFIG, config)
-    update_metrics(out_dir, {"calibration": report})
-    return cfg.model_copy(update={"inference": inference.model_copy(update={"temperature": report["temperature"]})})
-
-
-def write_review_stats(model, cfg: SegmentConfig, cases, out_dir: str | Path) -> dict[str, Any] | None:
-    """What ``predict`` needs to flag inputs for review, stored beside the weights.
-
-    Over all training images (train and validation split), or a seeded draw of
-    ``inference.review_images`` of them:
-
-    * the density of their encoder features (every flip) with cross-fitted reference
-      distances (:class:`biocnn.segment.ood.FeatureDensity`), and of their noise levels
-      (:func:`biocnn.segment.ood.noise_levels`);
-    * their :func:`~biocnn.segment.uncertainty.structure_uncertainty` values (Monte Carlo
-      dropout with the configured samples, and flip TTA with dropout off), from which
-      ``predict`` takes the review threshold
-      (:func:`~biocnn.segment.uncertainty.threshold_from_training`); the validation split
-      alone can be too small for that.
-    """
-    from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
-    from biocnn.segment.ood import FeatureDensity, image_features, noise_levels
-    from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty, threshold_from_training
-
-    limit = cfg.inference.review_images
-    if limit is not None and limit < len(cases):
-        if limit == 0:
-            log.info("inference.review_images is 0: no review statistics, predict will not flag inputs")
-            return None
-        pick = np.random.default_rng(cfg.train.seed).choice(len(cases), limit, replace=False)
-        cases = [cases[i] for i in sorted(pick)]
-    if len(cases) < 3:
-        log.warning("fewer than 3 training images: no feature statistics, predict will not flag OOD inputs")
-        return None
-    device = next(model.parameters()).device
-    inference, dims = cfg.inference, cfg.data.spatial_dims
-    pre = preprocessing(cfg.data, train=False, with_label=False)
-    views = flip_sets(dims, True)
-    # The structure uncertainty's scale depends on how it is sampled (flip TTA's runs lower), so
-    # the reference is kept for Monte Carlo dropout and for flip TTA with dropout off; predict
-    # picks the matching one, so a --tta prediction is not judged against the Monte Carlo values.
-    t = [inference.temperature]
-    samplers = {
-        "mc": UncertaintyPredictor(
-            [model], dims, inference.mc_samples, inference.mc_batch, amp=cfg.train.amp, temperatures=t
-        ),
-        "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t),
-    }
-    feats, noise, unc = [], [], {name: [] for name in samplers}
-    for case in cases:
-        image = load_case(pre, case)["image"].as_tensor().to(device)
-        feats.append(
-            image_features(
-                [model], image, views, inference.roi_size, inference.sw_batch_size, inference.overlap, device
-            )[0]
-        )
-        noise.append(noise_levels(image)[None])  # one view: flipping does not change the noise
-        with case_seed(case.id, image.device):  # the samples predict draws for this image
-            for name, predictor in samplers.items():
-                stats = sliding_stats(image, predictor, inference.roi_size, inference.sw_batch_size, inference.overlap)
-                maps = maps_from_stats(stats[None])
-                unc[name].append(
-                    structure_uncertainty(
-                        maps["prob"][0].cpu().numpy(), maps["label"][0].cpu().numpy(), inference.structure_margin
-                    )
-                )
-    density = FeatureDensity.fit(np.stack(feats))
-    density.noise = FeatureDensity.fit(np.stack(noise))
-    density.info = {
-        "images": len(cases),
-        "views": len(views),
-        "training_structure_uncertainty": unc["mc"],
-        "training_structure_uncertainty_tta": unc["tta"],
-        "mc_samples": inference.mc_samples,
-    }
-    threshold = threshold_from_training(inference, density.info)
-    density.save(out_dir)
-    log.info("feature statistics of %d images; review threshold %.4g", len(cases), threshold)
-    return density.info
+    return report["temperature"], report

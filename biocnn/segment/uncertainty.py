@@ -1,4 +1,4 @@
-"""Uncertainty from Monte Carlo samples: predictive entropy, mutual information, image scores.
+"""Uncertainty from Monte Carlo samples: per-voxel maps and the per-image measures made from them.
 
 For T softmax samples ``p_t`` of one voxel:
 
@@ -8,14 +8,13 @@ For T softmax samples ``p_t`` of one voxel:
 
 Both means are linear in the samples, so they are accumulated in a streaming way (a running
 sum over sample chunks) and can be blended across overlapping sliding windows; entropy and
-mutual information are formed only at the end. Entropies are in nats.
+mutual information are formed only at the end. Entropies are in nats. How the per-image
+measures become the review score is :mod:`biocnn.segment.review`'s job.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -120,81 +119,6 @@ def expected_dice_error(prob: np.ndarray, label: np.ndarray) -> float:
         hit = label == c
         dice.append((2.0 * prob[c][hit].sum() + 1.0) / (prob[c].sum() + hit.sum() + 1.0))
     return float(1.0 - np.mean(dice)) if dice else 0.0
-
-
-# Weight of the structure uncertainty in the score floor of unfamiliar inputs (see image_score).
-FLOOR_TIE_BREAK = 0.01
-
-
-def image_score(structure_unc: float, ood: bool = False, review_threshold: float | None = None) -> float:
-    """The review score in ``uncertainty.csv`` (sort by it, largest first).
-
-    ``structure_unc`` (:func:`structure_uncertainty`) ranks inputs by how much of their
-    segmentation the samples doubt; it tracks 1 - Dice. An input whose encoder features lie
-    outside the training images' range (``ood``, see :mod:`biocnn.segment.ood`) scores at
-    least ``review_threshold`` (by default a 0.9 quantile of the training images' structure
-    uncertainty, see :func:`threshold_from_training`): it rises above most ordinary inputs even when
-    the model is confidently wrong about it, yet inputs with still more doubt about their
-    outlines stay ahead of it, because being unfamiliar does not mean being wrong. So
-    ``score >= review_threshold`` exactly for the inputs flagged for review.
-
-    The floor is ``review_threshold + FLOOR_TIE_BREAK * structure_unc``, not the threshold
-    itself: the unfamiliar inputs lifted to it keep their structure-uncertainty order among
-    themselves instead of tying (a hundredth of it barely moves them against other inputs);
-    a tie would throw away the order within the group of flagged inputs, which spans the widest
-    range of errors.
-
-    Without feature statistics or without a threshold, the score is the structure uncertainty.
-    """
-    if ood and review_threshold is not None:
-        floor = float(review_threshold) + FLOOR_TIE_BREAK * float(structure_unc)
-        return max(float(structure_unc), floor)
-    return float(structure_unc)
-
-
-def threshold_from_training(inference, info: dict[str, Any], tta: bool = False) -> float | None:
-    """The review threshold for one model: ``inference.review_threshold`` if set, else the
-    ``inference.review_quantile`` of the training images' structure uncertainty stored with the
-    feature statistics ``info`` (or ``None``): the values measured with flip TTA when ``tta``
-    (where stored), else those measured with Monte Carlo dropout (see
-    :func:`conformal_quantile`; :func:`stored_sampling_matches` says when they apply).
-
-    ``inference`` is the model's :class:`~biocnn.segment.config.InferenceConfig`.
-    """
-    if inference.review_threshold is not None:
-        return float(inference.review_threshold)
-    values = (tta and info.get("training_structure_uncertainty_tta")) or info.get("training_structure_uncertainty")
-    if not values:
-        return None
-    return conformal_quantile(values, inference.review_quantile)
-
-
-def conformal_quantile(values: Sequence[float], q: float) -> float:
-    """The finite-sample (split-conformal) ``q`` quantile: the ``ceil((n + 1) q)``-th smallest
-    of the ``n`` values (the largest when that exceeds ``n``).
-
-    For a new input exchangeable with them, that bounds the chance of exceeding it by
-    ``1 - q``; the interpolated sample quantile does not, which matters for the dozen cases a
-    3D training set may have.
-    """
-    values = np.sort(np.asarray(values, dtype=np.float64))
-    rank = min(len(values), math.ceil((len(values) + 1) * q))
-    return float(values[rank - 1])
-
-
-def stored_sampling_matches(info: dict[str, Any], models: int, mc_samples: int, tta: bool) -> bool:
-    """Whether the training values a model stores were sampled the way ``predict`` samples.
-
-    The structure uncertainty's scale depends on the sampling: a model stores its training
-    images' values under Monte Carlo dropout with ``info["mc_samples"]`` samples and under flip
-    TTA with dropout off (one sample). An ensemble's averaged members, or another number of
-    samples, give values on another scale.
-    """
-    if models != 1:
-        return False
-    if tta:
-        return mc_samples == 1 and bool(info.get("training_structure_uncertainty_tta"))
-    return mc_samples == info.get("mc_samples")
 
 
 def max_entropy(num_classes: int) -> float:
