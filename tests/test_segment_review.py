@@ -201,15 +201,18 @@ def test_mahalanobis_distance_matches_a_hand_computation():
 
     rng = np.random.default_rng(0)
     feats = _features(rng)
-    density = FeatureDensity.fit(feats)
+    density = FeatureDensity.fit(feats, folds=len(feats))
     flat = feats.reshape(-1, feats.shape[-1])
     mean, std = flat.mean(0), flat.std(0)
     cov = LedoitWolf().fit((flat - mean) / std).covariance_
     x = rng.normal(0, 1, 5)
     z = (x - mean) / std
     assert density.distance(x) == pytest.approx(float(np.sqrt(z @ np.linalg.inv(cov) @ z)), rel=1e-6)
-    # The reference: the training images' own distances (unflipped view) to the density.
-    np.testing.assert_allclose(density.reference, np.sort(density.distance(feats[:, 0])), rtol=1e-12)
+    # Reference distances are cross-fitted: image 3 measured against a fit without it.
+    alone = FeatureDensity.fit(np.delete(feats, 3, 0), folds=3)
+    assert np.isclose(density.reference, alone.distance(feats[3, 0]), rtol=1e-9).sum() == 1
+    # In-sample distances would be smaller than the cross-fitted ones.
+    assert np.median(density.distance(feats[:, 0])) < np.median(density.reference)
     # Percentile from a log-normal fitted robustly (median, MAD) to the reference distances.
     logs = np.log(density.reference)
     median = np.median(logs)

@@ -8,12 +8,13 @@ deviation of its response *before* the norm layer, averaged over the sliding win
 Gaussian with a Ledoit-Wolf shrinkage covariance is fitted to them (:class:`FeatureDensity`),
 and an input's Mahalanobis distance to it says how unlike the training images it looks.
 
-To say what distance is large, the training images' own distances are kept as a reference, and
-:meth:`FeatureDensity.zscore` places a distance on a log-normal fitted robustly to them, its
-spread widened until at most one training image lies beyond the cut. (The reference was once
-cross-fitted, each image against a density fitted without it; on real nuclei that put the bar
-so high that a third of the shifted images passed, see docs/benchmarks.md, "Review score
-ablation".)
+To say what distance is large, the training images' own distances are kept as a reference, each
+computed *cross-fitted* (with a density fitted without that image, K folds), since an image's
+distance to a fit that includes it is optimistically small: with fewer training images than
+feature dimensions every new image lies beyond all of them (on 24 generated malaria fields the
+in-sample reference flagged every test image). :meth:`FeatureDensity.zscore` places a distance
+on a log-normal fitted robustly to them, its spread widened until at most one training image
+lies beyond the cut.
 
 How the distance enters the review score, and how it is stored, is
 :mod:`biocnn.segment.review`'s job.
@@ -110,7 +111,7 @@ class FeatureDensity:
         mean, scale: per-feature mean and standard deviation of the training features (the
             features are standardised first, so the shrinkage target suits every stage).
         precision: inverse Ledoit-Wolf covariance of the standardised features.
-        reference: distances of the training images (their unflipped view) to the density.
+        reference: cross-fitted distances of the training images (their unflipped view).
     """
 
     mean: np.ndarray
@@ -129,15 +130,24 @@ class FeatureDensity:
         return mean, scale, LedoitWolf().fit(z).precision_
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> FeatureDensity:
-        """Fit on ``(N images, V views, D)`` features (every view a sample); the reference is the
-        images' own distances (their unflipped view)."""
+    def fit(cls, features: np.ndarray, folds: int = 10) -> FeatureDensity:
+        """Fit on ``(N images, V views, D)`` features; reference distances by K-fold cross-fitting.
+
+        All views of one image stay in the same fold, so an image never informs its own
+        reference distance.
+        """
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 3 or features.shape[0] < 3:
             raise ValueError(f"need features of shape (images >= 3, views, dims), got {features.shape}")
         n, v, d = features.shape
         mean, scale, precision = cls._fit(features.reshape(n * v, d))
-        return cls(mean, scale, precision, np.sort(_mahalanobis(features[:, 0], mean, scale, precision)))
+        reference = np.empty(n)
+        order = np.arange(n)
+        for held in np.array_split(order, min(folds, n)):
+            rest = np.setdiff1d(order, held)
+            m, s, p = cls._fit(features[rest].reshape(len(rest) * v, d))
+            reference[held] = _mahalanobis(features[held, 0], m, s, p)
+        return cls(mean, scale, precision, np.sort(reference))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of ``(..., D)`` features to the training density."""
@@ -173,8 +183,8 @@ class FeatureDensity:
     def percentile(self, distance: float, quantile: float = 0.99) -> float:
         """Estimated share of training-like images nearer than ``distance``.
 
-        A log-normal fitted robustly (median, MAD; see :meth:`log_scale`) to the training
-        images' distances, so that one odd training image does not set the bar and the
+        A log-normal fitted robustly (median, MAD; see :meth:`log_scale`) to the cross-fitted
+        training distances, so that one odd training image does not set the bar and the
         estimate can resolve the 99th percentile from a few dozen images.
         """
         from scipy.stats import norm
