@@ -31,7 +31,7 @@ from biocnn.deepbind.model import DeepBind
 from biocnn.deepbind.scan_batches import scan_jobs, uninformative_windows
 from biocnn.deepbind.scan_pipeline import ScanPipeline
 from biocnn.deepbind.scan_scorer import WindowScorer
-from biocnn.deepbind.tracks import TrackWriter
+from biocnn.deepbind.tracks import TextBuffer, TrackWriter
 from biocnn.errors import InputError
 from biocnn.io.atomic import temporary_dir, write_json
 from biocnn.io.fasta_stream import chunk_codes
@@ -174,10 +174,11 @@ def scan_fasta_models(
     try:
         with contextlib.ExitStack() as files:
             writers, handles = [], []
+            text = TextBuffer()  # the models' bedGraph lines are formatted one model at a time
             for name in names:
                 bg = files.enter_context(open(tmp / f"{name}.bedgraph", "wb"))
                 bed = files.enter_context(open(tmp / f"{name}.bed", "w"))
-                writers.append(TrackWriter(bg, bed, window, stride, threshold, scorer.kernels))
+                writers.append(TrackWriter(bg, bed, window, stride, threshold, scorer.kernels, text))
                 handles += [bg, bed]
             writer = ZooWriter(writers)
             take, step = (per_chunk - 1) * stride + window, per_chunk * stride

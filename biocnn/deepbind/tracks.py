@@ -30,12 +30,30 @@ _SYNC_FILE_RANGE = None
 WRITEBACK_BYTES = 1 << 20
 
 
+class TextBuffer:
+    """Bytes for formatted lines, reused from batch to batch (a fresh buffer per batch costs page
+    faults); writers that write one at a time share one (a many-model scan: one for all models,
+    kept in cache, instead of a megabyte per model)."""
+
+    def __init__(self):
+        self.array = np.empty(0, np.uint8)
+
+    def get(self, size: int) -> np.ndarray:
+        """The buffer, at least ``size`` bytes."""
+        if len(self.array) < size:
+            self.array = np.empty(size, np.uint8)
+        return self.array
+
+
 class TrackWriter:
     """bedGraph + merged-peak BED output, written as windows arrive."""
 
-    def __init__(self, bedgraph, bed, window: int, stride: int, threshold: float, kernels=None):
+    def __init__(
+        self, bedgraph, bed, window: int, stride: int, threshold: float, kernels=None, text: TextBuffer | None = None
+    ):
         """``kernels``: :class:`biocnn.deepbind.native.Kernels` format the bedGraph lines (the same
-        bytes as Python's formatting, faster); ``None``: Python formats them."""
+        bytes as Python's formatting, faster); ``None``: Python formats them. ``text``: the buffer
+        they are formatted in, shared with other writers that never write at the same time."""
         self.bg, self.bed, self.kernels = bedgraph, bed, kernels
         self.window, self.stride, self.threshold = window, stride, threshold
         self.offset = (window - stride) // 2 if stride < window else 0
@@ -43,7 +61,7 @@ class TrackWriter:
         self.peak: list | None = None
         self.n_peaks = 0
         self.uninformative = 0  # masked windows (no A/C/G/T base): in neither file
-        self._text = np.empty(0, np.uint8)
+        self._text = text or TextBuffer()
         self._unsynced = 0  # bedGraph bytes written since the last start of write-out
 
     def windows(self, chrom: str, starts: np.ndarray, scores: np.ndarray, ends: np.ndarray | None = None) -> None:
@@ -114,10 +132,9 @@ class TrackWriter:
         lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
         scores = np.ascontiguousarray(scores, np.float32)
         size = len(lo) * (len(name) + 128)  # the C formatter's bound per line
-        if len(self._text) < size:  # reused: a fresh buffer per batch costs page faults
-            self._text = np.empty(size, np.uint8)
-        n = self.kernels.bedgraph(name, lo, hi, scores, self._text)
-        self.bg.write(memoryview(self._text)[:n])
+        text = self._text.get(size)
+        n = self.kernels.bedgraph(name, lo, hi, scores, text)
+        self.bg.write(memoryview(text)[:n])
         self._unsynced += n
         if self._unsynced >= WRITEBACK_BYTES:
             self.bg.flush()
