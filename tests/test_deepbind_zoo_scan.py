@@ -218,3 +218,66 @@ def test_a_failed_many_model_scan_leaves_no_output(models, tmp_path):
     out = tmp_path / "out"
     assert main(["deepbind", "scan", "--model", str(models), "--fasta", str(fasta), "--out", str(out)]) != 0
     assert list(out.iterdir()) == []  # neither a model's file nor the hidden work folder
+
+
+def _peaks_one_window_at_a_time(batches, window: int, threshold: float) -> str:
+    """The peak BED built window by window: the windows above the threshold that overlap or touch
+    merged, masked windows left out, a peak closed at each record's end."""
+    lines, peak = [], None
+
+    def close():
+        nonlocal peak
+        if peak is not None:
+            lines.append(f"{peak[0]}\t{peak[1]}\t{peak[2]}\tpeak{len(lines) + 1}\t{peak[3]:.4f}\n")
+            peak = None
+
+    for chrom, starts, scores, ends, record_end in batches:
+        mask = np.ma.getmaskarray(scores)
+        ends = starts + window if ends is None else ends
+        for start, end, value, masked in zip(starts.tolist(), ends.tolist(), np.ma.getdata(scores).tolist(), mask):
+            if masked or not value > threshold:
+                continue
+            if peak is not None and peak[0] == chrom and start <= peak[2]:
+                peak[2], peak[3] = max(peak[2], end), max(peak[3], value)
+            else:
+                close()
+                peak = [chrom, start, end, value]
+        if record_end:
+            close()
+    close()
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_peaks_are_the_same_whatever_the_batch_edges(seed):
+    """A many-model scan cuts records into smaller batches than a one-model scan: the peaks written
+    a batch at a time (whole runs in one write, the last run left open) are those found window by
+    window."""
+    import io
+
+    from biocnn.deepbind.tracks import TrackWriter
+
+    rng = np.random.default_rng(seed)
+    window, stride = int(rng.integers(10, 120)), int(rng.integers(1, 60))
+    threshold = float(rng.choice([-1.0, 0.0, 0.5]))
+    batches = []
+    for chrom in ("chr1", "chr2", "chrM"):
+        offset = 0
+        for _ in range(int(rng.integers(1, 6))):
+            n = int(rng.integers(0, 60))
+            starts = offset + np.arange(n, dtype=np.int64) * stride
+            scores = rng.normal(size=n).astype(np.float32)
+            if rng.random() < 0.4:
+                scores = np.ma.masked_array(scores, rng.random(n) < 0.2)
+            batches.append((chrom, starts, scores, None, False))
+            offset += n * stride
+        # the record's short end, scored whole, then the record's end
+        batches.append((chrom, np.array([offset]), np.array([1.0], np.float32), np.array([offset + 3]), True))
+    bed = io.StringIO()
+    writer = TrackWriter(io.BytesIO(), bed, window, stride, threshold)
+    for chrom, starts, scores, ends, record_end in batches:
+        writer.windows(chrom, starts, scores, ends)
+        if record_end:
+            writer.flush()
+    expected = _peaks_one_window_at_a_time(batches, window, threshold)
+    assert bed.getvalue() == expected and writer.n_peaks == expected.count("\n") > 0
