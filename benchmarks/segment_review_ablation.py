@@ -44,7 +44,7 @@ from scipy.stats import norm
 from biocnn.io.atomic import write_json
 from biocnn.metrics import roc_auc
 from biocnn.segment.evaluate import finite_or_none, spearman
-from biocnn.segment.ood import FeatureDensity, image_features
+from biocnn.segment.ood import FeatureDensity
 from biocnn.segment.uncertainty import EPS, expected_dice_error, maps_from_stats, structure_uncertainty
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,13 +102,16 @@ class Measurer:
         from biocnn.checkpoint import load_model
         from biocnn.segment.config import DataConfig, InferenceConfig
         from biocnn.segment.data import preprocessing
-        from biocnn.segment.inference import UncertaintyPredictor, flip_sets
+        from biocnn.segment.inference import UncertaintyPredictor
 
         self.model, config = load_model(model_dir, torch.device("cpu"), expect="unet")
         self.data = DataConfig(**config["data"])
         self.inference = InferenceConfig(**config["inference"])
         self.temperature = self.inference.temperature or 1.0
         inf, dims = self.inference, self.data.spatial_dims
+        # Features come from the sampling passes, as in predict (unflipped view) and at training
+        # (every flip, from the TTA passes).
+        self.tta = UncertaintyPredictor([self.model], dims, 1, tta=True, temperatures=[self.temperature], features=True)
         self.predictors = {
             "T": UncertaintyPredictor(
                 [self.model], dims, inf.mc_samples, inf.mc_batch, temperatures=[self.temperature]
@@ -117,7 +120,6 @@ class Measurer:
         }
         self.pre = preprocessing(self.data, train=False, with_label=True)
         self.pre_nolabel = preprocessing(self.data, train=False, with_label=False)
-        self.all_views = flip_sets(dims, True)
         self.classes = len(self.data.label_values)
         self.max_voxels = max_voxels
 
@@ -154,8 +156,13 @@ class Measurer:
                 wrong = (label != truth).reshape(-1)
                 keep = rng.choice(len(ent), min(len(ent), self.max_voxels), replace=False)
                 row[f"voxels_{name}"] = (ent[keep].astype(np.float32), wrong[keep])
-        views = self.all_views if reference else [()]
-        row["features"] = image_features([self.model], image, views, inf.roi_size, inf.sw_batch_size, inf.overlap)[0]
+        if reference:
+            with case_seed(case.id, image.device):
+                sliding_stats(image, self.tta, inf.roi_size, inf.sw_batch_size, inf.overlap)
+            self.predictors["T"].take_features()
+            row["features"] = self.tta.take_features()[0]
+        else:
+            row["features"] = self.predictors["T"].take_features()[0]
         row["noise"] = noise_levels(image)
         return row
 

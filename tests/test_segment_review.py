@@ -12,7 +12,7 @@ from scipy.stats import norm
 from biocnn.errors import CheckpointError
 from biocnn.models import UNet
 from biocnn.segment.config import InferenceConfig
-from biocnn.segment.ood import FeatureDensity, encoder_features, image_features
+from biocnn.segment.ood import FeatureDensity, encoder_features
 from biocnn.segment.review import (
     FORMAT,
     STATS_FILE,
@@ -276,26 +276,37 @@ def test_encoder_features_see_the_scale_that_instance_norm_removes():
     torch.testing.assert_close(shift[4:], torch.zeros(4 + 8 + 8), rtol=0, atol=1e-3)
 
 
-def test_encoder_features_are_deterministic_under_mc_dropout_and_cover_windows():
+@pytest.mark.parametrize("dropout", [(0.0, 0.0), (0.0, 0.5)])
+def test_encoder_features_come_from_the_sampling_passes(dropout):
+    # No encoder dropout: hooks on the sampling passes; encoder dropout sampled: an encoder pass
+    # of its own without it. Either way the features are encoder_features of each flipped view.
     from biocnn.backbone import enable_mc_dropout
+    from biocnn.segment.inference import UncertaintyPredictor, sliding_stats
 
     torch.manual_seed(0)
-    model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), dropout=(0.0, 0.5)).eval()
+    model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), dropout=dropout).eval()
     x = torch.randn(2, 1, 16, 16)
     plain = encoder_features(model, x)
     assert plain.shape == (2, 4 + 4 + 8 + 8)  # one value per channel of each of the 4 convolutions
     enable_mc_dropout(model)
-    torch.testing.assert_close(encoder_features(model, x), plain)
-    # Image features: (models, views, D); one window covering the image equals a direct pass.
-    feats = image_features([model], x[0], [(), (0,)], roi_size=(16, 16), overlap=0.0)
-    assert feats.shape == (1, 2, 24)
-    np.testing.assert_allclose(feats[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(feats[0, 1], encoder_features(model, x[:1].flip(2))[0].numpy(), rtol=1e-5, atol=1e-6)
-    # A model in train mode (fresh from fit) gets eval-mode features and keeps its mode.
-    model.train()
-    again = image_features([model], x[0], [()], roi_size=(16, 16), overlap=0.0)
+    torch.testing.assert_close(encoder_features(model, x), plain)  # stages run without their dropout
+    model.train()  # fresh from fit: sampled in eval mode, and its mode comes back
+    predictor = UncertaintyPredictor([model], 2, mc_samples=4, mc_batch=1, tta=True, features=True)
+    sliding_stats(x[0], predictor, roi_size=(16, 16), overlap=0.0)  # one window covers the image
     assert model.training and model.backbone.stages[0].convs.training
-    np.testing.assert_allclose(again[0, 0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
+    (feats,) = predictor.take_features()
+    assert feats.shape == (4, 24)
+    for view, axes in enumerate(predictor.flips):
+        flipped = x[:1].flip([a + 2 for a in axes]) if axes else x[:1]
+        expected = encoder_features(model.eval(), flipped)[0].numpy()
+        np.testing.assert_allclose(feats[view], expected, rtol=1e-5, atol=1e-6)
+    # Several chunks per view record once; several windows are averaged; the record restarts.
+    predictor = UncertaintyPredictor([model], 2, mc_samples=4, mc_batch=2, features=True)
+    sliding_stats(torch.randn(1, 16, 32), predictor, roi_size=(16, 16), overlap=0.0)
+    (feats,) = predictor.take_features()
+    assert feats.shape == (1, 24)
+    sliding_stats(x[0], predictor, roi_size=(16, 16), overlap=0.0)
+    np.testing.assert_allclose(predictor.take_features()[0][0], plain[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_labels():

@@ -17,11 +17,13 @@ import itertools
 import zlib
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from biocnn.backbone import enable_mc_dropout
 from biocnn.device import autocast
+from biocnn.segment.ood import encoder_features, recording_encoder_features
 from biocnn.segment.sampling import chunks, has_active_dropout, naive_samples, unet_samples
 from biocnn.segment.uncertainty import SampleAccumulator
 
@@ -91,6 +93,10 @@ class UncertaintyPredictor:
         temperatures: per model, the calibration temperature its logits are divided by
             before the softmax (:mod:`biocnn.segment.temperature`); ``None`` (no fitted
             temperature) or no list at all: 1, uncalibrated.
+        features: also record each window's encoder features (:func:`~biocnn.segment.ood.
+            encoder_features`) per model and flipped view, from the sampling passes themselves
+            (an encoder pass of their own only where encoder dropout is sampled);
+            :meth:`take_features` returns them averaged over the windows.
     """
 
     def __init__(
@@ -103,13 +109,16 @@ class UncertaintyPredictor:
         fast: bool = True,
         amp: bool = True,
         temperatures: Sequence[float | None] | None = None,
+        features: bool = False,
     ):
         self.models = list(models)
+        self.features = features
         given = list(temperatures) if temperatures is not None else [None] * len(self.models)
         self.temperatures = [1.0 if t is None else float(t) for t in given]
         if len(self.temperatures) != len(self.models):
             raise ValueError(f"{len(self.temperatures)} temperatures for {len(self.models)} models")
         self.flips = flip_sets(spatial_dims, tta)
+        self._recorded = self._no_features()
         self.mc_samples = mc_samples
         with sampling_modes(self.models, mc_samples) as samples:
             self.samples = samples
@@ -117,20 +126,44 @@ class UncertaintyPredictor:
         self.fast = fast
         self.amp = amp
 
+    def _no_features(self) -> list[list[list[torch.Tensor]]]:
+        return [[[] for _ in self.flips] for _ in self.models]
+
+    def take_features(self) -> list[np.ndarray]:
+        """Per model, the ``(views, D)`` encoder features recorded since the last call, averaged
+        over the windows (``features=True``); the record starts afresh."""
+        if not self.features:
+            raise ValueError("this predictor does not record features (features=False)")
+        out = [np.stack([torch.cat(w).double().mean(0).numpy() for w in views]) for views in self._recorded]
+        self._recorded = self._no_features()
+        return out
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         acc = SampleAccumulator()
         draw = unet_samples if self.fast else naive_samples
         with sampling_modes(self.models, self.mc_samples):
-            for model, n, temperature in zip(self.models, self.samples, self.temperatures):
+            for m, (model, n, temperature) in enumerate(zip(self.models, self.samples, self.temperatures)):
                 # Spread the samples over the flipped views (at least one each).
                 per_view = [len(part) for part in _split(n, len(self.flips))]
-                for axes, n_view in zip(self.flips, per_view):
+                # The encoder's features come with the first chunk of each view unless its
+                # dropout is sampled (then its convolutions see dropped-out inputs).
+                hooked = not any(has_active_dropout(stage) for stage in model.backbone.stages)
+                for v, (axes, n_view) in enumerate(zip(self.flips, per_view)):
                     dims = [a + 2 for a in axes]
                     xv = x.flip(dims) if dims else x
-                    for k in chunks(n_view, self.mc_batch):
+                    for j, k in enumerate(chunks(n_view, self.mc_batch)):
+                        record = self.features and j == 0
                         with autocast(x.device, self.amp):
-                            logits = draw(model, xv, k)
+                            if record and hooked:
+                                with recording_encoder_features(model) as passes:
+                                    logits = draw(model, xv, k)
+                                feats = passes[0]
+                            else:
+                                logits = draw(model, xv, k)
+                                feats = encoder_features(model, xv) if record else None
+                        if record:
+                            self._recorded[m][v].append(feats.float().cpu())
                         if dims:
                             logits = logits.flip([d + 1 for d in dims])
                         acc.add(logits.float() / temperature if temperature != 1.0 else logits)

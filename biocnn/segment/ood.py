@@ -22,14 +22,13 @@ How the distance enters the review score, and how it is stored, is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-
-from biocnn.predict import eval_mode
 
 
 @torch.no_grad()
@@ -56,51 +55,32 @@ def encoder_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def image_features(
-    models: Sequence[nn.Module],
-    image: torch.Tensor,
-    views: Sequence[Sequence[int]],
-    roi_size: Sequence[int],
-    sw_batch_size: int = 4,
-    overlap: float = 0.5,
-    device: torch.device | None = None,
-) -> np.ndarray:
-    """Features of one image ``(C_in, *spatial)`` per model and flipped view: ``(M, V, D)``.
+@contextlib.contextmanager
+def recording_encoder_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every backbone pass of ``model`` appends its :func:`encoder_features`
+    ``(B, D)`` to the yielded list (forward hooks on the encoder convolutions): the passes that
+    sample the segmentation give the features too, without passes of their own.
 
-    The image is cut into the same sliding windows as at prediction (MONAI pads images smaller
-    than a window the same way) and the window features are averaged. Encoder-only passes need
-    far less memory than sampling, so at least 4 windows go through at a time.
+    Exact where no dropout in the encoder is active (its convolutions then see what
+    :func:`encoder_features` feeds them); the caller checks that.
     """
-    from monai.inferers import sliding_window_inference
+    convs = [block.conv for stage in model.backbone.stages for block in stage.convs]
+    pending: list[torch.Tensor] = []
+    passes: list[torch.Tensor] = []
 
-    device = device or image.device
-    result = []
-    for model in models:
-        per_view = []
-        # Norm layers must use their running statistics (a model fresh from training is in
-        # train mode); the caller's modes are put back after.
-        with eval_mode(model), torch.no_grad():
-            for axes in views:
-                x = image.flip([a + 1 for a in axes]) if axes else image
-                windows: list[torch.Tensor] = []
+    def hook(_module, _args, response):
+        dims = tuple(range(2, response.dim()))
+        pending.append(torch.log(response.float().std(dims, correction=0) + 1e-6))
+        if len(pending) == len(convs):
+            passes.append(torch.cat(pending, 1))
+            pending.clear()
 
-                def record(w: torch.Tensor, _model=model, _windows=windows) -> torch.Tensor:
-                    _windows.append(encoder_features(_model, w).cpu())
-                    return w[:, :1]  # the blended output is not used
-
-                sliding_window_inference(
-                    x.unsqueeze(0).float(),
-                    roi_size=list(roi_size),
-                    sw_batch_size=max(sw_batch_size, 4),
-                    predictor=record,
-                    overlap=overlap,
-                    mode="constant",
-                    sw_device=device,
-                    device=torch.device("cpu"),
-                )
-                per_view.append(torch.cat(windows).double().mean(0).numpy())
-        result.append(np.stack(per_view))
-    return np.stack(result)
+    handles = [conv.register_forward_hook(hook) for conv in convs]
+    try:
+        yield passes
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass

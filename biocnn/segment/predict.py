@@ -45,8 +45,7 @@ from biocnn.io.paths import ensure_writable_dir, inside, safe_component
 from biocnn.segment.config import DataConfig, InferenceConfig
 from biocnn.segment.data import Case, find_cases, index_to_label, load_case, preprocessing
 from biocnn.segment.figures import overlay_png, pick_slice
-from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
-from biocnn.segment.ood import image_features
+from biocnn.segment.inference import UncertaintyPredictor, case_seed, sliding_stats
 from biocnn.segment.review import Reviewer, ReviewPolicy, ReviewStats, review_threshold
 from biocnn.segment.uncertainty import maps_from_stats, structure_uncertainty
 
@@ -103,13 +102,21 @@ class Segmenter:
             self.inference = self.inference.model_copy(update={"sw_batch_size": sw_batch_size})
         self.mc_samples = mc_samples if mc_samples is not None else self.inference.mc_samples
         self.tta = tta
-        self.predictor = UncertaintyPredictor(
-            self.models, self.data.spatial_dims, self.mc_samples, self.inference.mc_batch, tta, fast, amp, temperatures
-        )
-        self.pre = preprocessing(self.data, train=False, with_label=False)
         # Review statistics per model (None where the model directory has none).
         self.review_stats = [ReviewStats.load(d) for d in model_dirs]
-        self.views = flip_sets(self.data.spatial_dims, tta)
+        # The sampling passes also record the encoder features the review needs.
+        self.predictor = UncertaintyPredictor(
+            self.models,
+            self.data.spatial_dims,
+            self.mc_samples,
+            self.inference.mc_batch,
+            tta,
+            fast,
+            amp,
+            temperatures,
+            features=any(s is not None for s in self.review_stats),
+        )
+        self.pre = preprocessing(self.data, train=False, with_label=False)
         policy = ReviewPolicy.from_config(self.inference)
         values, source = None, None
         if reference is not None and policy.review_threshold is not None:
@@ -137,6 +144,8 @@ class Segmenter:
                 log.error("reference %s: %s", case.id, exc)
                 continue
             values.append(structure_uncertainty(maps["prob"], maps["label"], self.inference.structure_margin))
+            if self.predictor.features:
+                self.predictor.take_features()  # not needed for the threshold
         if len(values) < 3:
             raise BiocnnError(
                 f"{reference}: {len(values)} readable reference images; the review threshold needs at least 3"
@@ -189,6 +198,7 @@ class Segmenter:
     def predict_case(self, case: Case, out_dir: Path) -> dict[str, Any]:
         """Predict one case, write its files, return its ``uncertainty.csv`` row."""
         maps, item = self.maps(case)
+        features = self.predictor.take_features() if self.predictor.features else None
         prob, label_idx, ent, mi = maps["prob"], maps["label"], maps["entropy"], maps["mutual_info"]
         labels = index_to_label(label_idx, self.data.label_values)
         if self.data.spatial_dims == 2:
@@ -197,28 +207,18 @@ class Segmenter:
             written = self._write_3d(case, out_dir, labels, prob, ent, mi)
         return {
             "case": case.id,
-            **self.review(item["image"].as_tensor(), prob, label_idx),
+            **self.review(prob, label_idx, features),
             "mean_entropy": float(ent.mean()),
             "mean_mutual_info": float(mi.mean()),
             "foreground_fraction": float((label_idx > 0).mean()),
             "label_file": written,
         }
 
-    def review(self, image: torch.Tensor, prob: np.ndarray, label_idx: np.ndarray) -> dict[str, Any]:
-        """The review score, flag and their components for one input (see the module doc)."""
-        features = None
-        if self.reviewer.needs_features:
-            inference = self.inference
-            with_stats = [m for m, s in zip(self.models, self.review_stats) if s is not None]
-            features = image_features(
-                with_stats,
-                image,
-                self.views,
-                inference.roi_size,
-                inference.sw_batch_size,
-                inference.overlap,
-                self.device,
-            )
+    def review(self, prob: np.ndarray, label_idx: np.ndarray, features: list[np.ndarray] | None) -> dict[str, Any]:
+        """The review score, flag and their components for one input (see the module doc);
+        ``features``: per model, the ``(views, D)`` encoder features its sampling recorded."""
+        if features is not None:
+            features = [f for f, s in zip(features, self.review_stats) if s is not None]
         return self.reviewer.row(prob, label_idx, features)
 
     def _write_2d(self, case, out_dir, labels, prob, ent, mi) -> str:

@@ -214,9 +214,9 @@ class Reviewer:
         """Whether :meth:`row` wants the image's encoder features (some model has statistics)."""
         return any(s is not None for s in self.stats)
 
-    def ood_zscore(self, features: np.ndarray) -> float:
+    def ood_zscore(self, features: Sequence[np.ndarray]) -> float:
         """Standard score of the input's log feature distance, averaged over the models with
-        statistics; ``features`` is ``(models with statistics, views, D)``."""
+        statistics; ``features``: per model with statistics, its ``(views, D)`` features."""
         known = [s for s in self.stats if s is not None]
         z = [
             s.features.zscore(float(s.features.distance(f).mean()), self.policy.ood_quantile)
@@ -224,10 +224,10 @@ class Reviewer:
         ]
         return float(np.mean(z))
 
-    def row(self, prob: np.ndarray, label: np.ndarray, features: np.ndarray | None = None) -> dict[str, Any]:
+    def row(self, prob: np.ndarray, label: np.ndarray, features: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
         """The review columns for one image: ``prob`` ``(C, *spatial)`` mean probabilities,
         ``label`` the class index map, ``features`` its encoder features per model with
-        statistics and view ``(M, V, D)`` (needed when :attr:`needs_features`)."""
+        statistics its ``(views, D)`` features (needed when :attr:`needs_features`)."""
         from scipy.stats import norm
 
         unc = structure_uncertainty(prob, label, self.policy.margin)
@@ -273,8 +273,7 @@ def fit_review_stats(model, cfg, cases) -> ReviewStats | None:
     temperature filled in.
     """
     from biocnn.segment.data import load_case, preprocessing
-    from biocnn.segment.inference import UncertaintyPredictor, case_seed, flip_sets, sliding_stats
-    from biocnn.segment.ood import image_features
+    from biocnn.segment.inference import UncertaintyPredictor, case_seed, sliding_stats
     from biocnn.segment.uncertainty import maps_from_stats
 
     inference, dims = cfg.inference, cfg.data.spatial_dims
@@ -290,22 +289,17 @@ def fit_review_stats(model, cfg, cases) -> ReviewStats | None:
         return None
     device = next(model.parameters()).device
     pre = preprocessing(cfg.data, train=False, with_label=False)
-    views = flip_sets(dims, True)
     t = [inference.temperature]
+    # The TTA passes (every flip, dropout off) also give the encoder features of every flip.
     samplers = {
         "mc": UncertaintyPredictor(
             [model], dims, inference.mc_samples, inference.mc_batch, amp=cfg.train.amp, temperatures=t
         ),
-        "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t),
+        "tta": UncertaintyPredictor([model], dims, 1, tta=True, amp=cfg.train.amp, temperatures=t, features=True),
     }
     feats, unc = [], {name: [] for name in samplers}
     for case in cases:
         image = load_case(pre, case)["image"].as_tensor().to(device)
-        feats.append(
-            image_features(
-                [model], image, views, inference.roi_size, inference.sw_batch_size, inference.overlap, device
-            )[0]
-        )
         with case_seed(case.id, image.device):  # the samples predict draws for this image
             for name, predictor in samplers.items():
                 stats = sliding_stats(image, predictor, inference.roi_size, inference.sw_batch_size, inference.overlap)
@@ -315,6 +309,7 @@ def fit_review_stats(model, cfg, cases) -> ReviewStats | None:
                         maps["prob"][0].cpu().numpy(), maps["label"][0].cpu().numpy(), inference.structure_margin
                     )
                 )
+        feats.append(samplers["tta"].take_features()[0])
     stats = ReviewStats(
         FeatureDensity.fit(np.stack(feats)),
         {k: np.asarray(v) for k, v in unc.items()},
