@@ -1,4 +1,4 @@
-"""Out-of-distribution signals: encoder feature statistics and their density, noise levels.
+"""Out-of-distribution signal: encoder feature statistics and their density.
 
 As in Lee et al. 2018 and Gonzalez et al. 2021 ("distance-based detection of out-of-distribution
 silent failures"): a U-Net that is confidently wrong on an unfamiliar input still shows it in
