@@ -1,17 +1,22 @@
-"""DeepBind vs k-mer logistic regression vs JASPAR PWM on ENCODE ChIP-seq sets.
+"""biocnn vs the published DeepBind model vs k-mer LR vs JASPAR PWM on ENCODE ChIP-seq sets.
 
 For every ``*_AC.seq.gz`` in ``--data-dir`` (positives only; negatives are dinucleotide
-shuffles, as in DeepBind) a DeepBind model is calibrated (random search + k-fold CV on a
-subsample) and trained within a per-experiment time budget, then tested on the matching
-``*_B.seq.gz``. In the same run, on the same training data:
+shuffles, as in DeepBind) a biocnn model is searched (random search + k-fold CV on a subsample)
+and trained (``model.ensemble`` members, merged) within a per-experiment CPU budget with the
+settings of ``--config`` (default ``configs/deepbind_encode.yaml``), then tested on the
+matching ``*_B.seq.gz``. In the same run, on the same data:
 
+* the published DeepBind model of the set (the ENCODE ChIP-seq row of ``--db``'s ``db.tsv``
+  matching the file name's TF, cell line, antibody and lab), imported with biocnn's import code
+  and scored with the original tool's windowed rule;
 * k-mer (k = 4..6) counts + logistic regression;
 * the best JASPAR PWM (max log-odds over positions and both strands) for the TF named by
   the file's first token (pyjaspar's database; no training).
 
     python benchmarks/deepbind_encode.py --data-dir ../shared/data/encode --out encode.json
 
-JSON: ``{TF: {"deepbind_auc", "kmer_lr_auc", "pwm_auc", "train_seconds", ...}}``.
+JSON: ``{TF: {"deepbind_auc", "published_auc", "published_id", "kmer_lr_auc", "pwm_auc",
+"train_seconds", ...}, "mean": {...}}``.
 """
 
 from __future__ import annotations
