@@ -77,7 +77,7 @@ class ReviewStats:
     """The training images' review statistics (one model), stored beside its weights.
 
     Attributes:
-        features: density of their encoder features, with their own distances as reference.
+        features: density of their encoder features, with cross-fitted reference distances.
         uncertainty: their structure uncertainty per sampling: ``"mc"`` (Monte Carlo dropout
             with ``mc_samples`` samples) and ``"tta"`` (flip TTA, dropout off).
         mc_samples: the Monte Carlo samples the ``"mc"`` values were measured with.
@@ -184,10 +184,6 @@ def review_threshold(
     return float(np.mean(found)), {"source": "training statistics", "matched": matched}
 
 
-# The uncertainty.csv columns the reviewer fills, in order.
-COLUMNS = ("score", "flag", "structure_uncertainty", "expected_dice_error", "feature_distance", "ood_percentile")
-
-
 class Reviewer:
     """Turns one image's measurements into its ``uncertainty.csv`` review columns.
 
@@ -226,8 +222,8 @@ class Reviewer:
 
     def row(self, prob: np.ndarray, label: np.ndarray, features: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
         """The review columns for one image: ``prob`` ``(C, *spatial)`` mean probabilities,
-        ``label`` the class index map, ``features`` its encoder features per model with
-        statistics its ``(views, D)`` features (needed when :attr:`needs_features`)."""
+        ``label`` the class index map, ``features`` per model with statistics its ``(views, D)``
+        encoder features (needed when :attr:`needs_features`)."""
         from scipy.stats import norm
 
         unc = structure_uncertainty(prob, label, self.policy.margin)
