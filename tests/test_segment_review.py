@@ -358,8 +358,12 @@ def test_training_measures_everything_first_and_writes_config_once(tmp_path, mon
 
     monkeypatch.setattr(segment_train, "write_json", write_json)
     monkeypatch.setattr(ReviewStats, "save", save)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    segment_train.train(cfg, out)
+    try:
+        segment_train.train(cfg, out)
+    finally:
+        torch.set_num_threads(threads)  # later tests (bit-identical resume) depend on the count
     # One write of config.json after fit, with the temperature, built in memory (what fit wrote
     # for its checkpoints plus the temperature, not read back); the statistics stored once before it.
     assert [name for name, _ in writes] == ["config.json"]

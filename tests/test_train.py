@@ -66,7 +66,10 @@ def _train(out_dir, cfg, resume=False, callbacks=()):
     ), model
 
 
-def _killed_after_epoch_2(out_dir):
+def _killed_after_epoch_2(out_dir, threads):
+    # Bit-identical resume needs the same thread count on both sides (CPU reductions split by it).
+    torch.set_num_threads(threads)
+
     def die(epoch, row):
         if epoch == 2:
             os._exit(137)  # like SIGKILL: no cleanup, no flushing of anything not yet on disk
@@ -78,7 +81,7 @@ def test_run_killed_after_epoch_2_and_resumed_matches_uninterrupted(tmp_path):
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     _train(full_dir, _config())
 
-    proc = mp.get_context("spawn").Process(target=_killed_after_epoch_2, args=(resumed_dir,))
+    proc = mp.get_context("spawn").Process(target=_killed_after_epoch_2, args=(resumed_dir, torch.get_num_threads()))
     proc.start()
     proc.join(120)
     assert proc.exitcode == 137
