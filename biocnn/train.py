@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 Batch = Any
 PrepareBatch = Callable[[Batch, torch.device], tuple[Any, Any]]
 Validate = Callable[[nn.Module, DataLoader, torch.device], dict[str, float]]
-Callback = Callable[[int, dict[str, Any]], None]
+# Called after each epoch's checkpoint; a returned reason (e.g. "cpu_budget") ends training
+# there, as the early stopper would, and becomes ``FitResult.stopped``.
+Callback = Callable[[int, dict[str, Any]], str | None]
 
 
 @dataclass
@@ -69,7 +71,7 @@ class FitResult:
     best_metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
-    # Why training ended: "epochs", "early_stopping", "max_seconds" or "max_steps".
+    # Why training ended: "epochs", "early_stopping", "max_seconds", "max_steps" or a callback's reason.
     stopped: str = "epochs"
     steps_done: int = 0
     loop_seconds: float = 0.0
@@ -626,12 +628,14 @@ class Trainer:
                     "epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
                 )
             self.dist.barrier()
-            for callback in self.callbacks:
-                callback(epoch, row)
+            asked = [r for r in (callback(epoch, row) for callback in self.callbacks) if r]
+            asked = self.dist.broadcast(asked[0] if asked else None)  # rank 0's, so all ranks stop together
             if reason is not None:
                 stopped = reason
             elif self.stopper.should_stop:
                 stopped = "early_stopping"
+            elif asked is not None:
+                stopped = asked
         if stopped in ("max_seconds", "max_steps"):
             log.info(
                 "training stopped by train.%s after %d steps (%.0f s)", stopped, self.steps_done, self.budget.elapsed()
@@ -706,7 +710,8 @@ def fit(
             mean validation loss (``val_loss``).
         resume: continue from ``out_dir/state`` if a previous run left one.
         sample_weights: per-example sampling weights (class imbalance), single process only.
-        callbacks: called as ``callback(epoch, metrics_row)`` after each epoch's checkpoint.
+        callbacks: called as ``callback(epoch, metrics_row)`` after each epoch's checkpoint; one
+            that returns a reason (a string) ends training after that epoch.
         collate_fn: passed to the DataLoader.
 
     Returns:

@@ -210,3 +210,25 @@ def test_an_ensemble_trains_its_members_and_saves_one_loadable_model(tmp_path):
     assert config["model"]["num_motifs"] == 6 and config["model"]["hidden"] == 8
     x = torch.from_numpy(np.stack([one_hot(s) for s in seqs[:8]]))
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_cpu_budget_ends_training_early_and_keeps_a_model(tmp_path):
+    from biocnn.checkpoint import load_model
+    from biocnn.config import TrainConfig
+    from biocnn.deepbind.config import ModelSection
+    from biocnn.deepbind.data import LabelledSequences
+    from biocnn.deepbind.train import train_deepbind
+
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(list("ACGT"), 30)) for _ in range(64)]
+    data = LabelledSequences([str(i) for i in range(64)], seqs, np.arange(64, dtype=np.float32) % 2, "mem")
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=0.01, progress=False, device="cpu")
+    # A budget no epoch fits: the first epoch runs (it measures the cost), then training ends.
+    model, result = train_deepbind(
+        data, data, ModelSection(num_motifs=3, motif_len=6, hidden=4), cfg, tmp_path, cpu_budget_s=1e-9
+    )
+    assert result.stopped == "cpu_budget" and [row["epoch"] for row in result.history] == [1]
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped"] == "cpu_budget"
+    loaded, _ = load_model(tmp_path)
+    x = torch.from_numpy(np.stack([one_hot(s) for s in seqs[:8]]))
+    torch.testing.assert_close(loaded(x), model(x))

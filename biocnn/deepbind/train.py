@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import tempfile
+import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from biocnn.checkpoint import load_weights, save_model
+from biocnn.checkpoint import save_model
 from biocnn.config import TrainConfig
 from biocnn.deepbind.config import ModelSection
 from biocnn.deepbind.data import LabelledSequences
@@ -24,6 +21,8 @@ from biocnn.metrics import roc_auc
 from biocnn.models import build_model
 from biocnn.predict import batched, predict
 from biocnn.train import FitResult, fit, gather_outputs
+
+log = logging.getLogger(__name__)
 
 
 def model_spec(model: ModelSection) -> dict[str, Any]:
@@ -70,72 +69,46 @@ def make_validate(amp: bool):
     return validate
 
 
-class CpuBudgetReached(Exception):
-    """Raised by :func:`cpu_budget_callback` to end training early."""
-
-
 def cpu_budget_callback(budget_s: float, start: float | None = None):
-    """A :func:`fit` callback that stops training before the next epoch would take the process
-    past ``budget_s`` CPU seconds (all threads) since ``start`` (default: now)."""
+    """A :func:`fit` callback that ends training (reason ``"cpu_budget"``) before the next epoch
+    would take the process past ``budget_s`` CPU seconds (all threads) since ``start`` (default:
+    now); :func:`fit` then keeps the best epoch so far, as for early stopping."""
     start = time.process_time() if start is None else start
     last = [time.process_time()]
 
-    def check(epoch: int, row: dict) -> None:
+    def check(epoch: int, row: dict) -> str | None:
         now = time.process_time()
         per_epoch, last[0] = now - last[0], now
         if now - start + per_epoch > budget_s:
-            raise CpuBudgetReached(f"CPU budget {budget_s:.0f} s reached after epoch {epoch}")
+            log.info("CPU budget %.0f s reached after epoch %d", budget_s, epoch)
+            return "cpu_budget"
+        return None
 
     return check
 
 
-def _fit_one(train, val, model_cfg, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s):
+def _fit_one(train, val, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s):
     """One model through :func:`fit`; with ``cpu_budget_s`` it stops before an epoch that would
-    pass the budget and keeps its best epoch so far (read back from the loop's ``state/``)."""
+    pass the budget and keeps its best epoch so far."""
     length = max(max(len(s) for s in train.seqs), max((len(s) for s in val.seqs), default=0) if val else 0)
     x, y = train.tensors(length)
     val_ds = TensorDataset(*val.tensors(length)) if val is not None else None
     seed_everything(train_cfg.seed)
     model = build_model(config["model"])
-    validate = make_validate(train_cfg.amp) if val is not None else None
-    if cpu_budget_s is None:
-        result = fit(
-            model,
-            TensorDataset(x, y),
-            val_ds,
-            loss_fn=F.binary_cross_entropy_with_logits,
-            config=train_cfg,
-            out_dir=out_dir,
-            model_config=config,
-            validate=validate,
-            resume=resume,
-            callbacks=callbacks,
-        )
-        return model, result
-    with contextlib.ExitStack() as stack:
-        work = Path(out_dir) if out_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        try:
-            result = fit(
-                model,
-                TensorDataset(x, y),
-                val_ds,
-                loss_fn=F.binary_cross_entropy_with_logits,
-                config=train_cfg,
-                out_dir=work,
-                model_config=config,
-                validate=validate,
-                resume=resume,
-                callbacks=[*callbacks, cpu_budget_callback(cpu_budget_s)],
-            )
-        except CpuBudgetReached:
-            state = json.loads((work / "state" / "latest.json").read_text())
-            if state["best_weights"] is not None:
-                model.load_state_dict(load_weights(work / "state" / state["best_weights"]))
-            history = state["history"]
-            best = max(history, key=lambda r: r.get("val_auc", -r["train_loss"])) if history else {"epoch": 0}
-            result = FitResult(int(best["epoch"]), {k: v for k, v in best.items() if k != "epoch"}, history, True)
-            if out_dir is not None:
-                save_model(out_dir, model, config, {"best_epoch": result.best_epoch, **result.best_metrics})
+    if cpu_budget_s is not None:
+        callbacks = [*callbacks, cpu_budget_callback(cpu_budget_s)]
+    result = fit(
+        model,
+        TensorDataset(x, y),
+        val_ds,
+        loss_fn=F.binary_cross_entropy_with_logits,
+        config=train_cfg,
+        out_dir=out_dir,
+        model_config=config,
+        validate=make_validate(train_cfg.amp) if val is not None else None,
+        resume=resume,
+        callbacks=callbacks,
+    )
     return model.eval(), result
 
 
@@ -162,7 +135,7 @@ def train_deepbind(
     """
     config = {"model": model_spec(model_cfg), **(extra_config or {})}
     if model_cfg.ensemble == 1:
-        return _fit_one(train, val, model_cfg, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s)
+        return _fit_one(train, val, train_cfg, out_dir, config, resume, callbacks, cpu_budget_s)
     start = time.process_time()
     members, history, results = [], [], []
     member_config = {"model": model_spec(model_cfg.model_copy(update={"ensemble": 1}))}
@@ -173,7 +146,7 @@ def train_deepbind(
             if members and share < (time.process_time() - start) / len(members):
                 break  # another member would not fit: the ensemble is what the budget allows
         cfg_i = train_cfg.model_copy(update={"seed": train_cfg.seed + i})
-        model, result = _fit_one(train, val, model_cfg, cfg_i, None, member_config, False, callbacks, share)
+        model, result = _fit_one(train, val, cfg_i, None, member_config, False, callbacks, share)
         members.append(model)
         results.append(result)
         history += [{"member": i, **row} for row in result.history]
@@ -185,7 +158,7 @@ def train_deepbind(
     best_epoch = max(r.best_epoch for r in results)
     if out_dir is not None:
         save_model(out_dir, merged, {**config, "model": merged_spec(merged)}, {"best_epoch": best_epoch, **metrics})
-    return merged, FitResult(best_epoch, metrics, history, any(r.stopped_early for r in results))
+    return merged, FitResult(best_epoch, metrics, history, any(r.stopped != "epochs" for r in results))
 
 
 def evaluate_model(model: torch.nn.Module, data: LabelledSequences, batch_size: int = 512) -> dict[str, Any]:
